@@ -1,0 +1,470 @@
+//! The SQLite catalog: every generation of the tree, the chunk list, the mirrors and
+//! the repository's settings.
+//!
+//! Owns: `catalog.db` and its schema (`schema.sql` at the crate root, embedded here),
+//! migrations (PRAGMA user_version), generation-ranged rows (see schema.sql).
+//! This is the only module that names `rusqlite`. It knows nothing of FUSE, of the
+//! object store or of POSIX permission rules: callers decide what is allowed, the
+//! catalog records it and keeps every frozen generation exactly as it was.
+
+mod model;
+mod read;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+pub use model::{
+    ChunkInfo, ChunkTotals, DirEntry, Extent, FileKind, Generation, InodeAttr, MirrorRecord,
+    NewInode, Settings, TreeTotals,
+};
+pub use write::Txn;
+
+use crate::chunker::ChunkerParams;
+use crate::error::{Error, Result};
+use crate::types::{ChunkId, GenId, InodeId, MirrorId, RepoId};
+
+/// The schema, documented table by table.
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// The schema version this code writes and reads (PRAGMA user_version).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Wraps a rusqlite error with what was being done.
+pub(crate) fn sql_err(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::Catalog {
+        context: context.to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// How a new catalog starts.
+#[derive(Clone, Debug)]
+pub struct NewCatalog {
+    pub settings: Settings,
+    /// Owner, group and mode of the root folder.
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub root_mode: u32,
+    pub mirrors: Vec<PathBuf>,
+}
+
+/// An open catalog database.
+pub struct Catalog {
+    conn: Connection,
+    live: GenId,
+    max_extent: u64,
+    read_only: bool,
+}
+
+impl Catalog {
+    /// Creates `path` (which must not exist) with the schema, the settings, the mirrors
+    /// and an empty root folder in generation 1. Durable on return.
+    pub fn create(path: &Path, new: &NewCatalog) -> Result<Catalog> {
+        if path.exists() {
+            return Err(Error::RepositoryExists {
+                path: path.parent().unwrap_or(path).to_path_buf(),
+            });
+        }
+        let mut conn = Connection::open(path).map_err(sql_err("creating catalog.db"))?;
+        configure(&conn)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting catalog creation"))?;
+        tx.execute_batch(SCHEMA).map_err(sql_err("creating the schema"))?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql_err("setting the schema version"))?;
+        let s = &new.settings;
+        let rows: [(&str, String); 8] = [
+            ("repo_id", s.repo_id.to_string()),
+            ("chunk_min", s.chunker.min_size.to_string()),
+            ("chunk_avg", s.chunker.avg_size.to_string()),
+            ("chunk_max", s.chunker.max_size.to_string()),
+            ("chunk_seed", s.chunker.seed.to_string()),
+            ("zstd_level", s.zstd_level.map_or("none".to_string(), |l| l.to_string())),
+            ("created_ns", s.created_ns.to_string()),
+            ("next_inode_id", (InodeId::ROOT.0 + 1).to_string()),
+        ];
+        for (key, value) in rows {
+            tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2)", params![key, value])
+                .map_err(sql_err("writing settings"))?;
+        }
+        tx.execute(
+            "INSERT INTO generations (gen_id, created_ns) VALUES (1, ?1)",
+            params![s.created_ns],
+        )
+        .map_err(sql_err("opening the first generation"))?;
+        for (i, mirror) in new.mirrors.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO mirrors (mirror_id, path, state, added_ns) VALUES (?1, ?2, 'complete', ?3)",
+                params![i as i64, mirror.to_string_lossy(), s.created_ns],
+            )
+            .map_err(sql_err("recording mirrors"))?;
+        }
+        // The root: a folder whose "." and ".." both count, as on every Unix filesystem.
+        let sql = format!(
+            "INSERT INTO inodes ({}, gen_from, gen_to) VALUES (?1, ?2, ?3, ?4, ?5, 0, 2, 0, ?6, ?6, ?6, NULL, 1, ?7)",
+            read::INODE_COLUMNS
+        );
+        tx.execute(
+            &sql,
+            params![
+                InodeId::ROOT.0,
+                FileKind::Dir.code(),
+                new.root_mode & 0o7777,
+                new.root_uid,
+                new.root_gid,
+                s.created_ns,
+                GenId::OPEN.0
+            ],
+        )
+        .map_err(sql_err("creating the root folder"))?;
+        tx.commit().map_err(sql_err("committing the new catalog"))?;
+        Catalog::from_conn(conn, false)
+    }
+
+    /// Opens an existing catalog for reading and writing. The caller holds the
+    /// repository lock.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        Catalog::open_with(path, false)
+    }
+
+    /// Opens an existing catalog read-only; safe while a writer has it open.
+    pub fn open_read_only(path: &Path) -> Result<Catalog> {
+        Catalog::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, read_only: bool) -> Result<Catalog> {
+        if !path.is_file() {
+            return Err(Error::NotARepository {
+                path: path.parent().unwrap_or(path).to_path_buf(),
+            });
+        }
+        let flags = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(sql_err("opening catalog.db"))?;
+        if !read_only {
+            configure(&conn)?;
+        } else {
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(sql_err("configuring catalog.db"))?;
+        }
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sql_err("reading the schema version (is catalog.db a snapfs catalog?)"))?;
+        if version == 0 {
+            return Err(Error::CorruptCatalog(format!(
+                "{} has no snapfs schema; run `snapfs recover` to rebuild it from a mirror",
+                path.display()
+            )));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(Error::UnsupportedFormat {
+                what: path.display().to_string(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Catalog::from_conn(conn, read_only)
+    }
+
+    fn from_conn(conn: Connection, read_only: bool) -> Result<Catalog> {
+        let mut catalog = Catalog {
+            conn,
+            live: GenId(0),
+            max_extent: 0,
+            read_only,
+        };
+        catalog.refresh()?;
+        Ok(catalog)
+    }
+
+    /// Re-reads the live generation and the extent bound (after another process wrote).
+    pub fn refresh(&mut self) -> Result<()> {
+        self.live = self
+            .conn
+            .query_row("SELECT max(gen_id) FROM generations", [], |row| row.get::<_, Option<i64>>(0))
+            .map_err(sql_err("finding the live generation"))?
+            .map(GenId)
+            .ok_or_else(|| Error::CorruptCatalog("no generation at all".into()))?;
+        self.max_extent = self.settings()?.chunker.max_size as u64;
+        Ok(())
+    }
+
+    /// The live (newest, open) generation.
+    pub fn live(&self) -> GenId {
+        self.live
+    }
+
+    /// True when opened with `open_read_only`.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The repository settings.
+    pub fn settings(&self) -> Result<Settings> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM settings")
+            .map_err(sql_err("reading settings"))?;
+        let map: HashMap<String, String> = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(sql_err("reading settings"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("reading settings"))?;
+        let get = |key: &str| -> Result<&String> {
+            map.get(key)
+                .ok_or_else(|| Error::CorruptCatalog(format!("setting {key} is missing")))
+        };
+        let num = |key: &str| -> Result<u64> {
+            get(key)?
+                .parse::<u64>()
+                .map_err(|_| Error::CorruptCatalog(format!("setting {key} is not a number")))
+        };
+        let repo_id = get("repo_id")?
+            .parse::<RepoId>()
+            .map_err(|_| Error::CorruptCatalog("setting repo_id is malformed".into()))?;
+        let zstd_level = match get("zstd_level")?.as_str() {
+            "none" => None,
+            level => Some(
+                level
+                    .parse::<i32>()
+                    .map_err(|_| Error::CorruptCatalog("setting zstd_level is malformed".into()))?,
+            ),
+        };
+        Ok(Settings {
+            repo_id,
+            chunker: ChunkerParams {
+                min_size: num("chunk_min")? as u32,
+                avg_size: num("chunk_avg")? as u32,
+                max_size: num("chunk_max")? as u32,
+                seed: num("chunk_seed")?,
+            },
+            zstd_level,
+            created_ns: num("created_ns")? as i64,
+        })
+    }
+
+    /// Every generation, oldest first (the live one last).
+    pub fn generations(&self) -> Result<Vec<Generation>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT gen_id, name, label, created_ns, frozen_ns, held FROM generations ORDER BY gen_id",
+            )
+            .map_err(sql_err("listing generations"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(Generation {
+                    id: GenId(row.get(0)?),
+                    name: row.get(1)?,
+                    label: row.get(2)?,
+                    created_ns: row.get(3)?,
+                    frozen_ns: row.get(4)?,
+                    held: row.get::<_, i64>(5)? != 0,
+                })
+            })
+            .map_err(sql_err("listing generations"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("listing generations"))
+    }
+
+    /// The snapshot called `name` (with its `@`); `None` when there is none.
+    pub fn find_snapshot(&self, name: &str) -> Result<Option<Generation>> {
+        Ok(self
+            .generations()?
+            .into_iter()
+            .find(|g| g.name.as_deref() == Some(name)))
+    }
+
+    /// Freezes the live generation as snapshot `name` and opens the next one.
+    /// O(1): two row writes, whatever the size of the tree. Durable on return.
+    pub fn freeze(&mut self, name: &str, label: Option<&str>, now_ns: i64) -> Result<GenId> {
+        let frozen = self.live;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting a snapshot"))?;
+        let taken: Option<i64> = tx
+            .query_row("SELECT gen_id FROM generations WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()
+            .map_err(sql_err("checking the snapshot name"))?;
+        if taken.is_some() {
+            return Err(Error::Exists(name.to_string()));
+        }
+        tx.execute(
+            "UPDATE generations SET name = ?2, label = ?3, frozen_ns = ?4 WHERE gen_id = ?1 AND frozen_ns IS NULL",
+            params![frozen.0, name, label, now_ns],
+        )
+        .map_err(sql_err("freezing the live generation"))?;
+        tx.execute(
+            "INSERT INTO generations (gen_id, created_ns) VALUES (?1, ?2)",
+            params![frozen.0 + 1, now_ns],
+        )
+        .map_err(sql_err("opening the next generation"))?;
+        tx.commit().map_err(sql_err("committing a snapshot"))?;
+        self.live = GenId(frozen.0 + 1);
+        Ok(frozen)
+    }
+
+    /// Starts a write transaction on the live generation. Nothing is visible to other
+    /// connections until `Txn::commit`; dropping the `Txn` rolls back.
+    pub fn write(&mut self) -> Result<Txn<'_>> {
+        if self.read_only {
+            return Err(Error::ReadOnly("catalog opened read-only".into()));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting a catalog transaction"))?;
+        Ok(Txn::new(tx, self.live, self.max_extent))
+    }
+
+    /// The attributes of `id` as `gen` sees them.
+    pub fn inode(&self, gen: GenId, id: InodeId) -> Result<Option<InodeAttr>> {
+        read::inode(&self.conn, gen, id)
+    }
+
+    /// The inode `name` in folder `parent` points at, as `gen` sees it.
+    pub fn lookup(&self, gen: GenId, parent: InodeId, name: &[u8]) -> Result<Option<InodeId>> {
+        read::lookup(&self.conn, gen, parent, name)
+    }
+
+    /// The names in folder `dir` as `gen` sees them, sorted by name.
+    pub fn readdir(&self, gen: GenId, dir: InodeId) -> Result<Vec<DirEntry>> {
+        read::readdir(&self.conn, gen, dir)
+    }
+
+    /// Every (folder, name) that points at `inode` in `gen`.
+    pub fn names_of(&self, gen: GenId, inode: InodeId) -> Result<Vec<(InodeId, Vec<u8>)>> {
+        read::names_of(&self.conn, gen, inode)
+    }
+
+    /// The extents of `inode` overlapping `[start, end)` in `gen`, in file order.
+    pub fn extents(&self, gen: GenId, inode: InodeId, start: u64, end: u64) -> Result<Vec<Extent>> {
+        Ok(read::extent_rows(&self.conn, gen, inode, start, end, self.max_extent)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// The value of xattr `name` of `inode` in `gen`.
+    pub fn xattr(&self, gen: GenId, inode: InodeId, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        read::xattr(&self.conn, gen, inode, name)
+    }
+
+    /// Every xattr of `inode` in `gen`, sorted by name.
+    pub fn xattrs(&self, gen: GenId, inode: InodeId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        read::xattrs(&self.conn, gen, inode)
+    }
+
+    /// What the catalog knows of chunk `id`; `None` when it was never stored.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkInfo>> {
+        write::chunk(&self.conn, id)
+    }
+
+    /// The mirrors, by id.
+    pub fn mirrors(&self) -> Result<Vec<MirrorRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT mirror_id, path, state FROM mirrors ORDER BY mirror_id")
+            .map_err(sql_err("listing mirrors"))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(MirrorRecord {
+                    id: MirrorId(row.get(0)?),
+                    path: PathBuf::from(row.get::<_, String>(1)?),
+                    state: row.get(2)?,
+                })
+            })
+            .map_err(sql_err("listing mirrors"))?;
+        rows.collect::<rusqlite::Result<_>>().map_err(sql_err("listing mirrors"))
+    }
+
+    /// Counts and sizes of the tree as `gen` sees it.
+    pub fn tree_totals(&self, gen: GenId) -> Result<TreeTotals> {
+        let (inodes, files, logical): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(kind = 1), 0), coalesce(sum(CASE WHEN kind = 1 THEN size ELSE 0 END), 0)
+                 FROM inodes WHERE gen_from <= ?1 AND gen_to > ?1",
+                params![gen.0],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .map_err(sql_err("counting the tree"))?;
+        let data: i64 = self
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(length), 0) FROM extents WHERE gen_from <= ?1 AND gen_to > ?1",
+                params![gen.0],
+                |row| row.get(0),
+            )
+            .map_err(sql_err("counting extents"))?;
+        Ok(TreeTotals {
+            inodes: inodes as u64,
+            files: files as u64,
+            logical_bytes: logical as u64,
+            data_bytes: data as u64,
+        })
+    }
+
+    /// Totals over the chunk table; with `mirror`, only the chunks that mirror holds.
+    pub fn chunk_totals(&self, mirror: Option<MirrorId>) -> Result<ChunkTotals> {
+        let mask: i64 = match mirror {
+            Some(m) => 1i64 << m.0,
+            None => -1,
+        };
+        let (chunks, plain, stored): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(plain_size), 0), coalesce(sum(stored_size), 0)
+                 FROM chunks WHERE (mirrors & ?1) != 0 OR ?1 = -1",
+                params![mask],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .map_err(sql_err("counting chunks"))?;
+        Ok(ChunkTotals {
+            chunks: chunks as u64,
+            plain_bytes: plain as u64,
+            stored_bytes: stored as u64,
+        })
+    }
+
+    /// SQLite's own consistency check; `Ok(vec![])` when the database is sound.
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(sql_err("running integrity_check"))?;
+        let rows: Vec<String> = stmt
+            .query_map([], |row| row.get(0))
+            .map_err(sql_err("running integrity_check"))?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("running integrity_check"))?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+}
+
+/// Connection settings for a writer: WAL (readers never block the writer), full sync
+/// at commit (a committed transaction survives power loss, which fsync relies on).
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sql_err("configuring catalog.db"))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(sql_err("switching catalog.db to WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::CorruptCatalog(format!("catalog.db refused WAL mode ({mode})")));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -65536;")
+        .map_err(sql_err("configuring catalog.db"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! Queries that read one generation's view: inodes, names, extents, xattrs.
+//!
+//! Free functions over a `rusqlite::Connection`, so that the read-only catalog and a
+//! write transaction (which sees its own uncommitted rows) share them. Each query is
+//! one probe of a primary key: "the row with the greatest gen_from <= G, if its
+//! gen_to > G" (see schema.sql).
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::model::{DirEntry, Extent, FileKind, InodeAttr};
+use super::sql_err;
+use crate::error::{Error, Result};
+use crate::types::{ChunkId, GenId, InodeId};
+
+pub(super) const INODE_COLUMNS: &str =
+    "inode_id, kind, mode, uid, gid, size, nlink, rdev, atime_ns, mtime_ns, ctime_ns, target";
+
+pub(super) fn inode_from_row(row: &Row<'_>) -> rusqlite::Result<InodeAttr> {
+    let code: i64 = row.get(1)?;
+    let kind = FileKind::from_code(code).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            1,
+            rusqlite::types::Type::Integer,
+            format!("unknown inode kind {code}").into(),
+        )
+    })?;
+    Ok(InodeAttr {
+        id: InodeId(row.get(0)?),
+        kind,
+        mode: row.get(2)?,
+        uid: row.get(3)?,
+        gid: row.get(4)?,
+        size: row.get::<_, i64>(5)? as u64,
+        nlink: row.get(6)?,
+        rdev: row.get::<_, i64>(7)? as u64,
+        atime_ns: row.get(8)?,
+        mtime_ns: row.get(9)?,
+        ctime_ns: row.get(10)?,
+        target: row.get::<_, Option<Vec<u8>>>(11)?.unwrap_or_default(),
+    })
+}
+
+/// The attributes of `id` in generation `gen`; `None` when `gen` does not see it.
+pub fn inode(conn: &Connection, gen: GenId, id: InodeId) -> Result<Option<InodeAttr>> {
+    let sql = format!(
+        "SELECT {INODE_COLUMNS}, gen_to FROM inodes
+         WHERE inode_id = ?1 AND gen_from <= ?2 ORDER BY gen_from DESC LIMIT 1"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err("preparing inode query"))?;
+    let found = stmt
+        .query_row(params![id.0, gen.0], |row| {
+            Ok((inode_from_row(row)?, row.get::<_, i64>(12)?))
+        })
+        .optional()
+        .map_err(sql_err("reading an inode"))?;
+    Ok(found.filter(|(_, gen_to)| *gen_to > gen.0).map(|(attr, _)| attr))
+}
+
+/// The inode that `name` in folder `parent` points at in `gen`; `None` when absent.
+pub fn lookup(conn: &Connection, gen: GenId, parent: InodeId, name: &[u8]) -> Result<Option<InodeId>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT inode_id, gen_to FROM dir_entries
+             WHERE parent_id = ?1 AND name = ?2 AND gen_from <= ?3
+             ORDER BY gen_from DESC LIMIT 1",
+        )
+        .map_err(sql_err("preparing lookup"))?;
+    let found = stmt
+        .query_row(params![parent.0, name, gen.0], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
+        .optional()
+        .map_err(sql_err("looking up a name"))?;
+    Ok(found.filter(|(_, gen_to)| *gen_to > gen.0).map(|(id, _)| InodeId(id)))
+}
+
+/// Every name in folder `dir` in `gen`, sorted by name bytes, with each target's kind.
+pub fn readdir(conn: &Connection, gen: GenId, dir: InodeId) -> Result<Vec<DirEntry>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT e.name, e.inode_id,
+                    (SELECT i.kind FROM inodes i
+                     WHERE i.inode_id = e.inode_id AND i.gen_from <= ?2
+                     ORDER BY i.gen_from DESC LIMIT 1)
+             FROM dir_entries e
+             WHERE e.parent_id = ?1 AND e.gen_from <= ?2 AND e.gen_to > ?2
+             ORDER BY e.name",
+        )
+        .map_err(sql_err("preparing readdir"))?;
+    let rows = stmt
+        .query_map(params![dir.0, gen.0], |row| {
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .map_err(sql_err("listing a folder"))?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (name, inode, kind) = row.map_err(sql_err("listing a folder"))?;
+        let kind = kind.and_then(FileKind::from_code).ok_or_else(|| {
+            Error::CorruptCatalog(format!(
+                "entry {:?} in folder {dir} points at inode {inode}, which generation {gen} does not have",
+                String::from_utf8_lossy(&name)
+            ))
+        })?;
+        entries.push(DirEntry { name, inode: InodeId(inode), kind });
+    }
+    Ok(entries)
+}
+
+/// Every (folder, name) pointing at `inode` in `gen`.
+pub fn names_of(conn: &Connection, gen: GenId, inode: InodeId) -> Result<Vec<(InodeId, Vec<u8>)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT parent_id, name FROM dir_entries
+             WHERE inode_id = ?1 AND gen_from <= ?2 AND gen_to > ?2",
+        )
+        .map_err(sql_err("preparing names query"))?;
+    let rows = stmt
+        .query_map(params![inode.0, gen.0], |row| {
+            Ok((InodeId(row.get(0)?), row.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(sql_err("finding the names of an inode"))?;
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(sql_err("finding the names of an inode"))
+}
+
+/// The extents of `inode` in `gen` that overlap `[start, end)`, in file order, each
+/// with the gen_from of its row. `max_extent` bounds every extent's length
+/// (settings.chunk_max), which lets the query start its index scan near `start`.
+pub(super) fn extent_rows(
+    conn: &Connection,
+    gen: GenId,
+    inode: InodeId,
+    start: u64,
+    end: u64,
+    max_extent: u64,
+) -> Result<Vec<(Extent, i64)>> {
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    let scan_from = start.saturating_sub(max_extent) as i64;
+    let end = end.min(i64::MAX as u64) as i64;
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT file_offset, length, chunk_id, chunk_offset, gen_from FROM extents
+             WHERE inode_id = ?1 AND file_offset >= ?2 AND file_offset < ?3
+               AND gen_from <= ?4 AND gen_to > ?4
+             ORDER BY file_offset",
+        )
+        .map_err(sql_err("preparing extent query"))?;
+    let rows = stmt
+        .query_map(params![inode.0, scan_from, end, gen.0], |row| {
+            Ok((
+                row.get::<_, i64>(0)? as u64,
+                row.get::<_, i64>(1)? as u64,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, i64>(3)? as u64,
+                row.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(sql_err("reading extents"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (offset, length, chunk, chunk_offset, gen_from) = row.map_err(sql_err("reading extents"))?;
+        if offset + length <= start {
+            continue;
+        }
+        let chunk = ChunkId::from_slice(&chunk).ok_or_else(|| {
+            Error::CorruptCatalog(format!("extent of inode {inode} at {offset} has a malformed chunk id"))
+        })?;
+        out.push((Extent { offset, length, chunk, chunk_offset }, gen_from));
+    }
+    Ok(out)
+}
+
+/// The value of xattr `name` of `inode` in `gen`; `None` when absent.
+pub fn xattr(conn: &Connection, gen: GenId, inode: InodeId, name: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT value, gen_to FROM xattrs
+             WHERE inode_id = ?1 AND name = ?2 AND gen_from <= ?3
+             ORDER BY gen_from DESC LIMIT 1",
+        )
+        .map_err(sql_err("preparing xattr query"))?;
+    let found = stmt
+        .query_row(params![inode.0, name, gen.0], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+        })
+        .optional()
+        .map_err(sql_err("reading an xattr"))?;
+    Ok(found.filter(|(_, gen_to)| *gen_to > gen.0).map(|(v, _)| v))
+}
+
+/// Every xattr of `inode` in `gen`, sorted by name.
+pub fn xattrs(conn: &Connection, gen: GenId, inode: InodeId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT name, value FROM xattrs
+             WHERE inode_id = ?1 AND gen_from <= ?2 AND gen_to > ?2 ORDER BY name",
+        )
+        .map_err(sql_err("preparing xattr list"))?;
+    let rows = stmt
+        .query_map(params![inode.0, gen.0], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(sql_err("listing xattrs"))?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql_err("listing xattrs"))
+}

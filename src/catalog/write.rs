@@ -1,0 +1,501 @@
+//! Write transactions on the live generation.
+//!
+//! Every change goes through "close or delete the visible row, insert the new version":
+//! a row an older generation can see is closed (`gen_to = live`) and a new one inserted;
+//! a row born in the live generation is changed in place. Frozen generations therefore
+//! never change. Link counts are kept here, so every caller gets them right.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::model::{ChunkInfo, Extent, FileKind, InodeAttr, NewInode};
+use super::read;
+use super::sql_err;
+use crate::error::{Error, Result};
+use crate::types::{ChunkId, GenId, InodeId};
+
+/// One write transaction on the live generation. Reads through it see its own changes.
+/// Dropping it without `commit` rolls everything back.
+pub struct Txn<'c> {
+    tx: Transaction<'c>,
+    live: GenId,
+    max_extent: u64,
+}
+
+impl<'c> Txn<'c> {
+    pub(super) fn new(tx: Transaction<'c>, live: GenId, max_extent: u64) -> Txn<'c> {
+        Txn { tx, live, max_extent }
+    }
+
+    /// The generation this transaction writes.
+    pub fn live(&self) -> GenId {
+        self.live
+    }
+
+    /// Makes every change durable and visible, atomically.
+    pub fn commit(self) -> Result<()> {
+        self.tx.commit().map_err(sql_err("committing"))
+    }
+
+    // ---- reads (live generation, including this transaction's changes) ----
+
+    /// The live attributes of `id`.
+    pub fn inode(&self, id: InodeId) -> Result<Option<InodeAttr>> {
+        read::inode(&self.tx, self.live, id)
+    }
+
+    /// The live attributes of `id`, which must exist.
+    pub fn expect_inode(&self, id: InodeId) -> Result<InodeAttr> {
+        self.inode(id)?
+            .ok_or_else(|| Error::NotFound(format!("inode {id}")))
+    }
+
+    /// The inode `name` in `parent` points at in the live tree.
+    pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Option<InodeId>> {
+        read::lookup(&self.tx, self.live, parent, name)
+    }
+
+    /// The live names in folder `dir`.
+    pub fn readdir(&self, dir: InodeId) -> Result<Vec<super::DirEntry>> {
+        read::readdir(&self.tx, self.live, dir)
+    }
+
+    /// The live extents of `inode` overlapping `[start, end)`.
+    pub fn extents(&self, inode: InodeId, start: u64, end: u64) -> Result<Vec<Extent>> {
+        Ok(read::extent_rows(&self.tx, self.live, inode, start, end, self.max_extent)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// What the catalog knows of chunk `id`.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkInfo>> {
+        chunk(&self.tx, id)
+    }
+
+    // ---- inodes ----
+
+    /// Creates an inode with no name yet (link count 0, or 1 for a folder's ".").
+    pub fn create_inode(&self, new: &NewInode) -> Result<InodeAttr> {
+        let next: i64 = self
+            .tx
+            .query_row("SELECT value FROM settings WHERE key = 'next_inode_id'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(sql_err("allocating an inode id"))?
+            .parse()
+            .map_err(|_| Error::CorruptCatalog("setting next_inode_id is not a number".into()))?;
+        self.tx
+            .execute(
+                "UPDATE settings SET value = ?1 WHERE key = 'next_inode_id'",
+                params![(next + 1).to_string()],
+            )
+            .map_err(sql_err("allocating an inode id"))?;
+        let attr = InodeAttr {
+            id: InodeId(next),
+            kind: new.kind,
+            mode: new.mode & 0o7777,
+            uid: new.uid,
+            gid: new.gid,
+            size: if new.kind == FileKind::Symlink { new.target.len() as u64 } else { 0 },
+            nlink: if new.kind == FileKind::Dir { 1 } else { 0 },
+            rdev: new.rdev,
+            atime_ns: new.time_ns,
+            mtime_ns: new.time_ns,
+            ctime_ns: new.time_ns,
+            target: new.target.clone(),
+        };
+        self.insert_inode_row(&attr)?;
+        Ok(attr)
+    }
+
+    /// Replaces the live attributes of `attr.id` with `attr` (every field).
+    pub fn set_inode(&self, attr: &InodeAttr) -> Result<()> {
+        let gen_from = self.visible_inode_gen(attr.id)?;
+        if gen_from == self.live.0 {
+            let mut stmt = self
+                .tx
+                .prepare_cached(
+                    "UPDATE inodes SET kind = ?3, mode = ?4, uid = ?5, gid = ?6, size = ?7, nlink = ?8,
+                     rdev = ?9, atime_ns = ?10, mtime_ns = ?11, ctime_ns = ?12, target = ?13
+                     WHERE inode_id = ?1 AND gen_from = ?2",
+                )
+                .map_err(sql_err("preparing inode update"))?;
+            stmt.execute(params![
+                attr.id.0,
+                gen_from,
+                attr.kind.code(),
+                attr.mode & 0o7777,
+                attr.uid,
+                attr.gid,
+                attr.size as i64,
+                attr.nlink,
+                attr.rdev as i64,
+                attr.atime_ns,
+                attr.mtime_ns,
+                attr.ctime_ns,
+                target_value(attr),
+            ])
+            .map_err(sql_err("updating an inode"))?;
+        } else {
+            self.close_row("inodes", "inode_id = ?1 AND gen_from = ?2", params![attr.id.0, gen_from], gen_from)?;
+            self.insert_inode_row(attr)?;
+        }
+        Ok(())
+    }
+
+    /// Removes inode `id` from the live tree: its attributes, extents and xattrs.
+    /// The caller has removed every name that pointed at it.
+    pub fn remove_inode(&self, id: InodeId) -> Result<()> {
+        let gen_from = self.visible_inode_gen(id)?;
+        self.close_row("inodes", "inode_id = ?1 AND gen_from = ?2", params![id.0, gen_from], gen_from)?;
+        self.set_extents(id, 0, u64::MAX, &[])?;
+        for (name, _) in read::xattrs(&self.tx, self.live, id)? {
+            self.remove_xattr(id, &name)?;
+        }
+        Ok(())
+    }
+
+    fn visible_inode_gen(&self, id: InodeId) -> Result<i64> {
+        let found: Option<(i64, i64)> = self
+            .tx
+            .prepare_cached(
+                "SELECT gen_from, gen_to FROM inodes WHERE inode_id = ?1 AND gen_from <= ?2
+                 ORDER BY gen_from DESC LIMIT 1",
+            )
+            .map_err(sql_err("preparing inode probe"))?
+            .query_row(params![id.0, self.live.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(sql_err("finding an inode"))?;
+        match found {
+            Some((gen_from, gen_to)) if gen_to > self.live.0 => Ok(gen_from),
+            _ => Err(Error::NotFound(format!("inode {id}"))),
+        }
+    }
+
+    fn insert_inode_row(&self, attr: &InodeAttr) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO inodes ({}, gen_from, gen_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            read::INODE_COLUMNS
+        );
+        let mut stmt = self.tx.prepare_cached(&sql).map_err(sql_err("preparing inode insert"))?;
+        stmt.execute(params![
+            attr.id.0,
+            attr.kind.code(),
+            attr.mode & 0o7777,
+            attr.uid,
+            attr.gid,
+            attr.size as i64,
+            attr.nlink,
+            attr.rdev as i64,
+            attr.atime_ns,
+            attr.mtime_ns,
+            attr.ctime_ns,
+            target_value(attr),
+            self.live.0,
+            GenId::OPEN.0,
+        ])
+        .map_err(sql_err("inserting an inode"))?;
+        Ok(())
+    }
+
+    /// Closes (older generations still see it) or deletes (born live) one row.
+    /// `key` selects exactly that row by its primary key, whose last part is `gen_from`.
+    fn close_row(&self, table: &str, key: &str, args: &[&dyn rusqlite::ToSql], gen_from: i64) -> Result<()> {
+        let sql = if gen_from == self.live.0 {
+            format!("DELETE FROM {table} WHERE {key}")
+        } else {
+            format!("UPDATE {table} SET gen_to = {} WHERE {key}", self.live.0)
+        };
+        let mut stmt = self.tx.prepare_cached(&sql).map_err(sql_err("preparing row close"))?;
+        let n = stmt.execute(args).map_err(sql_err("closing a row"))?;
+        if n != 1 {
+            return Err(Error::CorruptCatalog(format!("closing a row of {table} touched {n} rows")));
+        }
+        Ok(())
+    }
+
+    fn bump_nlink(&self, id: InodeId, delta: i64) -> Result<InodeAttr> {
+        let mut attr = self.expect_inode(id)?;
+        let nlink = attr.nlink as i64 + delta;
+        if nlink < 0 {
+            return Err(Error::CorruptCatalog(format!("inode {id} link count would go below zero")));
+        }
+        attr.nlink = nlink as u32;
+        self.set_inode(&attr)?;
+        Ok(attr)
+    }
+
+    // ---- names ----
+
+    /// Adds the name `name` in folder `parent` for `inode` and counts the link (a folder
+    /// also adds its ".." to the parent's count). `Error::Exists` when the name is taken.
+    pub fn link(&self, parent: InodeId, name: &[u8], inode: InodeId) -> Result<()> {
+        check_name(name)?;
+        if self.lookup(parent, name)?.is_some() {
+            return Err(Error::Exists(String::from_utf8_lossy(name).into_owned()));
+        }
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO dir_entries (parent_id, name, gen_from, gen_to, inode_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(sql_err("preparing entry insert"))?;
+        stmt.execute(params![parent.0, name, self.live.0, GenId::OPEN.0, inode.0])
+            .map_err(sql_err("adding a name"))?;
+        let attr = self.bump_nlink(inode, 1)?;
+        if attr.kind == FileKind::Dir {
+            self.bump_nlink(parent, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the name `name` from folder `parent` and uncounts the link. Returns the
+    /// inode it pointed at with its attributes after the change: at `nlink == 0` (a
+    /// folder: 1, its own ".") the caller removes the inode once nothing holds it open.
+    pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
+        let inode = self.remove_entry(parent, name)?;
+        let attr = self.expect_inode(inode)?;
+        if attr.kind == FileKind::Dir {
+            self.bump_nlink(parent, -1)?;
+        }
+        self.bump_nlink(inode, -1)
+    }
+
+    /// Moves the name `from_name` in `from_parent` to `to_name` in `to_parent`. A name
+    /// already at the target is unlinked first and returned (with its attributes after
+    /// the change). POSIX checks (types, emptiness, loops) are the caller's.
+    pub fn rename(
+        &self,
+        from_parent: InodeId,
+        from_name: &[u8],
+        to_parent: InodeId,
+        to_name: &[u8],
+    ) -> Result<Option<InodeAttr>> {
+        check_name(to_name)?;
+        let replaced = match self.lookup(to_parent, to_name)? {
+            Some(_) => Some(self.unlink(to_parent, to_name)?),
+            None => None,
+        };
+        let inode = self.remove_entry(from_parent, from_name)?;
+        self.insert_entry(to_parent, to_name, inode)?;
+        let attr = self.expect_inode(inode)?;
+        if attr.kind == FileKind::Dir && from_parent != to_parent {
+            self.bump_nlink(from_parent, -1)?;
+            self.bump_nlink(to_parent, 1)?;
+        }
+        Ok(replaced)
+    }
+
+    /// Swaps the inodes two names point at (RENAME_EXCHANGE). Both must exist.
+    pub fn exchange(&self, a_parent: InodeId, a_name: &[u8], b_parent: InodeId, b_name: &[u8]) -> Result<()> {
+        let a = self.remove_entry(a_parent, a_name)?;
+        let b = self.remove_entry(b_parent, b_name)?;
+        self.insert_entry(a_parent, a_name, b)?;
+        self.insert_entry(b_parent, b_name, a)?;
+        if a_parent != b_parent {
+            let a_dir = self.expect_inode(a)?.kind == FileKind::Dir;
+            let b_dir = self.expect_inode(b)?.kind == FileKind::Dir;
+            let delta = a_dir as i64 - b_dir as i64;
+            if delta != 0 {
+                self.bump_nlink(a_parent, -delta)?;
+                self.bump_nlink(b_parent, delta)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_entry(&self, parent: InodeId, name: &[u8], inode: InodeId) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO dir_entries (parent_id, name, gen_from, gen_to, inode_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(sql_err("preparing entry insert"))?;
+        stmt.execute(params![parent.0, name, self.live.0, GenId::OPEN.0, inode.0])
+            .map_err(sql_err("adding a name"))?;
+        Ok(())
+    }
+
+    fn remove_entry(&self, parent: InodeId, name: &[u8]) -> Result<InodeId> {
+        let found: Option<(i64, i64, i64)> = self
+            .tx
+            .prepare_cached(
+                "SELECT gen_from, gen_to, inode_id FROM dir_entries
+                 WHERE parent_id = ?1 AND name = ?2 AND gen_from <= ?3 ORDER BY gen_from DESC LIMIT 1",
+            )
+            .map_err(sql_err("preparing entry probe"))?
+            .query_row(params![parent.0, name, self.live.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(sql_err("finding a name"))?;
+        let (gen_from, inode) = match found {
+            Some((gen_from, gen_to, inode)) if gen_to > self.live.0 => (gen_from, inode),
+            _ => return Err(Error::NotFound(String::from_utf8_lossy(name).into_owned())),
+        };
+        self.close_row(
+            "dir_entries",
+            "parent_id = ?1 AND name = ?2 AND gen_from = ?3",
+            params![parent.0, name, gen_from],
+                gen_from,
+        )?;
+        Ok(InodeId(inode))
+    }
+
+    // ---- extents ----
+
+    /// Makes `new` the content of bytes `[start, end)` of `inode`: extents overlapping the
+    /// range are cut back to its edges, and `new` (which must lie inside the range, in
+    /// order, without overlap) is inserted. Bytes of the range that `new` leaves out
+    /// become holes. The chunks of `new` must already be registered (`add_chunk`).
+    /// The file size is the caller's (`set_inode`).
+    pub fn set_extents(&self, inode: InodeId, start: u64, end: u64, new: &[Extent]) -> Result<()> {
+        let mut last = start;
+        for e in new {
+            if e.offset < last || e.end() > end || e.length == 0 || e.length > self.max_extent {
+                return Err(Error::InvalidArgument(format!(
+                    "extent {}+{} does not fit the range {start}..{end} in order",
+                    e.offset, e.length
+                )));
+            }
+            last = e.end();
+        }
+        for (old, gen_from) in read::extent_rows(&self.tx, self.live, inode, start, end, self.max_extent)? {
+            self.close_row(
+                "extents",
+                "inode_id = ?1 AND file_offset = ?2 AND gen_from = ?3",
+                params![inode.0, old.offset as i64, gen_from],
+                gen_from,
+            )?;
+            if old.offset < start {
+                self.insert_extent(inode, &Extent { length: start - old.offset, ..old })?;
+            }
+            if old.end() > end {
+                let cut = end - old.offset;
+                self.insert_extent(
+                    inode,
+                    &Extent {
+                        offset: end,
+                        length: old.length - cut,
+                        chunk: old.chunk,
+                        chunk_offset: old.chunk_offset + cut,
+                    },
+                )?;
+            }
+        }
+        for e in new {
+            self.insert_extent(inode, e)?;
+        }
+        Ok(())
+    }
+
+    fn insert_extent(&self, inode: InodeId, e: &Extent) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO extents (inode_id, file_offset, gen_from, gen_to, length, chunk_id, chunk_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(sql_err("preparing extent insert"))?;
+        stmt.execute(params![
+            inode.0,
+            e.offset as i64,
+            self.live.0,
+            GenId::OPEN.0,
+            e.length as i64,
+            &e.chunk.0[..],
+            e.chunk_offset as i64
+        ])
+        .map_err(sql_err("inserting an extent"))?;
+        Ok(())
+    }
+
+    /// Records that chunk `id` is stored (durably) in the mirrors of bitmask `mirrors`;
+    /// a known chunk gains those mirrors.
+    pub fn add_chunk(&self, id: &ChunkId, plain_size: u64, stored_size: u64, mirrors: u64) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO chunks (chunk_id, plain_size, stored_size, mirrors) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (chunk_id) DO UPDATE SET mirrors = mirrors | excluded.mirrors",
+            )
+            .map_err(sql_err("preparing chunk insert"))?;
+        stmt.execute(params![&id.0[..], plain_size as i64, stored_size as i64, mirrors as i64])
+            .map_err(sql_err("recording a chunk"))?;
+        Ok(())
+    }
+
+    // ---- xattrs ----
+
+    /// Sets xattr `name` of `inode` to `value`.
+    pub fn set_xattr(&self, inode: InodeId, name: &[u8], value: &[u8]) -> Result<()> {
+        if read::xattr(&self.tx, self.live, inode, name)?.is_some() {
+            self.remove_xattr(inode, name)?;
+        }
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO xattrs (inode_id, name, gen_from, gen_to, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(sql_err("preparing xattr insert"))?;
+        stmt.execute(params![inode.0, name, self.live.0, GenId::OPEN.0, value])
+            .map_err(sql_err("setting an xattr"))?;
+        Ok(())
+    }
+
+    /// Removes xattr `name` of `inode`; `Error::NoXattr` when it has none.
+    pub fn remove_xattr(&self, inode: InodeId, name: &[u8]) -> Result<()> {
+        let found: Option<(i64, i64)> = self
+            .tx
+            .prepare_cached(
+                "SELECT gen_from, gen_to FROM xattrs WHERE inode_id = ?1 AND name = ?2 AND gen_from <= ?3
+                 ORDER BY gen_from DESC LIMIT 1",
+            )
+            .map_err(sql_err("preparing xattr probe"))?
+            .query_row(params![inode.0, name, self.live.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(sql_err("finding an xattr"))?;
+        match found {
+            Some((gen_from, gen_to)) if gen_to > self.live.0 => self.close_row(
+                "xattrs",
+                "inode_id = ?1 AND name = ?2 AND gen_from = ?3",
+                params![inode.0, name, gen_from],
+                gen_from,
+            ),
+            _ => Err(Error::NoXattr),
+        }
+    }
+}
+
+fn target_value(attr: &InodeAttr) -> Option<&[u8]> {
+    (attr.kind == FileKind::Symlink).then_some(attr.target.as_slice())
+}
+
+/// A file name must be 1..=255 bytes, without '/' or NUL, and not "." or "..".
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > 255 {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn chunk(conn: &Connection, id: &ChunkId) -> Result<Option<ChunkInfo>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT plain_size, stored_size, mirrors, refs FROM chunks WHERE chunk_id = ?1")
+        .map_err(sql_err("preparing chunk probe"))?;
+    stmt.query_row(params![&id.0[..]], |r| {
+        Ok(ChunkInfo {
+            id: *id,
+            plain_size: r.get::<_, i64>(0)? as u64,
+            stored_size: r.get::<_, i64>(1)? as u64,
+            mirrors: r.get::<_, i64>(2)? as u64,
+            refs: r.get::<_, i64>(3)? as u64,
+        })
+    })
+    .optional()
+    .map_err(sql_err("reading a chunk"))
+}

@@ -1,0 +1,184 @@
+//! The library's one error type and its mapping to errno.
+//!
+//! Owns: `Error` (kinds with structured context) and `Result`. Every module below the
+//! CLI returns these; `anyhow` is for `cli/` and `main.rs` only. `Error::errno` is the
+//! single place where kinds become kernel error numbers.
+
+use std::path::PathBuf;
+
+use crate::types::{ChunkId, MirrorId};
+
+/// Result of every library call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, with the context a user needs to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system call failed; `context` says what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored copy of a chunk does not decode or does not hash to its name.
+    #[error("chunk {id} is corrupt in {mirror}: {reason}")]
+    CorruptChunk {
+        id: ChunkId,
+        mirror: String,
+        reason: String,
+    },
+    /// No store holds a copy of a chunk that the catalog references.
+    #[error("chunk {id} is missing from every mirror")]
+    MissingChunk { id: ChunkId },
+    /// Every mirror failed; nothing could be written or read.
+    #[error("no usable mirror is left: {reason}")]
+    NoMirror { reason: String },
+    /// A folder given as a mirror belongs to another repository.
+    #[error("{} is a mirror of another repository ({other}); choose an empty folder", path.display())]
+    ForeignMirror { path: PathBuf, other: String },
+    /// A mirror folder exists but is not a snapfs mirror and is not empty.
+    #[error("{} is not empty and is not a snapfs mirror; choose an empty folder", path.display())]
+    NotAMirror { path: PathBuf },
+    /// The repository folder holds no catalog.
+    #[error("{} is not a snapfs repository (no catalog.db); create one with `snapfs init`", path.display())]
+    NotARepository { path: PathBuf },
+    /// `init` was pointed at a folder that already holds a repository.
+    #[error("{} already holds a snapfs repository; use it, or choose another --repo", path.display())]
+    RepositoryExists { path: PathBuf },
+    /// Another process holds the repository's writer lock.
+    #[error("repository {} is in use by process {pid}{}", path.display(), .holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    Locked {
+        path: PathBuf,
+        pid: u32,
+        holder: Option<String>,
+    },
+    /// The catalog database failed.
+    #[error("catalog: {context}: {source}")]
+    Catalog {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The catalog's content breaks one of its invariants.
+    #[error("catalog is corrupt: {0}")]
+    CorruptCatalog(String),
+    /// The repository was written by a newer or unknown format.
+    #[error("{what} has format version {found}; this snapfs reads up to {supported}; upgrade snapfs")]
+    UnsupportedFormat {
+        what: String,
+        found: u32,
+        supported: u32,
+    },
+    /// A mirror could not be used and was set aside (degraded mode).
+    #[error("mirror {id} ({}) is unusable: {reason}", path.display())]
+    MirrorUnusable {
+        id: MirrorId,
+        path: PathBuf,
+        reason: String,
+    },
+    /// No such file, folder, snapshot or name.
+    #[error("{0}: not found")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("{0}: already exists")]
+    Exists(String),
+    /// A folder that must be empty is not.
+    #[error("{0}: folder not empty")]
+    NotEmpty(String),
+    /// A folder was expected.
+    #[error("{0}: not a folder")]
+    NotDir(String),
+    /// Not a folder was expected.
+    #[error("{0}: is a folder")]
+    IsDir(String),
+    /// The view is a snapshot (or the repository was opened read-only).
+    #[error("{0}: read-only")]
+    ReadOnly(String),
+    /// A name longer than 255 bytes.
+    #[error("name too long")]
+    NameTooLong,
+    /// A bad argument from the user or the kernel.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller lacks permission.
+    #[error("{0}: permission denied")]
+    PermissionDenied(String),
+    /// The operation is not permitted to this caller at all.
+    #[error("{0}: operation not permitted")]
+    NotPermitted(String),
+    /// The operation is not supported here.
+    #[error("{0}: not supported")]
+    Unsupported(String),
+    /// An extended attribute is absent.
+    #[error("no such extended attribute")]
+    NoXattr,
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A closure for `map_err` that wraps an I/O error with `context`.
+    pub fn io_with(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    /// The kernel error number this kind stands for. Unknown kinds are `EIO`;
+    /// corruption is `EIO`, never `ENOENT`.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::NotFound(_) => libc::ENOENT,
+            Error::Exists(_) | Error::RepositoryExists { .. } => libc::EEXIST,
+            Error::NotEmpty(_) => libc::ENOTEMPTY,
+            Error::NotDir(_) => libc::ENOTDIR,
+            Error::IsDir(_) => libc::EISDIR,
+            Error::ReadOnly(_) => libc::EROFS,
+            Error::NameTooLong => libc::ENAMETOOLONG,
+            Error::InvalidArgument(_) => libc::EINVAL,
+            Error::PermissionDenied(_) => libc::EACCES,
+            Error::NotPermitted(_) => libc::EPERM,
+            Error::Unsupported(_) => libc::EOPNOTSUPP,
+            Error::NoXattr => libc::ENODATA,
+            Error::Locked { .. } => libc::EBUSY,
+            _ => libc::EIO,
+        }
+    }
+
+    /// True when the error says the disk is full.
+    pub fn is_no_space(&self) -> bool {
+        self.errno() == libc::ENOSPC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corruption_maps_to_eio_not_enoent() {
+        let id = ChunkId([0; 32]);
+        let corrupt = Error::CorruptChunk {
+            id,
+            mirror: "m0".into(),
+            reason: "hash".into(),
+        };
+        assert_eq!(corrupt.errno(), libc::EIO);
+        assert_eq!(Error::MissingChunk { id }.errno(), libc::EIO);
+        assert_eq!(Error::NotFound("x".into()).errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn io_errors_keep_their_errno() {
+        let e = Error::io("writing", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(e.is_no_space());
+        assert_eq!(e.to_string(), format!("writing: {}", std::io::Error::from_raw_os_error(libc::ENOSPC)));
+    }
+}

@@ -1,0 +1,164 @@
+//! Newtypes for every identifier that crosses a module boundary.
+//!
+//! Owns: `ChunkId` (BLAKE3 of a chunk's plaintext), `InodeId` (catalog inode),
+//! `GenId` (catalog generation), `MirrorId`, `RepoId`. Depends on nothing but `blake3`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The name of a chunk: the BLAKE3 hash of its plaintext.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `plain`: its BLAKE3 hash.
+    pub fn of(plain: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(plain).as_bytes())
+    }
+
+    /// The 64 lowercase hex digits of the id.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses 64 hex digits; `None` for anything else.
+    pub fn from_hex(s: &str) -> Option<ChunkId> {
+        let bytes = unhex(s)?;
+        Some(ChunkId(bytes.try_into().ok()?))
+    }
+
+    /// Builds an id from a 32-byte slice; `None` when the length is wrong.
+    pub fn from_slice(bytes: &[u8]) -> Option<ChunkId> {
+        Some(ChunkId(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+/// A catalog inode: one file, folder, symlink or special file, across all generations.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct InodeId(pub i64);
+
+impl InodeId {
+    /// The root folder of the tree, in every generation.
+    pub const ROOT: InodeId = InodeId(1);
+}
+
+impl fmt::Display for InodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A catalog generation. Frozen generations are snapshots; the newest one is live.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct GenId(pub i64);
+
+impl GenId {
+    /// The `gen_to` of a row that no generation has closed yet.
+    pub const OPEN: GenId = GenId(i64::MAX);
+}
+
+impl fmt::Display for GenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A mirror's number within its repository (0, 1, …). Stable for the mirror's life.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct MirrorId(pub u32);
+
+impl fmt::Display for MirrorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A repository's random identity, written into every mirror so that a mirror of
+/// another repository is recognised and refused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RepoId(pub [u8; 16]);
+
+impl RepoId {
+    /// A fresh random id (from the kernel's random source).
+    pub fn random() -> std::io::Result<RepoId> {
+        let mut bytes = [0u8; 16];
+        fill_random(&mut bytes)?;
+        Ok(RepoId(bytes))
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl FromStr for RepoId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<RepoId, ()> {
+        let bytes = unhex(s).ok_or(())?;
+        Ok(RepoId(bytes.try_into().map_err(|_| ())?))
+    }
+}
+
+/// Fills `buf` from the kernel's random source.
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_id_hex_round_trips() {
+        let id = ChunkId::of(b"hello");
+        assert_eq!(
+            id.to_hex(),
+            "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f"
+        );
+        assert_eq!(ChunkId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(ChunkId::from_hex("zz"), None);
+        assert_eq!(ChunkId::from_hex("abcd"), None);
+    }
+
+    #[test]
+    fn repo_id_parses_its_display() {
+        let id = RepoId::random().unwrap();
+        assert_eq!(id.to_string().parse::<RepoId>(), Ok(id));
+        assert!("nothex".parse::<RepoId>().is_err());
+    }
+}
