@@ -1,0 +1,452 @@
+//! `DirStore`: one mirror folder on a local filesystem.
+//!
+//! Owns the mirror folder layout:
+//!
+//! ```text
+//! MIRROR/
+//!   MIRROR            "snapfs-mirror 1\nrepository <RepoId hex>\nmirror <n>\n"
+//!   objects/ab/<64 hex digits of the ChunkId>     one frame per file (ab = first 2 digits)
+//!   objects/ab/.tmp-<hex>-<pid>-<counter>         a put in progress (ignored by list)
+//! ```
+//!
+//! A put writes a temp file and renames it over the final name, so a reader sees the old
+//! or the new copy, never a torn one. Durability is batched: `sync` is one `syncfs` of
+//! the mirror's filesystem, never an fsync per chunk file. Error numbers are kept (an
+//! `ENOSPC` stays `ENOSPC`) and every error names the mirror and what was being done.
+//!
+//! Knows nothing of files or inodes; depends only on `types`, `error` and the trait.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::error::{Error, Result};
+use crate::store::ObjectStore;
+use crate::types::{ChunkId, MirrorId, RepoId};
+
+/// Name of the identity file at the top of a mirror folder.
+pub const IDENTITY_FILE: &str = "MIRROR";
+/// Name of the folder that holds the chunk files.
+pub const OBJECTS_DIR: &str = "objects";
+/// The identity format version written by this code.
+const IDENTITY_VERSION: u32 = 1;
+/// Prefix of the temp names used while writing the identity file.
+const IDENTITY_TMP_PREFIX: &str = ".MIRROR.tmp";
+/// Prefix of the temp names used while writing a chunk file.
+const CHUNK_TMP_PREFIX: &str = ".tmp-";
+
+/// Makes temp names unique within this process (the pid makes them unique across).
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// One mirror folder holding chunk frames as files.
+#[derive(Debug)]
+pub struct DirStore {
+    path: PathBuf,
+    objects: PathBuf,
+    repo: RepoId,
+    mirror: MirrorId,
+}
+
+/// Reads the identity of the mirror folder at `path`.
+/// `Ok(None)`: no `MIRROR` file (or no folder). Errors: `UnsupportedFormat` for an
+/// identity of another format version, `NotAMirror` for an unreadable identity, `Io`.
+pub fn read_identity(path: &Path) -> Result<Option<(RepoId, MirrorId)>> {
+    let file = path.join(IDENTITY_FILE);
+    let text = match fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(e) if is_absent(&e) => return Ok(None),
+        Err(e) => {
+            return Err(Error::io(
+                format!("reading mirror identity {}", file.display()),
+                e,
+            ))
+        }
+    };
+    let not_a_mirror = || Error::NotAMirror {
+        path: path.to_path_buf(),
+    };
+    let text = String::from_utf8(text).map_err(|_| not_a_mirror())?;
+    let mut lines = text.lines();
+    let version: u32 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("snapfs-mirror "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(not_a_mirror)?;
+    if version != IDENTITY_VERSION {
+        return Err(Error::UnsupportedFormat {
+            what: format!("mirror identity {}", file.display()),
+            found: version,
+            supported: IDENTITY_VERSION,
+        });
+    }
+    let repo: RepoId = lines
+        .next()
+        .and_then(|l| l.strip_prefix("repository "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(not_a_mirror)?;
+    let mirror: u32 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("mirror "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(not_a_mirror)?;
+    Ok(Some((repo, MirrorId(mirror))))
+}
+
+fn is_absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+}
+
+/// fsync of a folder, so that entries created or renamed in it are durable.
+fn fsync_dir(path: &Path) -> io::Result<()> {
+    fs::File::open(path)?.sync_all()
+}
+
+fn identity_text(repo: RepoId, mirror: MirrorId) -> String {
+    format!("snapfs-mirror {IDENTITY_VERSION}\nrepository {repo}\nmirror {mirror}\n")
+}
+
+impl DirStore {
+    /// Makes `path` mirror `mirror` of repository `repo` and opens it. The folder is
+    /// created if missing; an existing empty folder is fine; a folder that already is
+    /// exactly this mirror is opened as is (so an interrupted `create` can be retried).
+    /// Refusals change nothing on disk: `ForeignMirror` (another repository's mirror),
+    /// `Exists` (another mirror of this repository), `NotAMirror` (not empty, no
+    /// identity), `NotDir` (a file). On return the identity and `objects/` are durable.
+    pub fn create(path: &Path, repo: RepoId, mirror: MirrorId) -> Result<DirStore> {
+        let mut stale_temps = Vec::new();
+        match fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path).map_err(Error::io_with(format!(
+                    "creating mirror folder {}",
+                    path.display()
+                )))?;
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    fsync_dir(parent)
+                        .map_err(Error::io_with(format!("syncing folder {}", parent.display())))?;
+                }
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("inspecting mirror folder {}", path.display()),
+                    e,
+                ))
+            }
+            Ok(meta) if !meta.is_dir() => return Err(Error::NotDir(path.display().to_string())),
+            Ok(_) => match read_identity(path)? {
+                Some((r, m)) if r == repo && m == mirror => {
+                    // Already this mirror: finish what an interrupted create left.
+                    create_objects_dir(path)?;
+                    return DirStore::open(path, repo, mirror);
+                }
+                Some((r, _)) if r != repo => {
+                    return Err(Error::ForeignMirror {
+                        path: path.to_path_buf(),
+                        other: r.to_string(),
+                    })
+                }
+                Some((_, m)) => {
+                    return Err(Error::Exists(format!(
+                        "{} (mirror {m} of this repository)",
+                        path.display()
+                    )))
+                }
+                None => {
+                    let entries = fs::read_dir(path).map_err(Error::io_with(format!(
+                        "listing mirror folder {}",
+                        path.display()
+                    )))?;
+                    for entry in entries {
+                        let entry = entry.map_err(Error::io_with(format!(
+                            "listing mirror folder {}",
+                            path.display()
+                        )))?;
+                        // Leftovers of our own interrupted identity write do not count.
+                        if entry
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with(IDENTITY_TMP_PREFIX)
+                        {
+                            stale_temps.push(entry.path());
+                        } else {
+                            return Err(Error::NotAMirror {
+                                path: path.to_path_buf(),
+                            });
+                        }
+                    }
+                }
+            },
+        }
+        // Identity first: a folder holding only our identity is recognised on retry.
+        let tmp = path.join(format!("{IDENTITY_TMP_PREFIX}-{}", std::process::id()));
+        let ctx = || format!("writing mirror identity in {}", path.display());
+        let mut file = fs::File::create(&tmp).map_err(Error::io_with(ctx()))?;
+        file.write_all(identity_text(repo, mirror).as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(Error::io_with(ctx()))?;
+        drop(file);
+        fs::rename(&tmp, path.join(IDENTITY_FILE)).map_err(Error::io_with(ctx()))?;
+        for stale in stale_temps {
+            // Best effort: a leftover temp file is harmless.
+            let _ = fs::remove_file(stale);
+        }
+        fsync_dir(path).map_err(Error::io_with(ctx()))?;
+        create_objects_dir(path)?;
+        DirStore::open(path, repo, mirror)
+    }
+
+    /// Opens the existing mirror folder `path`, whose identity must be exactly
+    /// (`repo`, `mirror`). Errors: `ForeignMirror` (another repository),
+    /// `UnsupportedFormat` (newer identity), `MirrorUnusable` with the reason (folder or
+    /// identity or `objects/` missing, another mirror number, unreadable).
+    pub fn open(path: &Path, repo: RepoId, mirror: MirrorId) -> Result<DirStore> {
+        let unusable = |reason: String| Error::MirrorUnusable {
+            id: mirror,
+            path: path.to_path_buf(),
+            reason,
+        };
+        match fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(unusable("it is not a folder".into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(unusable("the folder does not exist".into()))
+            }
+            Err(e) => return Err(unusable(e.to_string())),
+        }
+        match read_identity(path) {
+            Ok(Some((r, m))) if r == repo && m == mirror => {}
+            Ok(Some((r, _))) if r != repo => {
+                return Err(Error::ForeignMirror {
+                    path: path.to_path_buf(),
+                    other: r.to_string(),
+                })
+            }
+            Ok(Some((_, m))) => {
+                return Err(unusable(format!(
+                    "it is mirror {m} of this repository, not mirror {mirror}"
+                )))
+            }
+            Ok(None) => return Err(unusable(format!("no {IDENTITY_FILE} identity file"))),
+            Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
+            Err(Error::NotAMirror { .. }) => {
+                return Err(unusable(format!("its {IDENTITY_FILE} file is unreadable")))
+            }
+            Err(e) => return Err(unusable(e.to_string())),
+        }
+        let objects = path.join(OBJECTS_DIR);
+        if !objects.is_dir() {
+            return Err(unusable(format!("its {OBJECTS_DIR}/ folder is missing")));
+        }
+        Ok(DirStore {
+            path: path.to_path_buf(),
+            objects,
+            repo,
+            mirror,
+        })
+    }
+
+    /// The mirror folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The mirror's number.
+    pub fn mirror_id(&self) -> MirrorId {
+        self.mirror
+    }
+
+    /// The repository the mirror belongs to.
+    pub fn repo_id(&self) -> RepoId {
+        self.repo
+    }
+
+    /// Where the copy of `id` lives (whether or not it exists).
+    pub fn object_path(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_hex();
+        self.objects.join(&hex[..2]).join(hex)
+    }
+
+    /// Bytes available to an unprivileged writer on the mirror's filesystem (statvfs).
+    pub fn available_bytes(&self) -> Result<u64> {
+        let st = rustix::fs::statvfs(&self.path)
+            .map_err(|e| Error::io(format!("querying free space of {}", self.describe()), e.into()))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Total size in bytes of the mirror's filesystem (statvfs).
+    pub fn total_bytes(&self) -> Result<u64> {
+        let st = rustix::fs::statvfs(&self.path)
+            .map_err(|e| Error::io(format!("querying size of {}", self.describe()), e.into()))?;
+        Ok(st.f_blocks.saturating_mul(st.f_frsize))
+    }
+
+    /// Deletes temp files left by puts of other processes (crashed writers); returns
+    /// how many. Call only while holding the repository lock, so no other process is
+    /// writing. Temp files of this process are left alone.
+    pub fn remove_stale_temps(&self) -> Result<u64> {
+        let own = format!("-{}-", std::process::id());
+        let mut removed = 0;
+        for (_, dir) in self.prefix_dirs()? {
+            let ctx = || format!("cleaning temp files in {}", self.describe());
+            for entry in fs::read_dir(&dir).map_err(Error::io_with(ctx()))? {
+                let entry = entry.map_err(Error::io_with(ctx()))?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if let Some(rest) = name.strip_prefix(CHUNK_TMP_PREFIX) {
+                    // rest = <hex>-<pid>-<counter>
+                    if rest.get(64..).is_some_and(|tail| tail.starts_with(&own)) {
+                        continue;
+                    }
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(ctx(), e)),
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The `objects/ab` folders: (prefix, path).
+    fn prefix_dirs(&self) -> Result<Vec<(String, PathBuf)>> {
+        let ctx = || format!("listing chunks of {}", self.describe());
+        let mut dirs = Vec::new();
+        for entry in fs::read_dir(&self.objects).map_err(Error::io_with(ctx()))? {
+            let entry = entry.map_err(Error::io_with(ctx()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_prefix = name.len() == 2
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if is_prefix && entry.file_type().map_err(Error::io_with(ctx()))?.is_dir() {
+                dirs.push((name, entry.path()));
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// Writes `frame` to a fresh temp file in `dir` and renames it to `final_path`.
+    fn write_and_rename(&self, id: &ChunkId, dir: &Path, final_path: &Path, frame: &[u8]) -> io::Result<()> {
+        let tmp = dir.join(format!(
+            "{CHUNK_TMP_PREFIX}{}-{}-{}",
+            id.to_hex(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let written = file.write_all(frame).and_then(|()| {
+            drop(file);
+            fs::rename(&tmp, final_path)
+        });
+        if written.is_err() {
+            // Best effort: a leftover temp file is ignored by list and cleaned later.
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+}
+
+fn create_objects_dir(path: &Path) -> Result<()> {
+    let objects = path.join(OBJECTS_DIR);
+    match fs::create_dir(&objects) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::io(format!("creating {}", objects.display()), e)),
+    }
+    fsync_dir(path).map_err(Error::io_with(format!("syncing folder {}", path.display())))
+}
+
+impl ObjectStore for DirStore {
+    fn describe(&self) -> String {
+        format!("mirror {} ({})", self.mirror, self.path.display())
+    }
+
+    fn put(&self, id: &ChunkId, frame: &[u8]) -> Result<()> {
+        let final_path = self.object_path(id);
+        // Invariant: object_path always has the objects/ab parent.
+        let dir = final_path.parent().unwrap_or(&self.objects).to_path_buf();
+        let ctx = || format!("writing chunk {id} in {}", self.describe());
+        match self.write_and_rename(id, &dir, &final_path, frame) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // First chunk with this prefix. Only the prefix folder is created: if
+                // objects/ itself is gone, the mirror is broken and the put must fail.
+                // The new entry becomes durable with the next syncfs like the chunk.
+                match fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(ctx(), e)),
+                }
+                self.write_and_rename(id, &dir, &final_path, frame)
+                    .map_err(Error::io_with(ctx()))
+            }
+            Err(e) => Err(Error::io(ctx(), e)),
+        }
+    }
+
+    fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.object_path(id)) {
+            Ok(frame) => Ok(Some(frame)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(Error::io(format!("reading chunk {id} in {}", self.describe()), e)),
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool> {
+        match fs::symlink_metadata(self.object_path(id)) {
+            Ok(_) => Ok(true),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(Error::io(
+                format!("looking up chunk {id} in {}", self.describe()),
+                e,
+            )),
+        }
+    }
+
+    fn remove(&self, id: &ChunkId) -> Result<()> {
+        match fs::remove_file(self.object_path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("deleting chunk {id} in {}", self.describe()),
+                e,
+            )),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<ChunkId>> {
+        let mut ids = Vec::new();
+        for (prefix, dir) in self.prefix_dirs()? {
+            let ctx = || format!("listing chunks of {}", self.describe());
+            for entry in fs::read_dir(&dir).map_err(Error::io_with(ctx()))? {
+                let entry = entry.map_err(Error::io_with(ctx()))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                // Temp files and strays fail to parse or sit under the wrong prefix.
+                if let Some(id) = ChunkId::from_hex(name) {
+                    if name.starts_with(&prefix) && name == id.to_hex() {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn sync(&self) -> Result<()> {
+        let ctx = || format!("syncing {}", self.describe());
+        // One syncfs for the whole mirror filesystem: data of every chunk file and the
+        // renames and new prefix folders. Linux >= 5.8 reports writeback errors here.
+        let fd = rustix::fs::open(
+            &self.objects,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(ctx(), e.into()))?;
+        rustix::fs::syncfs(&fd).map_err(|e| Error::io(ctx(), e.into()))
+    }
+}

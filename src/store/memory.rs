@@ -1,0 +1,89 @@
+//! `MemoryStore`: an object store in a `HashMap`, for tests and benchmarks.
+//!
+//! Owns nothing on disk; `sync` is a no-op (everything is "durable" for the life of the
+//! value). Depends only on the `ObjectStore` trait.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::error::Result;
+use crate::store::ObjectStore;
+use crate::types::ChunkId;
+
+/// Chunk frames in memory, behind a mutex.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    frames: Mutex<HashMap<ChunkId, Vec<u8>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn frames(&self) -> MutexGuard<'_, HashMap<ChunkId, Vec<u8>>> {
+        // A panic while holding the lock cannot leave the map half-updated (every
+        // update is one insert/remove), so a poisoned lock is still consistent.
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Test helper: flips every bit of one byte of the stored copy of `id` (the last
+    /// byte, or the middle one for long frames). Returns false if there is no copy.
+    pub fn corrupt(&self, id: &ChunkId) -> bool {
+        match self.frames().get_mut(id) {
+            Some(frame) if !frame.is_empty() => {
+                let i = if frame.len() > 32 {
+                    frame.len() / 2
+                } else {
+                    frame.len() - 1
+                };
+                frame[i] ^= 0xff;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Number of stored chunks.
+    pub fn len(&self) -> usize {
+        self.frames().len()
+    }
+
+    /// True if no chunk is stored.
+    pub fn is_empty(&self) -> bool {
+        self.frames().is_empty()
+    }
+}
+
+impl ObjectStore for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+
+    fn put(&self, id: &ChunkId, frame: &[u8]) -> Result<()> {
+        self.frames().insert(*id, frame.to_vec());
+        Ok(())
+    }
+
+    fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        Ok(self.frames().get(id).cloned())
+    }
+
+    fn contains(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.frames().contains_key(id))
+    }
+
+    fn remove(&self, id: &ChunkId) -> Result<()> {
+        self.frames().remove(id);
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<ChunkId>> {
+        Ok(self.frames().keys().copied().collect())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+}
