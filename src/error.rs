@@ -179,6 +179,9 @@ mod tests {
     fn io_errors_keep_their_errno() {
         let e = Error::io("writing", std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert!(e.is_no_space());
-        assert_eq!(e.to_string(), format!("writing: {}", std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert_eq!(
+            e.to_string(),
+            format!("writing: {}", std::io::Error::from_raw_os_error(libc::ENOSPC))
+        );
     }
 }

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use model::{
-    ChunkInfo, ChunkTotals, DirEntry, Extent, FileKind, Generation, InodeAttr, MirrorRecord,
-    NewInode, Settings, TreeTotals,
+    ChunkInfo, ChunkTotals, DirEntry, Extent, FileKind, Generation, InodeAttr, MirrorRecord, NewInode,
+    Settings, TreeTotals,
 };
 pub use write::Txn;
 
@@ -83,13 +83,19 @@ impl Catalog {
             ("chunk_avg", s.chunker.avg_size.to_string()),
             ("chunk_max", s.chunker.max_size.to_string()),
             ("chunk_seed", s.chunker.seed.to_string()),
-            ("zstd_level", s.zstd_level.map_or("none".to_string(), |l| l.to_string())),
+            (
+                "zstd_level",
+                s.zstd_level.map_or("none".to_string(), |l| l.to_string()),
+            ),
             ("created_ns", s.created_ns.to_string()),
             ("next_inode_id", (InodeId::ROOT.0 + 1).to_string()),
         ];
         for (key, value) in rows {
-            tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2)", params![key, value])
-                .map_err(sql_err("writing settings"))?;
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)",
+                params![key, value],
+            )
+            .map_err(sql_err("writing settings"))?;
         }
         tx.execute(
             "INSERT INTO generations (gen_id, created_ns) VALUES (1, ?1)",
@@ -156,7 +162,9 @@ impl Catalog {
         }
         let version: u32 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(sql_err("reading the schema version (is catalog.db a snapfs catalog?)"))?;
+            .map_err(sql_err(
+                "reading the schema version (is catalog.db a snapfs catalog?)",
+            ))?;
         if version == 0 {
             return Err(Error::CorruptCatalog(format!(
                 "{} has no snapfs schema; run `snapfs recover` to rebuild it from a mirror",
@@ -188,7 +196,9 @@ impl Catalog {
     pub fn refresh(&mut self) -> Result<()> {
         self.live = self
             .conn
-            .query_row("SELECT max(gen_id) FROM generations", [], |row| row.get::<_, Option<i64>>(0))
+            .query_row("SELECT max(gen_id) FROM generations", [], |row| {
+                row.get::<_, Option<i64>>(0)
+            })
             .map_err(sql_err("finding the live generation"))?
             .map(GenId)
             .ok_or_else(|| Error::CorruptCatalog("no generation at all".into()))?;
@@ -291,7 +301,11 @@ impl Catalog {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err("starting a snapshot"))?;
         let taken: Option<i64> = tx
-            .query_row("SELECT gen_id FROM generations WHERE name = ?1", params![name], |r| r.get(0))
+            .query_row(
+                "SELECT gen_id FROM generations WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(sql_err("checking the snapshot name"))?;
         if taken.is_some() {
@@ -347,10 +361,12 @@ impl Catalog {
 
     /// The extents of `inode` overlapping `[start, end)` in `gen`, in file order.
     pub fn extents(&self, gen: GenId, inode: InodeId, start: u64, end: u64) -> Result<Vec<Extent>> {
-        Ok(read::extent_rows(&self.conn, gen, inode, start, end, self.max_extent)?
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect())
+        Ok(
+            read::extent_rows(&self.conn, gen, inode, start, end, self.max_extent)?
+                .into_iter()
+                .map(|(e, _)| e)
+                .collect(),
+        )
     }
 
     /// The value of xattr `name` of `inode` in `gen`.
@@ -383,7 +399,8 @@ impl Catalog {
                 })
             })
             .map_err(sql_err("listing mirrors"))?;
-        rows.collect::<rusqlite::Result<_>>().map_err(sql_err("listing mirrors"))
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("listing mirrors"))
     }
 
     /// Counts and sizes of the tree as `gen` sees it.
@@ -451,7 +468,8 @@ impl Catalog {
 }
 
 /// Connection settings for a writer: WAL (readers never block the writer), full sync
-/// at commit (a committed transaction survives power loss, which fsync relies on).
+/// at commit (a committed transaction survives power loss, which fsync relies on),
+/// foreign keys on (no extent can name an unknown chunk).
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(sql_err("configuring catalog.db"))?;
@@ -459,9 +477,11 @@ fn configure(conn: &Connection) -> Result<()> {
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(sql_err("switching catalog.db to WAL"))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::CorruptCatalog(format!("catalog.db refused WAL mode ({mode})")));
+        return Err(Error::CorruptCatalog(format!(
+            "catalog.db refused WAL mode ({mode})"
+        )));
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -65536;")
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;")
         .map_err(sql_err("configuring catalog.db"))?;
     Ok(())
 }

@@ -46,7 +46,9 @@ pub fn inode(conn: &Connection, gen: GenId, id: InodeId) -> Result<Option<InodeA
         "SELECT {INODE_COLUMNS}, gen_to FROM inodes
          WHERE inode_id = ?1 AND gen_from <= ?2 ORDER BY gen_from DESC LIMIT 1"
     );
-    let mut stmt = conn.prepare_cached(&sql).map_err(sql_err("preparing inode query"))?;
+    let mut stmt = conn
+        .prepare_cached(&sql)
+        .map_err(sql_err("preparing inode query"))?;
     let found = stmt
         .query_row(params![id.0, gen.0], |row| {
             Ok((inode_from_row(row)?, row.get::<_, i64>(12)?))
@@ -71,7 +73,9 @@ pub fn lookup(conn: &Connection, gen: GenId, parent: InodeId, name: &[u8]) -> Re
         })
         .optional()
         .map_err(sql_err("looking up a name"))?;
-    Ok(found.filter(|(_, gen_to)| *gen_to > gen.0).map(|(id, _)| InodeId(id)))
+    Ok(found
+        .filter(|(_, gen_to)| *gen_to > gen.0)
+        .map(|(id, _)| InodeId(id)))
 }
 
 /// Every name in folder `dir` in `gen`, sorted by name bytes, with each target's kind.
@@ -105,7 +109,11 @@ pub fn readdir(conn: &Connection, gen: GenId, dir: InodeId) -> Result<Vec<DirEnt
                 String::from_utf8_lossy(&name)
             ))
         })?;
-        entries.push(DirEntry { name, inode: InodeId(inode), kind });
+        entries.push(DirEntry {
+            name,
+            inode: InodeId(inode),
+            kind,
+        });
     }
     Ok(entries)
 }
@@ -169,9 +177,19 @@ pub(super) fn extent_rows(
             continue;
         }
         let chunk = ChunkId::from_slice(&chunk).ok_or_else(|| {
-            Error::CorruptCatalog(format!("extent of inode {inode} at {offset} has a malformed chunk id"))
+            Error::CorruptCatalog(format!(
+                "extent of inode {inode} at {offset} has a malformed chunk id"
+            ))
         })?;
-        out.push((Extent { offset, length, chunk, chunk_offset }, gen_from));
+        out.push((
+            Extent {
+                offset,
+                length,
+                chunk,
+                chunk_offset,
+            },
+            gen_from,
+        ));
     }
     Ok(out)
 }
@@ -205,5 +223,6 @@ pub fn xattrs(conn: &Connection, gen: GenId, inode: InodeId) -> Result<Vec<(Vec<
     let rows = stmt
         .query_map(params![inode.0, gen.0], |row| Ok((row.get(0)?, row.get(1)?)))
         .map_err(sql_err("listing xattrs"))?;
-    rows.collect::<rusqlite::Result<_>>().map_err(sql_err("listing xattrs"))
+    rows.collect::<rusqlite::Result<_>>()
+        .map_err(sql_err("listing xattrs"))
 }

@@ -47,7 +47,11 @@ fn file(kind: FileKind) -> NewInode {
         gid: 2,
         rdev: 0,
         time_ns: 5,
-        target: if kind == FileKind::Symlink { b"target".to_vec() } else { Vec::new() },
+        target: if kind == FileKind::Symlink {
+            b"target".to_vec()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -99,7 +103,10 @@ fn a_newer_schema_version_is_refused() {
     let conn = Connection::open(&path).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    assert!(matches!(Catalog::open(&path), Err(Error::UnsupportedFormat { found: 99, .. })));
+    assert!(matches!(
+        Catalog::open(&path),
+        Err(Error::UnsupportedFormat { found: 99, .. })
+    ));
 }
 
 #[test]
@@ -110,9 +117,23 @@ fn frozen_generation_keeps_its_view_after_live_changes() {
     tx.add_chunk(&chunk(1), 100, 50, 3).unwrap();
     let f = tx.create_inode(&file(FileKind::File)).unwrap();
     tx.link(InodeId::ROOT, b"a", f.id).unwrap();
-    tx.set_extents(f.id, 0, 100, &[Extent { offset: 0, length: 100, chunk: chunk(1), chunk_offset: 0 }])
-        .unwrap();
-    tx.set_inode(&InodeAttr { size: 100, ..tx.expect_inode(f.id).unwrap() }).unwrap();
+    tx.set_extents(
+        f.id,
+        0,
+        100,
+        &[Extent {
+            offset: 0,
+            length: 100,
+            chunk: chunk(1),
+            chunk_offset: 0,
+        }],
+    )
+    .unwrap();
+    tx.set_inode(&InodeAttr {
+        size: 100,
+        ..tx.expect_inode(f.id).unwrap()
+    })
+    .unwrap();
     tx.set_xattr(f.id, b"user.k", b"v1").unwrap();
     tx.commit().unwrap();
     let snap = cat.freeze("@s1", Some("first"), 2_000).unwrap();
@@ -127,14 +148,27 @@ fn frozen_generation_keeps_its_view_after_live_changes() {
     assert_eq!(cat.lookup(snap, InodeId::ROOT, b"b").unwrap(), None);
     assert_eq!(cat.lookup(cat.live(), InodeId::ROOT, b"b").unwrap(), Some(f.id));
     assert_eq!(cat.xattr(snap, f.id, b"user.k").unwrap(), Some(b"v1".to_vec()));
-    assert_eq!(cat.xattr(cat.live(), f.id, b"user.k").unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(
+        cat.xattr(cat.live(), f.id, b"user.k").unwrap(),
+        Some(b"v2".to_vec())
+    );
     assert_eq!(cat.extents(snap, f.id, 0, 100).unwrap().len(), 1);
     let live = cat.extents(cat.live(), f.id, 0, 100).unwrap();
     assert_eq!(
         live,
         vec![
-            Extent { offset: 0, length: 10, chunk: chunk(1), chunk_offset: 0 },
-            Extent { offset: 20, length: 80, chunk: chunk(1), chunk_offset: 20 },
+            Extent {
+                offset: 0,
+                length: 10,
+                chunk: chunk(1),
+                chunk_offset: 0
+            },
+            Extent {
+                offset: 20,
+                length: 80,
+                chunk: chunk(1),
+                chunk_offset: 20
+            },
         ]
     );
     let gens = cat.generations().unwrap();
@@ -207,8 +241,18 @@ fn garbage_table_collects_unreferenced_chunks() {
     tx.add_chunk(&chunk(3), 10, 10, 1).unwrap();
     let f = tx.create_inode(&file(FileKind::File)).unwrap().id;
     tx.link(InodeId::ROOT, b"f", f).unwrap();
-    tx.set_extents(f, 0, 10, &[Extent { offset: 0, length: 10, chunk: chunk(3), chunk_offset: 0 }])
-        .unwrap();
+    tx.set_extents(
+        f,
+        0,
+        10,
+        &[Extent {
+            offset: 0,
+            length: 10,
+            chunk: chunk(3),
+            chunk_offset: 0,
+        }],
+    )
+    .unwrap();
     tx.set_extents(f, 0, 10, &[]).unwrap();
     tx.commit().unwrap();
     let n: i64 = cat
@@ -241,10 +285,18 @@ struct Model {
 
 impl Model {
     fn dirs(&self) -> Vec<i64> {
-        self.inodes.iter().filter(|(_, i)| i.kind == FileKind::Dir).map(|(id, _)| *id).collect()
+        self.inodes
+            .iter()
+            .filter(|(_, i)| i.kind == FileKind::Dir)
+            .map(|(id, _)| *id)
+            .collect()
     }
     fn files(&self) -> Vec<i64> {
-        self.inodes.iter().filter(|(_, i)| i.kind == FileKind::File).map(|(id, _)| *id).collect()
+        self.inodes
+            .iter()
+            .filter(|(_, i)| i.kind == FileKind::File)
+            .map(|(id, _)| *id)
+            .collect()
     }
     fn is_empty_dir(&self, id: i64) -> bool {
         !self.entries.keys().any(|(p, _)| *p == id)
@@ -254,7 +306,11 @@ impl Model {
             if id == anc {
                 return true;
             }
-            match self.entries.iter().find(|(_, v)| **v == id && self.inodes[v].kind == FileKind::Dir) {
+            match self
+                .entries
+                .iter()
+                .find(|(_, v)| **v == id && self.inodes[v].kind == FileKind::Dir)
+            {
                 Some(((p, _), _)) => id = *p,
                 None => return false,
             }
@@ -264,15 +320,47 @@ impl Model {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { dir: usize, name: u8, kind: u8 },
-    Link { file: usize, dir: usize, name: u8 },
-    Unlink { entry: usize },
-    Rename { entry: usize, dir: usize, name: u8 },
-    Chmod { any: usize, mode: u32 },
-    Write { file: usize, start: u64, len: u64, chunk: u8 },
-    Truncate { file: usize, size: u64 },
-    SetXattr { any: usize, name: u8, value: u8 },
-    RemoveXattr { any: usize, name: u8 },
+    Create {
+        dir: usize,
+        name: u8,
+        kind: u8,
+    },
+    Link {
+        file: usize,
+        dir: usize,
+        name: u8,
+    },
+    Unlink {
+        entry: usize,
+    },
+    Rename {
+        entry: usize,
+        dir: usize,
+        name: u8,
+    },
+    Chmod {
+        any: usize,
+        mode: u32,
+    },
+    Write {
+        file: usize,
+        start: u64,
+        len: u64,
+        chunk: u8,
+    },
+    Truncate {
+        file: usize,
+        size: u64,
+    },
+    SetXattr {
+        any: usize,
+        name: u8,
+        value: u8,
+    },
+    RemoveXattr {
+        any: usize,
+        name: u8,
+    },
     Freeze,
     Reopen,
 }
@@ -302,7 +390,9 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
     let name_of = |n: u8| vec![b'a' + n];
     match op.clone() {
         Op::Create { dir, name, kind } => {
-            let Some(dir) = pick(&model.dirs(), dir) else { return };
+            let Some(dir) = pick(&model.dirs(), dir) else {
+                return;
+            };
             let name = name_of(name);
             if model.entries.contains_key(&(dir, name.clone())) {
                 return;
@@ -315,7 +405,14 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
             let size = if kind == FileKind::Symlink { 6 } else { 0 };
             model.inodes.insert(
                 attr.id.0,
-                ModelInode { kind, mode: 0o644, size, nlink: 1, xattrs: BTreeMap::new(), bytes: BTreeMap::new() },
+                ModelInode {
+                    kind,
+                    mode: 0o644,
+                    size,
+                    nlink: 1,
+                    xattrs: BTreeMap::new(),
+                    bytes: BTreeMap::new(),
+                },
             );
             if kind == FileKind::Dir {
                 model.inodes.get_mut(&attr.id.0).unwrap().nlink = 2;
@@ -324,7 +421,9 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
             model.entries.insert((dir, name), attr.id.0);
         }
         Op::Link { file, dir, name } => {
-            let (Some(file), Some(dir)) = (pick(&model.files(), file), pick(&model.dirs(), dir)) else { return };
+            let (Some(file), Some(dir)) = (pick(&model.files(), file), pick(&model.dirs(), dir)) else {
+                return;
+            };
             let name = name_of(name);
             if model.entries.contains_key(&(dir, name.clone())) {
                 return;
@@ -337,7 +436,9 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
         }
         Op::Unlink { entry } => {
             let keys: Vec<_> = model.entries.keys().cloned().collect();
-            let Some((parent, name)) = pick(&keys, entry) else { return };
+            let Some((parent, name)) = pick(&keys, entry) else {
+                return;
+            };
             let target = model.entries[&(parent, name.clone())];
             let kind = model.inodes[&target].kind;
             if kind == FileKind::Dir && !model.is_empty_dir(target) {
@@ -362,11 +463,15 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
         }
         Op::Rename { entry, dir, name } => {
             let keys: Vec<_> = model.entries.keys().cloned().collect();
-            let (Some((from_p, from_n)), Some(to_p)) = (pick(&keys, entry), pick(&model.dirs(), dir)) else { return };
+            let (Some((from_p, from_n)), Some(to_p)) = (pick(&keys, entry), pick(&model.dirs(), dir)) else {
+                return;
+            };
             let to_n = name_of(name);
             let moving = model.entries[&(from_p, from_n.clone())];
             let moving_dir = model.inodes[&moving].kind == FileKind::Dir;
-            if (from_p, from_n.clone()) == (to_p, to_n.clone()) || (moving_dir && model.is_ancestor(moving, to_p)) {
+            if (from_p, from_n.clone()) == (to_p, to_n.clone())
+                || (moving_dir && model.is_ancestor(moving, to_p))
+            {
                 return;
             }
             // Only replace a plain file, and only by a non-folder (POSIX checks are the fs core's).
@@ -406,22 +511,38 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
             tx.commit().unwrap();
             model.inodes.get_mut(&id).unwrap().mode = mode;
         }
-        Op::Write { file, start, len, chunk: c } => {
-            let Some(id) = pick(&model.files(), file) else { return };
+        Op::Write {
+            file,
+            start,
+            len,
+            chunk: c,
+        } => {
+            let Some(id) = pick(&model.files(), file) else {
+                return;
+            };
             let end = start + len;
             // Extents of at most MAX_EXTENT bytes, each from chunk c at the file offset.
             let mut new = Vec::new();
             let mut at = start;
             while at < end {
                 let l = (end - at).min(MAX_EXTENT);
-                new.push(Extent { offset: at, length: l, chunk: chunk(c), chunk_offset: at % 97 });
+                new.push(Extent {
+                    offset: at,
+                    length: l,
+                    chunk: chunk(c),
+                    chunk_offset: at % 97,
+                });
                 at += l;
             }
             let tx = cat.write().unwrap();
             tx.add_chunk(&chunk(c), 1 << 20, 1 << 19, 1).unwrap();
             tx.set_extents(InodeId(id), start, end, &new).unwrap();
             let attr = tx.expect_inode(InodeId(id)).unwrap();
-            tx.set_inode(&InodeAttr { size: attr.size.max(end), ..attr }).unwrap();
+            tx.set_inode(&InodeAttr {
+                size: attr.size.max(end),
+                ..attr
+            })
+            .unwrap();
             tx.commit().unwrap();
             let m = model.inodes.get_mut(&id).unwrap();
             for e in &new {
@@ -432,7 +553,9 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
             m.size = m.size.max(end);
         }
         Op::Truncate { file, size } => {
-            let Some(id) = pick(&model.files(), file) else { return };
+            let Some(id) = pick(&model.files(), file) else {
+                return;
+            };
             let tx = cat.write().unwrap();
             tx.set_extents(InodeId(id), size, u64::MAX, &[]).unwrap();
             let attr = tx.expect_inode(InodeId(id)).unwrap();
@@ -449,7 +572,12 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
             let tx = cat.write().unwrap();
             tx.set_xattr(InodeId(id), &name, &[value]).unwrap();
             tx.commit().unwrap();
-            model.inodes.get_mut(&id).unwrap().xattrs.insert(name, vec![value]);
+            model
+                .inodes
+                .get_mut(&id)
+                .unwrap()
+                .xattrs
+                .insert(name, vec![value]);
         }
         Op::RemoveXattr { any, name } => {
             let ids: Vec<i64> = model.inodes.keys().cloned().collect();
@@ -488,7 +616,14 @@ fn observe(cat: &Catalog, gen: GenId) -> Model {
         let xattrs = cat.xattrs(gen, id).unwrap().into_iter().collect();
         model.inodes.insert(
             id.0,
-            ModelInode { kind: attr.kind, mode: attr.mode, size: attr.size, nlink: attr.nlink, xattrs, bytes },
+            ModelInode {
+                kind: attr.kind,
+                mode: attr.mode,
+                size: attr.size,
+                nlink: attr.nlink,
+                xattrs,
+                bytes,
+            },
         );
         if attr.kind == FileKind::Dir {
             for entry in cat.readdir(gen, id).unwrap() {

@@ -61,10 +61,12 @@ impl<'c> Txn<'c> {
 
     /// The live extents of `inode` overlapping `[start, end)`.
     pub fn extents(&self, inode: InodeId, start: u64, end: u64) -> Result<Vec<Extent>> {
-        Ok(read::extent_rows(&self.tx, self.live, inode, start, end, self.max_extent)?
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect())
+        Ok(
+            read::extent_rows(&self.tx, self.live, inode, start, end, self.max_extent)?
+                .into_iter()
+                .map(|(e, _)| e)
+                .collect(),
+        )
     }
 
     /// What the catalog knows of chunk `id`.
@@ -78,9 +80,11 @@ impl<'c> Txn<'c> {
     pub fn create_inode(&self, new: &NewInode) -> Result<InodeAttr> {
         let next: i64 = self
             .tx
-            .query_row("SELECT value FROM settings WHERE key = 'next_inode_id'", [], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'next_inode_id'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .map_err(sql_err("allocating an inode id"))?
             .parse()
             .map_err(|_| Error::CorruptCatalog("setting next_inode_id is not a number".into()))?;
@@ -96,7 +100,11 @@ impl<'c> Txn<'c> {
             mode: new.mode & 0o7777,
             uid: new.uid,
             gid: new.gid,
-            size: if new.kind == FileKind::Symlink { new.target.len() as u64 } else { 0 },
+            size: if new.kind == FileKind::Symlink {
+                new.target.len() as u64
+            } else {
+                0
+            },
             nlink: if new.kind == FileKind::Dir { 1 } else { 0 },
             rdev: new.rdev,
             atime_ns: new.time_ns,
@@ -137,7 +145,12 @@ impl<'c> Txn<'c> {
             ])
             .map_err(sql_err("updating an inode"))?;
         } else {
-            self.close_row("inodes", "inode_id = ?1 AND gen_from = ?2", params![attr.id.0, gen_from], gen_from)?;
+            self.close_row(
+                "inodes",
+                "inode_id = ?1 AND gen_from = ?2",
+                params![attr.id.0, gen_from],
+                gen_from,
+            )?;
             self.insert_inode_row(attr)?;
         }
         Ok(())
@@ -147,7 +160,12 @@ impl<'c> Txn<'c> {
     /// The caller has removed every name that pointed at it.
     pub fn remove_inode(&self, id: InodeId) -> Result<()> {
         let gen_from = self.visible_inode_gen(id)?;
-        self.close_row("inodes", "inode_id = ?1 AND gen_from = ?2", params![id.0, gen_from], gen_from)?;
+        self.close_row(
+            "inodes",
+            "inode_id = ?1 AND gen_from = ?2",
+            params![id.0, gen_from],
+            gen_from,
+        )?;
         self.set_extents(id, 0, u64::MAX, &[])?;
         for (name, _) in read::xattrs(&self.tx, self.live, id)? {
             self.remove_xattr(id, &name)?;
@@ -177,7 +195,10 @@ impl<'c> Txn<'c> {
             "INSERT INTO inodes ({}, gen_from, gen_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             read::INODE_COLUMNS
         );
-        let mut stmt = self.tx.prepare_cached(&sql).map_err(sql_err("preparing inode insert"))?;
+        let mut stmt = self
+            .tx
+            .prepare_cached(&sql)
+            .map_err(sql_err("preparing inode insert"))?;
         stmt.execute(params![
             attr.id.0,
             attr.kind.code(),
@@ -206,10 +227,15 @@ impl<'c> Txn<'c> {
         } else {
             format!("UPDATE {table} SET gen_to = {} WHERE {key}", self.live.0)
         };
-        let mut stmt = self.tx.prepare_cached(&sql).map_err(sql_err("preparing row close"))?;
+        let mut stmt = self
+            .tx
+            .prepare_cached(&sql)
+            .map_err(sql_err("preparing row close"))?;
         let n = stmt.execute(args).map_err(sql_err("closing a row"))?;
         if n != 1 {
-            return Err(Error::CorruptCatalog(format!("closing a row of {table} touched {n} rows")));
+            return Err(Error::CorruptCatalog(format!(
+                "closing a row of {table} touched {n} rows"
+            )));
         }
         Ok(())
     }
@@ -218,7 +244,9 @@ impl<'c> Txn<'c> {
         let mut attr = self.expect_inode(id)?;
         let nlink = attr.nlink as i64 + delta;
         if nlink < 0 {
-            return Err(Error::CorruptCatalog(format!("inode {id} link count would go below zero")));
+            return Err(Error::CorruptCatalog(format!(
+                "inode {id} link count would go below zero"
+            )));
         }
         attr.nlink = nlink as u32;
         self.set_inode(&attr)?;
@@ -324,7 +352,9 @@ impl<'c> Txn<'c> {
                  WHERE parent_id = ?1 AND name = ?2 AND gen_from <= ?3 ORDER BY gen_from DESC LIMIT 1",
             )
             .map_err(sql_err("preparing entry probe"))?
-            .query_row(params![parent.0, name, self.live.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(params![parent.0, name, self.live.0], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()
             .map_err(sql_err("finding a name"))?;
         let (gen_from, inode) = match found {
@@ -335,7 +365,7 @@ impl<'c> Txn<'c> {
             "dir_entries",
             "parent_id = ?1 AND name = ?2 AND gen_from = ?3",
             params![parent.0, name, gen_from],
-                gen_from,
+            gen_from,
         )?;
         Ok(InodeId(inode))
     }
@@ -366,7 +396,13 @@ impl<'c> Txn<'c> {
                 gen_from,
             )?;
             if old.offset < start {
-                self.insert_extent(inode, &Extent { length: start - old.offset, ..old })?;
+                self.insert_extent(
+                    inode,
+                    &Extent {
+                        length: start - old.offset,
+                        ..old
+                    },
+                )?;
             }
             if old.end() > end {
                 let cut = end - old.offset;
@@ -418,8 +454,24 @@ impl<'c> Txn<'c> {
                  ON CONFLICT (chunk_id) DO UPDATE SET mirrors = mirrors | excluded.mirrors",
             )
             .map_err(sql_err("preparing chunk insert"))?;
-        stmt.execute(params![&id.0[..], plain_size as i64, stored_size as i64, mirrors as i64])
-            .map_err(sql_err("recording a chunk"))?;
+        stmt.execute(params![
+            &id.0[..],
+            plain_size as i64,
+            stored_size as i64,
+            mirrors as i64
+        ])
+        .map_err(sql_err("recording a chunk"))?;
+        Ok(())
+    }
+
+    /// Records that the mirrors of bitmask `mirrors` no longer hold chunk `id`.
+    pub fn drop_chunk_mirrors(&self, id: &ChunkId, mirrors: u64) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE chunks SET mirrors = mirrors & ~?2 WHERE chunk_id = ?1",
+                params![&id.0[..], mirrors as i64],
+            )
+            .map_err(sql_err("updating a chunk's mirrors"))?;
         Ok(())
     }
 
@@ -450,7 +502,9 @@ impl<'c> Txn<'c> {
                  ORDER BY gen_from DESC LIMIT 1",
             )
             .map_err(sql_err("preparing xattr probe"))?
-            .query_row(params![inode.0, name, self.live.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![inode.0, name, self.live.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()
             .map_err(sql_err("finding an xattr"))?;
         match found {

@@ -1,0 +1,64 @@
+//! The command line: argument parsing (clap derive) and every line the user sees.
+//!
+//! One file per command, each with an `Args` struct and `run`. All terminal output
+//! lives here; the library below returns values and `snapfs::Error`s.
+
+mod import;
+mod init;
+mod status;
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::{Parser, Subcommand};
+
+/// snapfs: a versioned, deduplicating snapshot filesystem.
+///
+/// Example: snapfs --repo ~/vault init && snapfs --repo ~/vault import ~/Documents
+#[derive(Parser, Debug)]
+#[command(name = "snapfs", version, propagate_version = true)]
+pub struct Cli {
+    /// Repository folder [default: $SNAPFS_REPO, else $XDG_DATA_HOME/snapfs, else ~/.local/share/snapfs]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Init(init::Args),
+    Import(import::Args),
+    Status(status::Args),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    let repo = match cli.repo {
+        Some(r) => r,
+        None => snapfs::repo::default_repo_path()
+            .ok_or_else(|| anyhow!("no repository given: pass --repo DIR or set SNAPFS_REPO"))?,
+    };
+    match cli.command {
+        Command::Init(args) => init::run(&repo, args),
+        Command::Import(args) => import::run(&repo, args),
+        Command::Status(args) => status::run(&repo, args),
+    }
+}
+
+/// Bytes as a short human figure ("1.5 GiB").
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

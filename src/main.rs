@@ -1,0 +1,19 @@
+//! The `snapfs` binary: parse the command line, run it, print the error chain.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("snapfs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

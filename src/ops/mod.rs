@@ -1,0 +1,13 @@
+//! Repository operations that the commands call: import, status, and (later) snapshot,
+//! diff, restore, rollback, forget, gc, scrub, recover.
+//!
+//! Each operation takes an open `Repo` (or a read-only catalog) and returns a result
+//! value (`ImportStats`, `StatusReport`, …); nothing here prints.
+
+pub mod import;
+pub mod status;
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}

@@ -1,0 +1,114 @@
+//! Helpers shared by the end-to-end tests: running the real binary, making data.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the snapfs binary with `args` against repository `repo`.
+pub fn snapfs(repo: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snapfs"))
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("SNAPFS_REPO")
+        .output()
+        .expect("running the snapfs binary")
+}
+
+/// Runs snapfs and asserts success; returns stdout.
+pub fn snapfs_ok(repo: &Path, args: &[&str]) -> String {
+    let out = snapfs(repo, args);
+    assert!(
+        out.status.success(),
+        "snapfs {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs snapfs, asserts it fails with exit code 1 and a one-line error that contains
+/// every one of `needles`; returns the message.
+pub fn snapfs_fails(repo: &Path, args: &[&str], needles: &[&str]) -> String {
+    let out = snapfs(repo, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "snapfs {args:?} should fail with 1; stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "error should be one line: {stderr}"
+    );
+    assert!(stderr.starts_with("snapfs: error: "), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "error {stderr:?} should mention {n:?}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Text-like bytes: words from a fixed vocabulary of 4096 words, chosen at random.
+pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let noise = random_bytes(seed ^ 0xabcdef, 4096 * 16);
+    let vocab: Vec<String> = (0..4096)
+        .map(|i| {
+            let n = 3 + (noise[i * 16] % 8) as usize;
+            (0..n)
+                .map(|j| (b'a' + noise[i * 16 + 1 + j] % 26) as char)
+                .collect()
+        })
+        .collect();
+    let picks = random_bytes(seed, len);
+    let mut out = Vec::with_capacity(len + 16);
+    let mut i = 0;
+    while out.len() < len {
+        let w = u16::from_le_bytes([picks[i % len], picks[(i + 1) % len]]) as usize % vocab.len();
+        out.extend_from_slice(vocab[w].as_bytes());
+        out.push(if i % 13 == 12 { b'\n' } else { b' ' });
+        i += 2;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Bytes of every file under `dir`, recursively (what the folder holds on disk).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// A fresh repository folder path (not created) inside a temp dir.
+pub fn temp_repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    (dir, repo)
+}
