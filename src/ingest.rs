@@ -7,21 +7,45 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 
-use crate::catalog::{Extent, Txn};
+use crate::catalog::{Catalog, ChunkInfo, Extent, Txn};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::codec;
 use crate::error::Result;
 use crate::store::{MirrorSet, MirrorStore, ObjectStore};
 use crate::types::ChunkId;
 
-/// A chunk written (or completed) since the last flush.
+/// Where the catalog's knowledge of chunks comes from: the catalog itself, or a
+/// write transaction (which also sees its own uncommitted rows).
+pub trait ChunkIndex {
+    /// What is recorded of chunk `id`; `None` when it was never stored.
+    fn chunk_info(&self, id: &ChunkId) -> Result<Option<ChunkInfo>>;
+}
+
+impl ChunkIndex for Catalog {
+    fn chunk_info(&self, id: &ChunkId) -> Result<Option<ChunkInfo>> {
+        self.chunk(id)
+    }
+}
+
+impl ChunkIndex for Txn<'_> {
+    fn chunk_info(&self, id: &ChunkId) -> Result<Option<ChunkInfo>> {
+        self.chunk(id)
+    }
+}
+
+/// A chunk written (or completed) since the last sync.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
+    plain_size: u64,
+    stored_size: u64,
     /// Mirrors this sink wrote it to.
     written: MirrorSet,
     /// Mirrors that hold it, counting copies that were there before.
     mirrors: MirrorSet,
+    /// True once `record` has put its row into a transaction.
+    recorded: bool,
 }
 
 /// What `ChunkSink` did, for reports.
@@ -38,17 +62,17 @@ pub struct IngestStats {
 }
 
 /// Stores chunk plaintexts, each once, and remembers what the catalog must record.
-pub struct ChunkSink<'s> {
-    store: &'s MirrorStore,
+pub struct ChunkSink {
+    store: Arc<MirrorStore>,
     params: ChunkerParams,
     zstd_level: Option<i32>,
     pending: HashMap<ChunkId, Pending>,
     stats: IngestStats,
 }
 
-impl<'s> ChunkSink<'s> {
+impl ChunkSink {
     /// A sink writing to `store` with the repository's chunking and compression.
-    pub fn new(store: &'s MirrorStore, params: ChunkerParams, zstd_level: Option<i32>) -> ChunkSink<'s> {
+    pub fn new(store: Arc<MirrorStore>, params: ChunkerParams, zstd_level: Option<i32>) -> ChunkSink {
         ChunkSink {
             store,
             params,
@@ -65,15 +89,18 @@ impl<'s> ChunkSink<'s> {
 
     /// Stores one chunk unless every healthy mirror already holds it (DESIGN.md §2.6:
     /// a dedup hit counts only where every healthy mirror has a copy; mirrors that
-    /// lack it get one). `txn` answers what the catalog knows. Not durable until `flush`.
-    pub fn put(&mut self, txn: &Txn<'_>, plain: &[u8]) -> Result<ChunkId> {
+    /// lack it get one). `index` answers what the catalog knows. Not durable until
+    /// `sync`; not in the catalog until `record`.
+    pub fn put(&mut self, index: &dyn ChunkIndex, plain: &[u8]) -> Result<ChunkId> {
         let id = ChunkId::of(plain);
         self.stats.chunks += 1;
         self.stats.plain_bytes += plain.len() as u64;
         let healthy = self.store.healthy();
         let held = match self.pending.get(&id) {
             Some(p) => p.mirrors,
-            None => txn.chunk(&id)?.map_or(MirrorSet(0), |c| MirrorSet(c.mirrors)),
+            None => index
+                .chunk_info(&id)?
+                .map_or(MirrorSet(0), |c| MirrorSet(c.mirrors)),
         };
         if held.is_superset_of(healthy) {
             return Ok(id);
@@ -84,15 +111,15 @@ impl<'s> ChunkSink<'s> {
         self.stats.new_chunks += 1;
         self.stats.stored_bytes += encoded.frame.len() as u64;
         let mirrors = MirrorSet(held.0 | written.0);
-        // Recorded now (the extents that follow reference it) but committed only after
-        // `flush` has made it durable.
-        txn.add_chunk(&id, plain.len() as u64, encoded.frame.len() as u64, written.0)?;
         let earlier = self.pending.get(&id).map_or(0, |p| p.written.0);
         self.pending.insert(
             id,
             Pending {
+                plain_size: plain.len() as u64,
+                stored_size: encoded.frame.len() as u64,
                 written: MirrorSet(earlier | written.0),
                 mirrors,
+                recorded: false,
             },
         );
         Ok(id)
@@ -101,15 +128,20 @@ impl<'s> ChunkSink<'s> {
     /// Chunks everything `reader` yields, storing each chunk, and returns the extents
     /// that place it at `base_offset` onwards in a file. Memory is bounded by the
     /// maximum chunk size.
-    pub fn put_stream(&mut self, txn: &Txn<'_>, base_offset: u64, reader: impl Read) -> Result<Vec<Extent>> {
+    pub fn put_stream(
+        &mut self,
+        index: &dyn ChunkIndex,
+        base_offset: u64,
+        reader: impl Read,
+    ) -> Result<Vec<Extent>> {
         let mut extents = Vec::new();
         let mut offset = base_offset;
         let params = self.params;
         let mut chunker = Chunker::new(&params);
         let mut reader = reader;
         let mut buf = vec![0u8; 1 << 20];
-        let mut emit = |sink: &mut ChunkSink<'s>, chunk: &[u8]| -> Result<()> {
-            let id = sink.put(txn, chunk)?;
+        let mut emit = |sink: &mut ChunkSink, chunk: &[u8]| -> Result<()> {
+            let id = sink.put(index, chunk)?;
             extents.push(Extent {
                 offset,
                 length: chunk.len() as u64,
@@ -132,13 +164,39 @@ impl<'s> ChunkSink<'s> {
         Ok(extents)
     }
 
-    /// Makes every chunk stored since the last flush durable in its mirrors (one sync
-    /// per mirror). Commit `txn` only after this returns. A mirror lost during the sync
-    /// is taken out of what `txn` records for these chunks.
-    pub fn flush(&mut self, txn: &Txn<'_>) -> Result<()> {
+    /// The store chunks go to.
+    pub fn store(&self) -> Arc<MirrorStore> {
+        self.store.clone()
+    }
+
+    /// The chunking parameters in use.
+    pub fn params(&self) -> ChunkerParams {
+        self.params
+    }
+
+    /// True when chunks were put since the last `sync`.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Puts the rows of chunks stored since the last `record` into `txn`, so that
+    /// extents may reference them. Commit only after `sync`.
+    pub fn record(&mut self, txn: &Txn<'_>) -> Result<()> {
+        for (id, p) in self.pending.iter_mut().filter(|(_, p)| !p.recorded) {
+            txn.add_chunk(id, p.plain_size, p.stored_size, p.mirrors.0)?;
+            p.recorded = true;
+        }
+        Ok(())
+    }
+
+    /// Records what is left, makes every chunk stored since the last sync durable in
+    /// its mirrors (one sync per mirror), and takes a mirror lost meanwhile out of the
+    /// rows in `txn`. Commit `txn` only after this returns (DESIGN.md §2.1).
+    pub fn sync(&mut self, txn: &Txn<'_>) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.record(txn)?;
         self.store.sync()?;
         let healthy = self.store.healthy();
         for (id, p) in self.pending.drain() {

@@ -11,6 +11,7 @@ pub mod chunker;
 pub mod codec;
 pub mod error;
 pub mod fs;
+pub mod fuse;
 pub mod ingest;
 pub mod ops;
 pub mod repo;

@@ -114,7 +114,7 @@ impl RepoLock {
 pub struct Repo {
     pub path: PathBuf,
     pub catalog: Catalog,
-    pub store: MirrorStore,
+    pub store: std::sync::Arc<MirrorStore>,
     pub settings: Settings,
     _lock: RepoLock,
 }
@@ -245,10 +245,18 @@ impl Repo {
         Ok(Repo {
             path: path.to_path_buf(),
             catalog,
-            store,
+            store: std::sync::Arc::new(store),
             settings,
             _lock: lock,
         })
+    }
+}
+
+impl Repo {
+    /// Splits the repository into what a long-running server keeps: the catalog, the
+    /// store, and the lock (which must live as long as the server writes).
+    pub fn into_parts(self) -> (Catalog, std::sync::Arc<MirrorStore>, RepoLock) {
+        (self.catalog, self.store, self._lock)
     }
 }
 

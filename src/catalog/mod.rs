@@ -452,6 +452,53 @@ impl Catalog {
         })
     }
 
+    /// Chooses whether every commit is durable (`true`, the default: one WAL fsync per
+    /// commit) or only consistent (`false`: a crash of the machine may lose the last
+    /// commits, never corrupt; a killed process loses nothing). The mount uses `false`
+    /// and calls `sync` where durability is promised (fsync).
+    pub fn set_durable_commits(&self, durable: bool) -> Result<()> {
+        let mode = if durable { "FULL" } else { "NORMAL" };
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous = {mode}"))
+            .map_err(sql_err("setting commit durability"))
+    }
+
+    /// Makes every committed transaction durable: on return, a power loss cannot undo
+    /// them (one fsync of the WAL, through a durable empty commit).
+    pub fn sync(&mut self) -> Result<()> {
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL")
+            .map_err(sql_err("syncing the catalog"))?;
+        let result = self
+            .conn
+            .execute_batch(
+                "BEGIN IMMEDIATE; UPDATE settings SET value = value WHERE key = 'repo_id'; COMMIT;",
+            )
+            .map_err(sql_err("syncing the catalog"));
+        self.conn
+            .execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(sql_err("syncing the catalog"))?;
+        result
+    }
+
+    /// Live inodes that no name points at (left by a crash while they were open
+    /// after unlink). The root is never one.
+    pub fn live_orphans(&self) -> Result<Vec<InodeId>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT i.inode_id FROM inodes i
+                 WHERE i.gen_to = ?1 AND i.inode_id != 1 AND NOT EXISTS (
+                     SELECT 1 FROM dir_entries e WHERE e.inode_id = i.inode_id AND e.gen_to = ?1)",
+            )
+            .map_err(sql_err("finding orphan inodes"))?;
+        let rows = stmt
+            .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
+            .map_err(sql_err("finding orphan inodes"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("finding orphan inodes"))
+    }
+
     /// SQLite's own consistency check; `Ok(vec![])` when the database is sound.
     pub fn integrity_check(&self) -> Result<Vec<String>> {
         let mut stmt = self

@@ -74,6 +74,20 @@ impl<'c> Txn<'c> {
         chunk(&self.tx, id)
     }
 
+    /// The live value of xattr `name` of `inode`.
+    pub fn xattr(&self, inode: InodeId, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        read::xattr(&self.tx, self.live, inode, name)
+    }
+
+    /// The folder that holds folder `dir` (folders have one name); `None` for the root
+    /// or an unlinked folder.
+    pub fn parent_of(&self, dir: InodeId) -> Result<Option<InodeId>> {
+        Ok(read::names_of(&self.tx, self.live, dir)?
+            .into_iter()
+            .next()
+            .map(|(p, _)| p))
+    }
+
     // ---- inodes ----
 
     /// Creates an inode with no name yet (link count 0, or 1 for a folder's ".").

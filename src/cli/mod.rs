@@ -5,6 +5,7 @@
 
 mod import;
 mod init;
+mod mount;
 mod status;
 
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     Init(init::Args),
     Import(import::Args),
+    Mount(mount::Args),
+    Umount(mount::UmountArgs),
     Status(status::Args),
 }
 
@@ -43,6 +46,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(args) => init::run(&repo, args),
         Command::Import(args) => import::run(&repo, args),
+        Command::Mount(args) => mount::run(&repo, args),
+        Command::Umount(args) => mount::umount(&repo, args),
         Command::Status(args) => status::run(&repo, args),
     }
 }

@@ -1,9 +1,692 @@
-//! The filesystem core: POSIX semantics over a view (the live tree or a snapshot).
+//! The filesystem core: POSIX semantics over the live tree.
 //!
-//! Owns: reading file content through extents and chunks. It does not name `fuser`:
-//! the FUSE adapter translates kernel requests into calls here. Depends on `catalog`
-//! and `store`.
+//! Owns: name and attribute rules (what rename may replace, link counts, times,
+//! setgid folders), open-file handles, write buffering through the chunker, and
+//! reads through a chunk cache. It does not name `fuser`: the FUSE adapter
+//! translates kernel requests into calls here, so everything is testable without a
+//! kernel. Depends on `catalog`, `store` and `ingest`.
+//!
+//! Concurrency: one mutex guards the catalog and the write buffers. Writes are
+//! buffered per file and committed in groups (by the flusher every second, on
+//! fsync, or before a read needs them), with the mirrors synced before each commit.
 
 mod read;
+mod write;
 
-pub use read::read_at;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use read::{read_at, read_extents, ChunkCache};
+
+use crate::catalog::{Catalog, DirEntry, FileKind, InodeAttr, NewInode, Settings};
+use crate::error::{Error, Result};
+use crate::ingest::ChunkSink;
+use crate::store::MirrorStore;
+use crate::types::InodeId;
+use write::DirtyFile;
+
+/// Who is asking: the caller's ids, from the kernel request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A time to set: now, or a given instant in ns since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(i64),
+}
+
+/// The attribute changes of one `setattr`; `None` leaves a field alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// How `rename` treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace it (POSIX rename).
+    Replace,
+    /// Fail with EEXIST (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap the two (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// Free space, from the fullest mirror's filesystem.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+}
+
+/// Knobs of the filesystem core.
+#[derive(Clone, Copy, Debug)]
+pub struct FsOptions {
+    /// Decoded chunks kept in memory for reads.
+    pub cache_chunks: usize,
+    /// Buffered writes older than this are committed by `flush_old`.
+    pub flush_after: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> FsOptions {
+        FsOptions {
+            cache_chunks: 64,
+            flush_after: Duration::from_secs(1),
+        }
+    }
+}
+
+struct State {
+    catalog: Catalog,
+    sink: ChunkSink,
+    dirty: HashMap<InodeId, DirtyFile>,
+    /// Open handles per inode, for unlinked-but-open files.
+    open: HashMap<InodeId, u32>,
+    /// Inodes whose last name is gone while still open: removed at the last release.
+    orphans: HashSet<InodeId>,
+}
+
+impl State {
+    fn sink_store(&self) -> Arc<MirrorStore> {
+        self.sink.store()
+    }
+
+    fn params(&self) -> crate::chunker::ChunkerParams {
+        self.sink.params()
+    }
+}
+
+/// The live tree of one repository, served to many threads.
+pub struct Fs {
+    state: Mutex<State>,
+    store: Arc<MirrorStore>,
+    cache: ChunkCache,
+    settings: Settings,
+    mirror_paths: Vec<std::path::PathBuf>,
+    options: FsOptions,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn resolve(t: SetTime) -> i64 {
+    match t {
+        SetTime::Now => now_ns(),
+        SetTime::At(ns) => ns,
+    }
+}
+
+fn lossy(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+impl Fs {
+    /// Serves the live tree of `catalog` with chunks in `store`. Removes inodes that a
+    /// crash left with no name (unlinked while open).
+    pub fn new(catalog: Catalog, store: Arc<MirrorStore>, options: FsOptions) -> Result<Fs> {
+        let settings = catalog.settings()?;
+        catalog.set_durable_commits(false)?;
+        let mirror_paths = catalog.mirrors()?.into_iter().map(|m| m.path).collect();
+        let sink = ChunkSink::new(store.clone(), settings.chunker, settings.zstd_level);
+        let mut state = State {
+            catalog,
+            sink,
+            dirty: HashMap::new(),
+            open: HashMap::new(),
+            orphans: HashSet::new(),
+        };
+        let orphans = state.catalog.live_orphans()?;
+        if !orphans.is_empty() {
+            let txn = state.catalog.write()?;
+            for id in orphans {
+                txn.remove_inode(id)?;
+            }
+            txn.commit()?;
+        }
+        Ok(Fs {
+            state: Mutex::new(state),
+            store,
+            cache: ChunkCache::new(options.cache_chunks),
+            settings,
+            mirror_paths,
+            options,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in another thread poisoned the mutex; the state is still the last
+        // consistent one (every change is a transaction), so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The attributes of `ino`, with buffered writes counted in size and mtime.
+    pub fn getattr(&self, ino: InodeId) -> Result<InodeAttr> {
+        let st = self.lock();
+        attr_of(&st, ino)
+    }
+
+    /// Looks `name` up in folder `parent`.
+    pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
+        let st = self.lock();
+        let live = st.catalog.live();
+        let parent_attr = st
+            .catalog
+            .inode(live, parent)?
+            .ok_or_else(|| Error::NotFound(format!("inode {parent}")))?;
+        if parent_attr.kind != FileKind::Dir {
+            return Err(Error::NotDir(lossy(name)));
+        }
+        if name.len() > 255 {
+            return Err(Error::NameTooLong);
+        }
+        let id = st
+            .catalog
+            .lookup(live, parent, name)?
+            .ok_or_else(|| Error::NotFound(lossy(name)))?;
+        attr_of(&st, id)
+    }
+
+    /// The names in folder `dir`, with their attributes.
+    pub fn readdir(&self, dir: InodeId) -> Result<Vec<(DirEntry, InodeAttr)>> {
+        let st = self.lock();
+        let live = st.catalog.live();
+        let attr = st
+            .catalog
+            .inode(live, dir)?
+            .ok_or_else(|| Error::NotFound(format!("inode {dir}")))?;
+        if attr.kind != FileKind::Dir {
+            return Err(Error::NotDir(format!("inode {dir}")));
+        }
+        st.catalog
+            .readdir(live, dir)?
+            .into_iter()
+            .map(|e| {
+                let a = attr_of(&st, e.inode)?;
+                Ok((e, a))
+            })
+            .collect()
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: InodeId) -> Result<Vec<u8>> {
+        let attr = self.getattr(ino)?;
+        if attr.kind != FileKind::Symlink {
+            return Err(Error::InvalidArgument("not a symlink".into()));
+        }
+        Ok(attr.target)
+    }
+
+    /// Creates `name` in `parent`: a file, folder, fifo, socket, device or symlink.
+    /// The owner is the caller; the group is the caller's, or the folder's when the
+    /// folder is setgid (a new folder then inherits setgid).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+        target: &[u8],
+    ) -> Result<InodeAttr> {
+        let mut st = self.lock();
+        let now = now_ns();
+        let txn = st.catalog.write()?;
+        let parent_attr = txn.expect_inode(parent)?;
+        if parent_attr.kind != FileKind::Dir {
+            return Err(Error::NotDir(lossy(name)));
+        }
+        if parent_attr.nlink == 0 {
+            return Err(Error::NotFound("folder was removed".into()));
+        }
+        if txn.lookup(parent, name)?.is_some() {
+            return Err(Error::Exists(lossy(name)));
+        }
+        let setgid_parent = parent_attr.mode & libc::S_ISGID != 0;
+        let mut mode = mode & 0o7777;
+        if setgid_parent && kind == FileKind::Dir {
+            mode |= libc::S_ISGID;
+        }
+        let attr = txn.create_inode(&NewInode {
+            kind,
+            mode,
+            uid: caller.uid,
+            gid: if setgid_parent {
+                parent_attr.gid
+            } else {
+                caller.gid
+            },
+            rdev,
+            time_ns: now,
+            target: target.to_vec(),
+        })?;
+        txn.link(parent, name, attr.id)?;
+        touch_dir(&txn, parent, now)?;
+        let attr = txn.expect_inode(attr.id)?;
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    /// Adds the name `name` in `parent` for file `ino` (a hard link).
+    pub fn link(&self, ino: InodeId, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
+        let mut st = self.lock();
+        let now = now_ns();
+        let txn = st.catalog.write()?;
+        let attr = txn.expect_inode(ino)?;
+        if attr.kind == FileKind::Dir {
+            return Err(Error::NotPermitted("hard link to a folder".into()));
+        }
+        if txn.expect_inode(parent)?.kind != FileKind::Dir {
+            return Err(Error::NotDir(lossy(name)));
+        }
+        txn.link(parent, name, ino)?;
+        let mut attr = txn.expect_inode(ino)?;
+        attr.ctime_ns = now;
+        txn.set_inode(&attr)?;
+        touch_dir(&txn, parent, now)?;
+        txn.commit()?;
+        st.orphans.remove(&ino);
+        attr_of(&st, ino)
+    }
+
+    /// Removes the non-folder `name` from `parent`.
+    pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes the empty folder `name` from `parent`.
+    pub fn rmdir(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: InodeId, name: &[u8], dir: bool) -> Result<()> {
+        let mut st = self.lock();
+        let now = now_ns();
+        let st = &mut *st;
+        let txn = st.catalog.write()?;
+        let id = txn
+            .lookup(parent, name)?
+            .ok_or_else(|| Error::NotFound(lossy(name)))?;
+        let attr = txn.expect_inode(id)?;
+        match (dir, attr.kind == FileKind::Dir) {
+            (true, false) => return Err(Error::NotDir(lossy(name))),
+            (false, true) => return Err(Error::IsDir(lossy(name))),
+            (true, true) if !txn.readdir(id)?.is_empty() => return Err(Error::NotEmpty(lossy(name))),
+            _ => {}
+        }
+        let after = txn.unlink(parent, name)?;
+        touch_dir(&txn, parent, now)?;
+        let gone = if dir { after.nlink <= 1 } else { after.nlink == 0 };
+        if gone && st.open.get(&id).copied().unwrap_or(0) == 0 {
+            txn.remove_inode(id)?;
+            st.dirty.remove(&id);
+        } else {
+            if gone {
+                st.orphans.insert(id);
+            }
+            let mut attr = txn.expect_inode(id)?;
+            if dir {
+                attr.nlink = 0;
+            }
+            attr.ctime_ns = now;
+            txn.set_inode(&attr)?;
+        }
+        txn.commit()
+    }
+
+    /// Renames `name` in `parent` to `new_name` in `new_parent`, by POSIX rules.
+    pub fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        let mut st = self.lock();
+        let now = now_ns();
+        let st = &mut *st;
+        let txn = st.catalog.write()?;
+        let src = txn
+            .lookup(parent, name)?
+            .ok_or_else(|| Error::NotFound(lossy(name)))?;
+        let src_attr = txn.expect_inode(src)?;
+        if txn.expect_inode(new_parent)?.kind != FileKind::Dir {
+            return Err(Error::NotDir(lossy(new_name)));
+        }
+        let dst = txn.lookup(new_parent, new_name)?;
+        // A folder may not move below itself.
+        if src_attr.kind == FileKind::Dir && is_within(&txn, new_parent, src)? {
+            return Err(Error::InvalidArgument("cannot move a folder into itself".into()));
+        }
+        match (mode, dst) {
+            (RenameMode::Exchange, None) => return Err(Error::NotFound(lossy(new_name))),
+            (RenameMode::Exchange, Some(dst)) => {
+                let dst_attr = txn.expect_inode(dst)?;
+                if dst_attr.kind == FileKind::Dir && is_within(&txn, parent, dst)? {
+                    return Err(Error::InvalidArgument("cannot move a folder into itself".into()));
+                }
+                txn.exchange(parent, name, new_parent, new_name)?;
+                for id in [src, dst] {
+                    let mut a = txn.expect_inode(id)?;
+                    a.ctime_ns = now;
+                    txn.set_inode(&a)?;
+                }
+            }
+            (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists(lossy(new_name))),
+            (_, Some(dst)) if dst == src => return Ok(()),
+            (_, dst) => {
+                if let Some(dst) = dst {
+                    let dst_attr = txn.expect_inode(dst)?;
+                    match (src_attr.kind == FileKind::Dir, dst_attr.kind == FileKind::Dir) {
+                        (true, false) => return Err(Error::NotDir(lossy(new_name))),
+                        (false, true) => return Err(Error::IsDir(lossy(new_name))),
+                        (true, true) if !txn.readdir(dst)?.is_empty() => {
+                            return Err(Error::NotEmpty(lossy(new_name)))
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(replaced) = txn.rename(parent, name, new_parent, new_name)? {
+                    let dir = replaced.kind == FileKind::Dir;
+                    let gone = if dir {
+                        replaced.nlink <= 1
+                    } else {
+                        replaced.nlink == 0
+                    };
+                    if gone && st.open.get(&replaced.id).copied().unwrap_or(0) == 0 {
+                        txn.remove_inode(replaced.id)?;
+                        st.dirty.remove(&replaced.id);
+                    } else {
+                        if gone {
+                            st.orphans.insert(replaced.id);
+                        }
+                        let mut a = txn.expect_inode(replaced.id)?;
+                        a.ctime_ns = now;
+                        if dir {
+                            a.nlink = 0;
+                        }
+                        txn.set_inode(&a)?;
+                    }
+                }
+                let mut a = txn.expect_inode(src)?;
+                a.ctime_ns = now;
+                txn.set_inode(&a)?;
+            }
+        }
+        touch_dir(&txn, parent, now)?;
+        if new_parent != parent {
+            touch_dir(&txn, new_parent, now)?;
+        }
+        txn.commit()
+    }
+
+    /// Changes attributes. A size change cuts or extends the file (extending adds a hole).
+    pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Result<InodeAttr> {
+        let mut st = self.lock();
+        let now = now_ns();
+        if set.size.is_some() && st.dirty.contains_key(&ino) {
+            self.flush_locked(&mut st, Some(ino))?;
+        }
+        let txn = st.catalog.write()?;
+        let mut attr = txn.expect_inode(ino)?;
+        if let Some(mode) = set.mode {
+            attr.mode = mode & 0o7777;
+        }
+        if let Some(uid) = set.uid {
+            attr.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            attr.gid = gid;
+        }
+        if let Some(size) = set.size {
+            if attr.kind == FileKind::Dir {
+                return Err(Error::IsDir(format!("inode {ino}")));
+            }
+            if size < attr.size {
+                txn.set_extents(ino, size, u64::MAX, &[])?;
+            }
+            attr.size = size;
+            attr.mtime_ns = now;
+        }
+        if let Some(t) = set.atime {
+            attr.atime_ns = resolve(t);
+        }
+        if let Some(t) = set.mtime {
+            attr.mtime_ns = resolve(t);
+        }
+        attr.ctime_ns = now;
+        txn.set_inode(&attr)?;
+        txn.commit()?;
+        attr_of(&st, ino)
+    }
+
+    /// Notes an open handle on `ino` (an unlinked file lives until its last release).
+    pub fn open(&self, ino: InodeId) -> Result<InodeAttr> {
+        let mut st = self.lock();
+        let attr = attr_of(&st, ino)?;
+        *st.open.entry(ino).or_insert(0) += 1;
+        Ok(attr)
+    }
+
+    /// Drops an open handle; the last release of an unlinked file removes it.
+    pub fn release(&self, ino: InodeId) -> Result<()> {
+        let mut st = self.lock();
+        let count = st.open.get(&ino).copied().unwrap_or(0);
+        if count <= 1 {
+            st.open.remove(&ino);
+            if st.orphans.remove(&ino) {
+                st.dirty.remove(&ino);
+                let txn = st.catalog.write()?;
+                txn.remove_inode(ino)?;
+                txn.commit()?;
+            }
+        } else {
+            st.open.insert(ino, count - 1);
+        }
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes of `ino` at `offset`; buffered writes are committed
+    /// first so the read sees them.
+    pub fn read(&self, ino: InodeId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut st = self.lock();
+        if st.dirty.contains_key(&ino) {
+            self.flush_locked(&mut st, Some(ino))?;
+        }
+        let attr = st
+            .catalog
+            .inode(st.catalog.live(), ino)?
+            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+        if attr.kind == FileKind::Dir {
+            return Err(Error::IsDir(format!("inode {ino}")));
+        }
+        let extents =
+            st.catalog
+                .extents(st.catalog.live(), ino, offset, offset.saturating_add(len as u64))?;
+        drop(st);
+        read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)
+    }
+
+    /// Writes `data` at `offset` into `ino`. Buffered: durable after `fsync`, visible
+    /// to reads at once.
+    pub fn write(&self, ino: InodeId, offset: u64, data: &[u8]) -> Result<usize> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        write::write(st, ino, offset, data)?;
+        Ok(data.len())
+    }
+
+    /// Commits buffered writes of `ino` (or of every file) in one transaction.
+    pub fn flush(&self, ino: Option<InodeId>) -> Result<()> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st, ino)
+    }
+
+    /// Commits buffered writes older than `FsOptions::flush_after` (the flusher's tick).
+    pub fn flush_old(&self) -> Result<()> {
+        let mut st = self.lock();
+        let due = st.dirty.values().any(|d| d.age() >= self.options.flush_after);
+        if due {
+            self.flush_locked(&mut st, None)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `ino`'s data and metadata (and everything committed before) durable.
+    pub fn fsync(&self, ino: Option<InodeId>) -> Result<()> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st, ino)?;
+        st.catalog.sync()
+    }
+
+    fn flush_locked(&self, st: &mut State, ino: Option<InodeId>) -> Result<()> {
+        write::flush(st, ino)
+    }
+
+    /// Value of xattr `name` of `ino`.
+    pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>> {
+        let st = self.lock();
+        st.catalog
+            .xattr(st.catalog.live(), ino, name)?
+            .ok_or(Error::NoXattr)
+    }
+
+    /// Names of every xattr of `ino`.
+    pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>> {
+        let st = self.lock();
+        Ok(st
+            .catalog
+            .xattrs(st.catalog.live(), ino)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// Sets xattr `name`; `create_only` / `replace_only` follow XATTR_CREATE / XATTR_REPLACE.
+    pub fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        create_only: bool,
+        replace_only: bool,
+    ) -> Result<()> {
+        let mut st = self.lock();
+        let txn = st.catalog.write()?;
+        let exists = txn.xattr(ino, name)?.is_some();
+        if create_only && exists {
+            return Err(Error::Exists(lossy(name)));
+        }
+        if replace_only && !exists {
+            return Err(Error::NoXattr);
+        }
+        txn.set_xattr(ino, name, value)?;
+        let mut attr = txn.expect_inode(ino)?;
+        attr.ctime_ns = now_ns();
+        txn.set_inode(&attr)?;
+        txn.commit()
+    }
+
+    /// Removes xattr `name`.
+    pub fn removexattr(&self, ino: InodeId, name: &[u8]) -> Result<()> {
+        let mut st = self.lock();
+        let txn = st.catalog.write()?;
+        txn.remove_xattr(ino, name)?;
+        let mut attr = txn.expect_inode(ino)?;
+        attr.ctime_ns = now_ns();
+        txn.set_inode(&attr)?;
+        txn.commit()
+    }
+
+    /// Space on the fullest mirror's filesystem.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let mut best: Option<StatFs> = None;
+        for path in &self.mirror_paths {
+            let Ok(s) = rustix::fs::statvfs(path) else {
+                continue;
+            };
+            let bs = s.f_frsize.max(1);
+            let candidate = StatFs {
+                block_size: 4096,
+                blocks: s.f_blocks * bs / 4096,
+                blocks_free: s.f_bfree * bs / 4096,
+                blocks_available: s.f_bavail * bs / 4096,
+                files: s.f_files,
+                files_free: s.f_ffree,
+            };
+            if best.is_none_or(|b| candidate.blocks_available < b.blocks_available) {
+                best = Some(candidate);
+            }
+        }
+        best.ok_or_else(|| Error::NoMirror {
+            reason: "no mirror folder can be read".into(),
+        })
+    }
+
+    /// The repository settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// The attributes of `ino`, with buffered writes counted.
+fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
+    let mut attr = st
+        .catalog
+        .inode(st.catalog.live(), ino)?
+        .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+    if let Some(d) = st.dirty.get(&ino) {
+        attr.size = attr.size.max(d.end());
+        attr.mtime_ns = d.mtime_ns();
+        attr.ctime_ns = d.mtime_ns();
+    }
+    Ok(attr)
+}
+
+/// Sets a folder's mtime and ctime to `now` (its entries changed).
+fn touch_dir(txn: &crate::catalog::Txn<'_>, dir: InodeId, now: i64) -> Result<()> {
+    let mut attr = txn.expect_inode(dir)?;
+    attr.mtime_ns = now;
+    attr.ctime_ns = now;
+    txn.set_inode(&attr)
+}
+
+/// True when folder `dir` is `ancestor` or lies below it.
+fn is_within(txn: &crate::catalog::Txn<'_>, mut dir: InodeId, ancestor: InodeId) -> Result<bool> {
+    for _ in 0..100_000 {
+        if dir == ancestor {
+            return Ok(true);
+        }
+        if dir == InodeId::ROOT {
+            return Ok(false);
+        }
+        match txn.parent_of(dir)? {
+            Some(p) => dir = p,
+            None => return Ok(false),
+        }
+    }
+    Err(Error::CorruptCatalog(
+        "folder chain does not reach the root".into(),
+    ))
+}

@@ -1,18 +1,67 @@
-//! Reading file bytes: extents from the catalog, verified chunks from the mirrors.
+//! Reading file bytes: extents from the catalog, verified chunks from the mirrors,
+//! through a small cache of decoded chunks.
 
-use crate::catalog::{Catalog, InodeAttr};
-use crate::error::Result;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::catalog::{Catalog, Extent, InodeAttr};
+use crate::error::{Error, Result};
 use crate::store::MirrorStore;
-use crate::types::GenId;
+use crate::types::{ChunkId, GenId};
 
-/// Reads up to `len` bytes of file `attr` at `offset` as generation `gen` sees it.
-/// Holes read as zeros; reading at or past the end returns fewer bytes (or none).
-/// Every chunk is verified; a chunk with no good copy fails the read (never wrong bytes).
-pub fn read_at(
-    catalog: &Catalog,
+/// The cached plaintexts and their load order (oldest first).
+type CacheMap = (HashMap<ChunkId, Arc<Vec<u8>>>, VecDeque<ChunkId>);
+
+/// Decoded, verified chunk plaintexts, the most recently loaded kept (FIFO eviction).
+/// Chunks never change under their id, so a cached copy is never stale.
+pub struct ChunkCache {
+    capacity: usize,
+    inner: Mutex<CacheMap>,
+}
+
+impl ChunkCache {
+    /// A cache of at most `capacity` chunks (0 disables it).
+    pub fn new(capacity: usize) -> ChunkCache {
+        ChunkCache {
+            capacity,
+            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+        }
+    }
+
+    /// The plaintext of `id`, from the cache or read and verified from the mirrors.
+    pub fn get(&self, store: &MirrorStore, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self.lock().0.get(id) {
+            return Ok(hit.clone());
+        }
+        let plain = Arc::new(store.get_verified(id)?);
+        if self.capacity > 0 {
+            let mut guard = self.lock();
+            let (map, order) = &mut *guard;
+            if map.insert(*id, plain.clone()).is_none() {
+                order.push_back(*id);
+            }
+            while order.len() > self.capacity {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+        Ok(plain)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reads up to `len` bytes of file `attr` at `offset` from its `extents` (those
+/// overlapping the range). Holes read as zeros; reading past the end returns fewer
+/// bytes. Every chunk is verified; no good copy fails the read (never wrong bytes).
+pub fn read_extents(
     store: &MirrorStore,
-    gen: GenId,
+    cache: &ChunkCache,
     attr: &InodeAttr,
+    extents: &[Extent],
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>> {
@@ -21,19 +70,37 @@ pub fn read_at(
         return Ok(Vec::new());
     }
     let mut out = vec![0u8; (end - offset) as usize];
-    for e in catalog.extents(gen, attr.id, offset, end)? {
-        let plain = store.get_verified(&e.chunk)?;
+    for e in extents {
         let from = e.offset.max(offset);
         let to = e.end().min(end);
+        if from >= to {
+            continue;
+        }
+        let plain = cache.get(store, &e.chunk)?;
         let src_start = (e.chunk_offset + (from - e.offset)) as usize;
         let src_end = src_start + (to - from) as usize;
-        let chunk_bytes = plain.get(src_start..src_end).ok_or_else(|| {
-            crate::Error::CorruptCatalog(format!(
+        let bytes = plain.get(src_start..src_end).ok_or_else(|| {
+            Error::CorruptCatalog(format!(
                 "extent of inode {} at {} reaches past the end of chunk {}",
                 attr.id, e.offset, e.chunk
             ))
         })?;
-        out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(chunk_bytes);
+        out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(bytes);
     }
     Ok(out)
+}
+
+/// Reads up to `len` bytes of file `attr` at `offset` as generation `gen` sees it
+/// (uncached; for commands that read once).
+pub fn read_at(
+    catalog: &Catalog,
+    store: &MirrorStore,
+    gen: GenId,
+    attr: &InodeAttr,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let end = offset.saturating_add(len as u64);
+    let extents = catalog.extents(gen, attr.id, offset, end)?;
+    read_extents(store, &ChunkCache::new(0), attr, &extents, offset, len)
 }

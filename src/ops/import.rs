@@ -69,7 +69,7 @@ pub fn import(
     }
     let mut importer = Importer {
         txn: &txn,
-        sink: ChunkSink::new(store, settings.chunker, settings.zstd_level),
+        sink: ChunkSink::new(store.clone(), settings.chunker, settings.zstd_level),
         links: HashMap::new(),
         stats: ImportStats::default(),
         now_ns,
@@ -84,22 +84,22 @@ pub fn import(
             progress(&importer.stats);
         }
     }
-    importer.sink.flush(&txn)?;
+    importer.sink.sync(&txn)?;
     let mut stats = importer.stats;
     stats.ingest = importer.sink.stats();
     txn.commit()?;
     Ok(stats)
 }
 
-struct Importer<'t, 'c, 's> {
+struct Importer<'t, 'c> {
     txn: &'t Txn<'c>,
-    sink: ChunkSink<'s>,
+    sink: ChunkSink,
     links: HashMap<(u64, u64), InodeId>,
     stats: ImportStats,
     now_ns: i64,
 }
 
-impl Importer<'_, '_, '_> {
+impl Importer<'_, '_> {
     /// Imports one entry into folder `parent`; returns the new folder's id when it is one.
     fn entry(&mut self, path: &Path, parent: InodeId, name: &[u8]) -> Result<Option<InodeId>> {
         let meta =
@@ -195,6 +195,7 @@ impl Importer<'_, '_, '_> {
                 ));
             }
             self.stats.data_bytes += got;
+            self.sink.record(self.txn)?;
             self.txn.set_extents(id, start, end, &extents)?;
         }
         Ok(())

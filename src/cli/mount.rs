@@ -1,0 +1,243 @@
+//! `snapfs mount` and `snapfs umount`: serve the live tree through FUSE.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use snapfs::fs::{Fs, FsOptions};
+use snapfs::fuse::MountOptions;
+use snapfs::repo::{self, InitOptions, Repo, RepoLock};
+
+/// Log file of a background mount, inside the repository.
+const LOG_FILE: &str = "mount.log";
+
+/// Mount the live tree read-write (creates the repository on first use).
+///
+/// Example: snapfs mount ~/versioned
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Folder to mount on (must exist)
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// Stay in the foreground; unmount cleanly on Ctrl-C / SIGTERM
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+
+    /// Mount options, comma separated: allow_other
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    pub options: Vec<String>,
+
+    /// Request threads
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub threads: usize,
+}
+
+/// Flush everything and unmount.
+///
+/// Example: snapfs umount ~/versioned
+#[derive(clap::Args, Debug)]
+pub struct UmountArgs {
+    /// The mounted folder
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+}
+
+pub fn run(repo: &Path, args: Args) -> Result<()> {
+    let mountpoint = std::path::absolute(&args.mountpoint)?;
+    if !mountpoint.is_dir() {
+        bail!(
+            "mount point {} does not exist or is not a folder; create it first",
+            mountpoint.display()
+        );
+    }
+    if is_mounted(&mountpoint) {
+        bail!(
+            "{} is already a snapfs mount; unmount it first (snapfs umount)",
+            mountpoint.display()
+        );
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse kernel module (modprobe fuse) or install fuse3");
+    }
+    let mut options = MountOptions {
+        threads: args.threads,
+        fs_name: format!("snapfs:{}", repo.display()),
+        ..Default::default()
+    };
+    for o in &args.options {
+        match o.as_str() {
+            "allow_other" => options.allow_other = true,
+            "" | "rw" | "defaults" => {}
+            other => bail!("unknown mount option {other:?}; known: allow_other"),
+        }
+    }
+    if !repo::exists(repo) {
+        drop(
+            Repo::init(repo, &InitOptions::default(), snapfs::ops::now_ns())
+                .with_context(|| format!("cannot create a repository at {}", repo.display()))?,
+        );
+        println!("created repository {}", repo.display());
+    }
+    if args.foreground {
+        serve(repo, &mountpoint, &options)
+    } else {
+        spawn_daemon(repo, &mountpoint, &args)
+    }
+}
+
+/// Starts `snapfs mount -f` in its own process group, logging to the repository, and
+/// returns once the mount is ready (or reports why it failed).
+fn spawn_daemon(repo: &Path, mountpoint: &Path, args: &Args) -> Result<()> {
+    let log_path = repo.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_start = log.metadata()?.len();
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--repo").arg(repo).arg("mount").arg(mountpoint).arg("-f");
+    cmd.arg("--threads").arg(args.threads.to_string());
+    if !args.options.is_empty() {
+        cmd.arg("-o").arg(args.options.join(","));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut text = String::new();
+            let mut f = std::fs::File::open(&log_path)?;
+            f.seek(SeekFrom::Start(log_start))?;
+            f.read_to_string(&mut text)?;
+            let line = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("snapfs: error: "))
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!(
+                        "the mount daemon exited with {status}; see {}",
+                        log_path.display()
+                    )
+                });
+            return Err(anyhow!(line));
+        }
+        if is_mounted(mountpoint) {
+            println!(
+                "mounted {} at {} (pid {}, log {})",
+                repo.display(),
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the mount did not come up within 60 s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when /proc/self/mountinfo lists a snapfs FUSE mount at `mountpoint`.
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = mountpoint.to_string_lossy();
+    info.lines().any(|line| {
+        // "id parent dev root MOUNTPOINT opts… - FSTYPE SOURCE superopts"
+        let Some((head, tail)) = line.split_once(" - ") else {
+            return false;
+        };
+        let mut tail = tail.split(' ');
+        let (fstype, source) = (tail.next().unwrap_or(""), tail.next().unwrap_or(""));
+        head.split(' ').nth(4) == Some(target.as_ref())
+            && fstype.starts_with("fuse")
+            && source.starts_with("snapfs")
+    })
+}
+
+/// Serves the mount in this process until it is unmounted or signalled.
+fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions) -> Result<()> {
+    let holder = format!("mounted at {}", mountpoint.display());
+    let handle = Repo::open(repo, &holder).with_context(|| format!("cannot mount {}", repo.display()))?;
+    let (catalog, store, _lock) = handle.into_parts();
+    let fs = Arc::new(Fs::new(catalog, store, FsOptions::default())?);
+    let mount = snapfs::fuse::mount(fs.clone(), mountpoint, options)?;
+    eprintln!(
+        "snapfs: serving {} at {} (pid {})",
+        repo.display(),
+        mountpoint.display(),
+        std::process::id()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                if let Err(e) = fs.flush_old() {
+                    eprintln!("snapfs: warning: committing buffered writes failed: {e}");
+                }
+            }
+        })
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let signal_handle = signals.handle();
+    let unmount_at = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("snapfs: signal {sig}: unmounting");
+            if let Err(e) = snapfs::fuse::unmount(&unmount_at) {
+                eprintln!("snapfs: error: {e}");
+            }
+        }
+    });
+    let served = mount.join();
+    signal_handle.close();
+    stop.store(true, Ordering::Relaxed);
+    let _ = flusher.join();
+    fs.fsync(None).context("committing buffered writes at unmount")?;
+    served?;
+    eprintln!("snapfs: unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+pub fn umount(repo: &Path, args: UmountArgs) -> Result<()> {
+    let mountpoint = std::path::absolute(&args.mountpoint)?;
+    if !is_mounted(&mountpoint) {
+        bail!("{} is not a snapfs mount", mountpoint.display());
+    }
+    snapfs::fuse::unmount(&mountpoint)?;
+    // The daemon commits everything, then exits and frees the lock.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while repo::exists(repo) {
+        match RepoLock::acquire(repo, "umount") {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e).context("the mount daemon did not finish in 120 s"),
+        }
+    }
+    println!("unmounted {}", mountpoint.display());
+    Ok(())
+}

@@ -1,0 +1,580 @@
+//! The FUSE adapter: `impl fuser::Filesystem` over the filesystem core.
+//!
+//! Translation only: kernel inode numbers ↔ `InodeId`, `InodeAttr` → `FileAttr`,
+//! `Error` → errno, TTLs, replies. The only module that names `fuser`. Every callback
+//! is a few lines; logic lives in `fs`.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::catalog::{FileKind, InodeAttr};
+use crate::error::{Error, Result};
+use crate::fs::{Caller, Fs, RenameMode, SetAttr, SetTime};
+use crate::types::InodeId;
+
+/// Attribute and entry TTL of the live tree: short, since only this daemon changes it
+/// but rollback (later) must be seen soon.
+const LIVE_TTL: Duration = Duration::from_secs(1);
+
+/// How the mount is set up.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Let other users in (`-o allow_other`).
+    pub allow_other: bool,
+    /// Request threads.
+    pub threads: usize,
+    /// Name shown in the mount table.
+    pub fs_name: String,
+}
+
+/// The kernel-facing side of one mount.
+pub struct FuseAdapter {
+    fs: Arc<Fs>,
+}
+
+impl FuseAdapter {
+    /// An adapter serving `fs`.
+    pub fn new(fs: Arc<Fs>) -> FuseAdapter {
+        FuseAdapter { fs }
+    }
+}
+
+/// A running mount; dropping it unmounts.
+pub struct MountHandle {
+    session: fuser::BackgroundSession,
+}
+
+impl MountHandle {
+    /// Blocks until the filesystem is unmounted (by `fusermount3 -u`, `umount`, or
+    /// `unmount` from another thread).
+    pub fn join(self) -> Result<()> {
+        self.session.join().map_err(Error::io_with("serving the mount"))
+    }
+}
+
+/// Mounts `fs` at `mountpoint` and serves it from background threads.
+pub fn mount(fs: Arc<Fs>, mountpoint: &Path, options: &MountOptions) -> Result<MountHandle> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(options.fs_name.clone()),
+        MountOption::Subtype("snapfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::RW,
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::Exec,
+    ];
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    let session = fuser::spawn_mount(FuseAdapter::new(fs), mountpoint, &config)
+        .map_err(Error::io_with(format!("mounting at {}", mountpoint.display())))?;
+    Ok(MountHandle { session })
+}
+
+/// Unmounts `mountpoint` (as `fusermount3 -u` does).
+pub fn unmount(mountpoint: &Path) -> Result<()> {
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .status()
+        .map_err(Error::io_with("running fusermount3"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::io(
+            format!("unmounting {}", mountpoint.display()),
+            std::io::Error::other(format!("fusermount3 -u exited with {status}")),
+        ))
+    }
+}
+
+fn id(ino: INodeNo) -> InodeId {
+    InodeId(ino.0 as i64)
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &InodeAttr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.id.0 as u64),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        flags: 0,
+        blksize: 65536,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(ns(t)),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: Result<InodeAttr>) {
+    match result {
+        Ok(a) => reply.entry(&LIVE_TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>>) {
+    match bytes {
+        Ok(b) if size == 0 => reply.size(b.len() as u32),
+        Ok(b) if b.len() <= size as usize => reply.data(&b),
+        Ok(_) => reply.error(Errno::ERANGE),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Large writes: fewer, bigger requests through the chunker.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.add_capabilities(InitFlags::FUSE_BIG_WRITES);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        // The mount is going away: everything buffered must be committed now.
+        let _ = self.fs.fsync(None);
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.fs.lookup(id(parent), name.as_bytes()));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(id(ino)) {
+            Ok(a) => reply.attr(&LIVE_TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        match self.fs.setattr(id(ino), &set) {
+            Ok(a) => reply.attr(&LIVE_TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(id(ino)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = FileKind::from_mode(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let perm = mode & !umask & 0o7777;
+        reply_entry(
+            reply,
+            self.fs.create(
+                caller(req),
+                id(parent),
+                name.as_bytes(),
+                kind,
+                perm,
+                rdev as u64,
+                b"",
+            ),
+        );
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let perm = mode & !umask & 0o7777;
+        reply_entry(
+            reply,
+            self.fs.create(
+                caller(req),
+                id(parent),
+                name.as_bytes(),
+                FileKind::Dir,
+                perm,
+                0,
+                b"",
+            ),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.unlink(id(parent), name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.rmdir(id(parent), name.as_bytes()));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes();
+        reply_entry(
+            reply,
+            self.fs.create(
+                caller(req),
+                id(parent),
+                link_name.as_bytes(),
+                FileKind::Symlink,
+                0o777,
+                0,
+                target,
+            ),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else {
+            RenameMode::Replace
+        };
+        reply_empty(
+            reply,
+            self.fs.rename(
+                id(parent),
+                name.as_bytes(),
+                id(newparent),
+                newname.as_bytes(),
+                mode,
+            ),
+        );
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.fs.link(id(ino), id(newparent), newname.as_bytes()));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(id(ino)) {
+            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(id(ino), offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(id(ino), offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+        // close(): buffered data is committed by the flusher within a second, or by fsync.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.release(id(ino)));
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.fsync(Some(id(ino))));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.getattr(id(ino)) {
+            Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.fs.readdir(id(ino)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let dots = [
+            (ino, FileType::Directory, OsStr::new(".")),
+            (ino, FileType::Directory, OsStr::new("..")),
+        ];
+        let all = dots.into_iter().chain(entries.iter().map(|(e, a)| {
+            (
+                INodeNo(e.inode.0 as u64),
+                file_type(a.kind),
+                OsStr::from_bytes(&e.name),
+            )
+        }));
+        for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(ino, (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (entries, dir) = match (self.fs.readdir(id(ino)), self.fs.getattr(id(ino))) {
+            (Ok(e), Ok(d)) => (e, d),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno(&e)),
+        };
+        let dir_attr = file_attr(&dir);
+        let dots = [(OsStr::new("."), dir_attr), (OsStr::new(".."), dir_attr)];
+        let all = dots.into_iter().chain(
+            entries
+                .iter()
+                .map(|(e, a)| (OsStr::from_bytes(&e.name), file_attr(a))),
+        );
+        for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
+            if reply.add(attr.ino, (i + 1) as u64, name, &LIVE_TTL, &attr, Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.fsync(Some(id(ino))));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_available,
+                s.files,
+                s.files_free,
+                s.block_size,
+                255,
+                s.block_size,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        reply_empty(
+            reply,
+            self.fs.setxattr(id(ino), name.as_bytes(), value, create, replace),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.getxattr(id(ino), name.as_bytes()));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let list = self.fs.listxattr(id(ino)).map(|names| {
+            names
+                .into_iter()
+                .flat_map(|mut n| {
+                    n.push(0);
+                    n
+                })
+                .collect()
+        });
+        reply_xattr(reply, size, list);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.removexattr(id(ino), name.as_bytes()));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes; only existence is ours.
+        reply_empty(reply, self.fs.getattr(id(ino)).map(|_| ()));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let perm = mode & !umask & 0o7777;
+        let created = self
+            .fs
+            .create(
+                caller(req),
+                id(parent),
+                name.as_bytes(),
+                FileKind::File,
+                perm,
+                0,
+                b"",
+            )
+            .and_then(|a| self.fs.open(a.id));
+        match created {
+            Ok(a) => reply.created(
+                &LIVE_TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(a.id.0 as u64),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
