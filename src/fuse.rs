@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::catalog::{FileKind, InodeAttr};
 use crate::error::{Error, Result};
-use crate::fs::{Caller, Fs, RenameMode, SetAttr, SetTime};
+use crate::fs::{Allocate, Caller, Fs, RenameMode, Seek, SetAttr, SetTime};
 use crate::types::InodeId;
 
 /// Attribute and entry TTL of the live tree: short, since only this daemon changes it
@@ -574,6 +574,69 @@ impl Filesystem for FuseAdapter {
                 FileHandle(a.id.0 as u64),
                 FopenFlags::empty(),
             ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let how = match mode {
+            0 => Allocate::Reserve { keep_size: false },
+            libc::FALLOC_FL_KEEP_SIZE => Allocate::Reserve { keep_size: true },
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => Allocate::PunchHole,
+            _ => return reply.error(Errno::EOPNOTSUPP),
+        };
+        reply_empty(reply, self.fs.fallocate(id(ino), offset, length, how));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let what = match whence {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.fs.seek(id(ino), offset.max(0) as u64, what) {
+            Ok(pos) => reply.offset(pos as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // Replies carry 32 bits; the kernel asks again for the rest.
+        let len = len.min(1 << 30);
+        match self
+            .fs
+            .copy_range(id(ino_in), offset_in, id(ino_out), offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }

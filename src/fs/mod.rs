@@ -11,6 +11,7 @@
 //! fsync, or before a read needs them), with the mirrors synced before each commit.
 
 mod read;
+mod space;
 mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use read::{read_at, read_extents, ChunkCache};
+pub use space::{Allocate, Seek};
 
 use crate::catalog::{Catalog, DirEntry, FileKind, InodeAttr, NewInode, Settings};
 use crate::error::{Error, Result};
@@ -445,7 +447,8 @@ impl Fs {
     pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Result<InodeAttr> {
         let mut st = self.lock();
         let now = now_ns();
-        if set.size.is_some() && st.dirty.contains_key(&ino) {
+        // Buffered writes land first, so the size and times set here stay set.
+        if st.dirty.contains_key(&ino) {
             self.flush_locked(&mut st, Some(ino))?;
         }
         let txn = st.catalog.write()?;
@@ -690,3 +693,6 @@ fn is_within(txn: &crate::catalog::Txn<'_>, mut dir: InodeId, ancestor: InodeId)
         "folder chain does not reach the root".into(),
     ))
 }
+
+#[cfg(test)]
+mod tests;

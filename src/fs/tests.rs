@@ -1,0 +1,448 @@
+//! Filesystem-core tests, with no kernel: POSIX rules, the write path, extents.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::catalog::{NewCatalog, Settings};
+use crate::chunker::ChunkerParams;
+use crate::store::{MemoryStore, MirrorStore, ObjectStore};
+use crate::types::{MirrorId, RepoId};
+
+const ME: Caller = Caller { uid: 1000, gid: 1000 };
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    fs: Fs,
+    store: Arc<MirrorStore>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::create(
+        &dir.path().join("catalog.db"),
+        &NewCatalog {
+            settings: Settings {
+                repo_id: RepoId([3; 16]),
+                chunker: ChunkerParams {
+                    min_size: 4096,
+                    avg_size: 16384,
+                    max_size: 65536,
+                    seed: 7,
+                },
+                zstd_level: Some(1),
+                created_ns: 0,
+            },
+            root_uid: 0,
+            root_gid: 0,
+            root_mode: 0o755,
+            mirrors: vec!["/m0".into()],
+        },
+    )
+    .unwrap();
+    let stores: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(
+        MirrorId(0),
+        Ok(Box::new(MemoryStore::new()) as Box<dyn ObjectStore>),
+    )];
+    let store = Arc::new(MirrorStore::new(stores).unwrap());
+    let fs = Fs::new(catalog, store.clone(), FsOptions::default()).unwrap();
+    Fixture { _dir: dir, fs, store }
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+fn file(f: &Fixture, name: &str) -> InodeId {
+    f.fs.create(ME, InodeId::ROOT, name.as_bytes(), FileKind::File, 0o644, 0, b"")
+        .unwrap()
+        .id
+}
+
+fn dir(f: &Fixture, parent: InodeId, name: &str) -> InodeId {
+    f.fs.create(ME, parent, name.as_bytes(), FileKind::Dir, 0o755, 0, b"")
+        .unwrap()
+        .id
+}
+
+fn stored_chunks(f: &Fixture) -> usize {
+    f.store.list().unwrap().len()
+}
+
+#[test]
+fn streamed_writes_read_back_before_and_after_commit() {
+    let f = fixture();
+    let ino = file(&f, "big");
+    let data = random(1, 3 << 20);
+    for (i, piece) in data.chunks(100_000).enumerate() {
+        f.fs.write(ino, (i * 100_000) as u64, piece).unwrap();
+    }
+    assert_eq!(
+        f.fs.getattr(ino).unwrap().size,
+        data.len() as u64,
+        "size counts buffered bytes"
+    );
+    assert_eq!(f.fs.read(ino, 0, data.len()).unwrap(), data);
+    f.fs.flush(None).unwrap();
+    assert_eq!(
+        f.fs.read(ino, 12_345, 1 << 20).unwrap(),
+        &data[12_345..12_345 + (1 << 20)]
+    );
+    assert_eq!(
+        f.fs.read(ino, data.len() as u64 - 10, 100).unwrap(),
+        &data[data.len() - 10..]
+    );
+    assert!(f.fs.read(ino, data.len() as u64 + 5, 100).unwrap().is_empty());
+}
+
+#[test]
+fn a_small_overwrite_in_a_big_file_stores_only_a_few_chunks() {
+    let f = fixture();
+    let ino = file(&f, "big");
+    let data = random(2, 8 << 20);
+    f.fs.write(ino, 0, &data).unwrap();
+    f.fs.flush(None).unwrap();
+    let before = stored_chunks(&f);
+    let patch = random(3, 4096);
+    f.fs.write(ino, 5_000_000, &patch).unwrap();
+    f.fs.flush(None).unwrap();
+    let added = stored_chunks(&f) - before;
+    assert!((1..=4).contains(&added), "{added} new chunks for a 4 KiB write");
+    let mut expected = data.clone();
+    expected[5_000_000..5_004_096].copy_from_slice(&patch);
+    assert_eq!(f.fs.read(ino, 0, expected.len()).unwrap(), expected);
+}
+
+#[test]
+fn identical_files_share_their_chunks() {
+    let f = fixture();
+    let data = random(4, 1 << 20);
+    for name in ["a", "b"] {
+        let ino = file(&f, name);
+        f.fs.write(ino, 0, &data).unwrap();
+    }
+    f.fs.flush(None).unwrap();
+    let one = {
+        let g = fixture();
+        let ino = file(&g, "a");
+        g.fs.write(ino, 0, &data).unwrap();
+        g.fs.flush(None).unwrap();
+        stored_chunks(&g)
+    };
+    assert_eq!(stored_chunks(&f), one);
+}
+
+#[test]
+fn truncate_cuts_and_extends_with_zeros() {
+    let f = fixture();
+    let ino = file(&f, "t");
+    let data = random(5, 200_000);
+    f.fs.write(ino, 0, &data).unwrap();
+    f.fs.setattr(
+        ino,
+        &SetAttr {
+            size: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    f.fs.setattr(
+        ino,
+        &SetAttr {
+            size: Some(5000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let got = f.fs.read(ino, 0, 10_000).unwrap();
+    assert_eq!(got.len(), 5000);
+    assert_eq!(&got[..1000], &data[..1000]);
+    assert!(got[1000..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn writing_past_the_end_leaves_a_hole() {
+    let f = fixture();
+    let ino = file(&f, "sparse");
+    f.fs.write(ino, 1 << 30, b"tail").unwrap();
+    f.fs.flush(None).unwrap();
+    assert_eq!(f.fs.getattr(ino).unwrap().size, (1 << 30) + 4);
+    assert_eq!(f.fs.read(ino, 12345, 8).unwrap(), vec![0; 8]);
+    assert_eq!(f.fs.seek(ino, 0, Seek::Data).unwrap(), 1 << 30);
+    assert_eq!(f.fs.seek(ino, 0, Seek::Hole).unwrap(), 0);
+    assert_eq!(f.fs.seek(ino, 1 << 30, Seek::Hole).unwrap(), (1 << 30) + 4);
+    assert_eq!(stored_chunks(&f), 1);
+}
+
+#[test]
+fn punching_a_hole_zeroes_the_range_and_keeps_the_size() {
+    let f = fixture();
+    let ino = file(&f, "p");
+    let data = random(6, 300_000);
+    f.fs.write(ino, 0, &data).unwrap();
+    f.fs.fallocate(ino, 100_000, 50_000, Allocate::PunchHole).unwrap();
+    let got = f.fs.read(ino, 0, 300_000).unwrap();
+    assert_eq!(got.len(), 300_000);
+    assert!(got[100_000..150_000].iter().all(|&b| b == 0));
+    assert_eq!(&got[150_000..], &data[150_000..]);
+    assert_eq!(f.fs.seek(ino, 100_000, Seek::Data).unwrap(), 150_000);
+    f.fs.fallocate(ino, 0, 1 << 20, Allocate::Reserve { keep_size: false })
+        .unwrap();
+    assert_eq!(f.fs.getattr(ino).unwrap().size, 1 << 20);
+}
+
+#[test]
+fn copy_range_shares_chunks_instead_of_copying() {
+    let f = fixture();
+    let a = file(&f, "a");
+    let b = file(&f, "b");
+    let data = random(7, 1 << 20);
+    f.fs.write(a, 0, &data).unwrap();
+    f.fs.flush(None).unwrap();
+    let before = stored_chunks(&f);
+    assert_eq!(f.fs.copy_range(a, 1000, b, 0, 500_000).unwrap(), 500_000);
+    assert_eq!(stored_chunks(&f), before, "no chunk written");
+    assert_eq!(f.fs.read(b, 0, 600_000).unwrap(), &data[1000..501_000]);
+    assert_eq!(
+        f.fs.copy_range(a, (1 << 20) - 10, b, 0, 100).unwrap(),
+        10,
+        "cut at the end of the input"
+    );
+}
+
+#[test]
+fn rename_follows_posix() {
+    let f = fixture();
+    let d1 = dir(&f, InodeId::ROOT, "d1");
+    let d2 = dir(&f, InodeId::ROOT, "d2");
+    let sub = dir(&f, d1, "sub");
+    let x = file(&f, "x");
+    let y = file(&f, "y");
+    let errno = |r: Result<()>| r.unwrap_err().errno();
+    assert_eq!(
+        errno(f.fs.rename(InodeId::ROOT, b"d1", sub, b"in", RenameMode::Replace)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(f.fs.rename(InodeId::ROOT, b"x", InodeId::ROOT, b"d2", RenameMode::Replace)),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(f.fs.rename(InodeId::ROOT, b"d2", InodeId::ROOT, b"x", RenameMode::Replace)),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno(f.fs.rename(InodeId::ROOT, b"d2", InodeId::ROOT, b"d1", RenameMode::Replace)),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno(f.fs.rename(InodeId::ROOT, b"x", InodeId::ROOT, b"y", RenameMode::NoReplace)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(f.fs.rename(InodeId::ROOT, b"nope", InodeId::ROOT, b"z", RenameMode::Replace)),
+        libc::ENOENT
+    );
+    f.fs.rename(InodeId::ROOT, b"x", InodeId::ROOT, b"y", RenameMode::Exchange)
+        .unwrap();
+    assert_eq!(f.fs.lookup(InodeId::ROOT, b"x").unwrap().id, y);
+    f.fs.rename(InodeId::ROOT, b"x", InodeId::ROOT, b"y", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(f.fs.lookup(InodeId::ROOT, b"y").unwrap().id, y);
+    assert_eq!(
+        f.fs.lookup(InodeId::ROOT, b"x").unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        f.fs.getattr(x).unwrap_err().errno(),
+        libc::ENOENT,
+        "the replaced file is gone"
+    );
+    f.fs.rmdir(d1, b"sub").unwrap();
+    f.fs.rename(InodeId::ROOT, b"d2", InodeId::ROOT, b"d1", RenameMode::Replace)
+        .unwrap();
+    assert_eq!(f.fs.lookup(InodeId::ROOT, b"d1").unwrap().id, d2);
+    assert_eq!(f.fs.getattr(InodeId::ROOT).unwrap().nlink, 3);
+}
+
+#[test]
+fn unlinked_open_file_lives_until_last_release() {
+    let f = fixture();
+    let ino = file(&f, "tmp");
+    f.fs.open(ino).unwrap();
+    f.fs.write(ino, 0, b"still here").unwrap();
+    f.fs.unlink(InodeId::ROOT, b"tmp").unwrap();
+    assert_eq!(
+        f.fs.lookup(InodeId::ROOT, b"tmp").unwrap_err().errno(),
+        libc::ENOENT
+    );
+    f.fs.write(ino, 10, b"!").unwrap();
+    assert_eq!(f.fs.read(ino, 0, 100).unwrap(), b"still here!");
+    assert_eq!(f.fs.getattr(ino).unwrap().nlink, 0);
+    f.fs.release(ino).unwrap();
+    assert_eq!(f.fs.getattr(ino).unwrap_err().errno(), libc::ENOENT);
+}
+
+#[test]
+fn unlink_and_rmdir_check_types_and_emptiness() {
+    let f = fixture();
+    let d = dir(&f, InodeId::ROOT, "d");
+    file(&f, "f");
+    f.fs.create(ME, d, b"inner", FileKind::File, 0o600, 0, b"")
+        .unwrap();
+    assert_eq!(
+        f.fs.unlink(InodeId::ROOT, b"d").unwrap_err().errno(),
+        libc::EISDIR
+    );
+    assert_eq!(
+        f.fs.rmdir(InodeId::ROOT, b"f").unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        f.fs.rmdir(InodeId::ROOT, b"d").unwrap_err().errno(),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        f.fs.create(ME, InodeId::ROOT, b"f", FileKind::File, 0o600, 0, b"")
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    f.fs.unlink(d, b"inner").unwrap();
+    f.fs.rmdir(InodeId::ROOT, b"d").unwrap();
+    assert_eq!(f.fs.readdir(InodeId::ROOT).unwrap().len(), 1);
+}
+
+#[test]
+fn setgid_folders_pass_their_group_on() {
+    let f = fixture();
+    let d = dir(&f, InodeId::ROOT, "shared");
+    f.fs.setattr(
+        d,
+        &SetAttr {
+            mode: Some(0o2775),
+            gid: Some(4242),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let inner = f.fs.create(ME, d, b"sub", FileKind::Dir, 0o755, 0, b"").unwrap();
+    assert_eq!(inner.gid, 4242);
+    assert_eq!(inner.mode & libc::S_ISGID, libc::S_ISGID);
+    let file = f.fs.create(ME, d, b"f", FileKind::File, 0o644, 0, b"").unwrap();
+    assert_eq!((file.uid, file.gid), (1000, 4242));
+    let plain =
+        f.fs.create(ME, InodeId::ROOT, b"g", FileKind::File, 0o644, 0, b"")
+            .unwrap();
+    assert_eq!(plain.gid, 1000);
+}
+
+#[test]
+fn times_follow_changes() {
+    let f = fixture();
+    let before = f.fs.getattr(InodeId::ROOT).unwrap().mtime_ns;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let ino = file(&f, "t");
+    let root = f.fs.getattr(InodeId::ROOT).unwrap();
+    assert!(
+        root.mtime_ns > before,
+        "creating a name changes the folder's mtime"
+    );
+    let a = f.fs.getattr(ino).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    f.fs.write(ino, 0, b"x").unwrap();
+    let b = f.fs.getattr(ino).unwrap();
+    assert!(b.mtime_ns > a.mtime_ns && b.ctime_ns > a.ctime_ns);
+    f.fs.setattr(
+        ino,
+        &SetAttr {
+            mtime: Some(SetTime::At(42)),
+            atime: Some(SetTime::At(7)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let c = f.fs.getattr(ino).unwrap();
+    assert_eq!((c.mtime_ns, c.atime_ns), (42, 7));
+}
+
+#[test]
+fn xattrs_honour_create_and_replace_flags() {
+    let f = fixture();
+    let ino = file(&f, "x");
+    assert_eq!(
+        f.fs.setxattr(ino, b"user.a", b"1", false, true)
+            .unwrap_err()
+            .errno(),
+        libc::ENODATA
+    );
+    f.fs.setxattr(ino, b"user.a", b"1", true, false).unwrap();
+    assert_eq!(
+        f.fs.setxattr(ino, b"user.a", b"2", true, false)
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    f.fs.setxattr(ino, b"user.a", b"2", false, true).unwrap();
+    assert_eq!(f.fs.getxattr(ino, b"user.a").unwrap(), b"2");
+    assert_eq!(f.fs.listxattr(ino).unwrap(), vec![b"user.a".to_vec()]);
+    f.fs.removexattr(ino, b"user.a").unwrap();
+    assert_eq!(f.fs.getxattr(ino, b"user.a").unwrap_err().errno(), libc::ENODATA);
+}
+
+#[test]
+fn a_new_fs_drops_inodes_left_nameless_by_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    let f = fixture();
+    drop(f);
+    let mut catalog = Catalog::create(
+        &path,
+        &NewCatalog {
+            settings: Settings {
+                repo_id: RepoId([3; 16]),
+                chunker: ChunkerParams::default(),
+                zstd_level: None,
+                created_ns: 0,
+            },
+            root_uid: 0,
+            root_gid: 0,
+            root_mode: 0o755,
+            mirrors: vec!["/m0".into()],
+        },
+    )
+    .unwrap();
+    let txn = catalog.write().unwrap();
+    let orphan = txn
+        .create_inode(&NewInode {
+            kind: FileKind::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            time_ns: 0,
+            target: vec![],
+        })
+        .unwrap()
+        .id;
+    txn.commit().unwrap();
+    let stores: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(
+        MirrorId(0),
+        Ok(Box::new(MemoryStore::new()) as Box<dyn ObjectStore>),
+    )];
+    let fs = Fs::new(
+        catalog,
+        Arc::new(MirrorStore::new(stores).unwrap()),
+        FsOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(orphan).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(fs.getattr(InodeId::ROOT).unwrap().kind, FileKind::Dir);
+}
