@@ -196,6 +196,7 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large writes: fewer, bigger requests through the chunker.
         let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_BIG_WRITES);
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use read::{read_at, read_extents, ChunkCache};
+pub use read::{read_at, read_extents, ChunkCache, Prefetcher};
 pub use space::{Allocate, Seek};
 
 use crate::catalog::{Catalog, DirEntry, FileKind, InodeAttr, NewInode, Settings};
@@ -82,13 +82,19 @@ pub struct FsOptions {
     pub cache_chunks: usize,
     /// Buffered writes older than this are committed by `flush_old`.
     pub flush_after: Duration,
+    /// Bytes read ahead of a sequential reader.
+    pub readahead_bytes: u64,
+    /// Threads that load read-ahead chunks.
+    pub readahead_threads: usize,
 }
 
 impl Default for FsOptions {
     fn default() -> FsOptions {
         FsOptions {
-            cache_chunks: 64,
+            cache_chunks: 256,
             flush_after: Duration::from_secs(1),
+            readahead_bytes: 16 << 20,
+            readahead_threads: 6,
         }
     }
 }
@@ -101,6 +107,8 @@ struct State {
     open: HashMap<InodeId, u32>,
     /// Inodes whose last name is gone while still open: removed at the last release.
     orphans: HashSet<InodeId>,
+    /// Where the last read of each file ended, to spot sequential readers.
+    read_ends: HashMap<InodeId, u64>,
 }
 
 impl State {
@@ -117,7 +125,8 @@ impl State {
 pub struct Fs {
     state: Mutex<State>,
     store: Arc<MirrorStore>,
-    cache: ChunkCache,
+    cache: Arc<ChunkCache>,
+    prefetcher: Prefetcher,
     settings: Settings,
     mirror_paths: Vec<std::path::PathBuf>,
     options: FsOptions,
@@ -148,13 +157,14 @@ impl Fs {
         let settings = catalog.settings()?;
         catalog.set_durable_commits(false)?;
         let mirror_paths = catalog.mirrors()?.into_iter().map(|m| m.path).collect();
-        let sink = ChunkSink::new(store.clone(), settings.chunker, settings.zstd_level);
+        let sink = ChunkSink::new(store.clone(), settings.chunker, settings.zstd_level).with_writers(2, 32);
         let mut state = State {
             catalog,
             sink,
             dirty: HashMap::new(),
             open: HashMap::new(),
             orphans: HashSet::new(),
+            read_ends: HashMap::new(),
         };
         let orphans = state.catalog.live_orphans()?;
         if !orphans.is_empty() {
@@ -164,10 +174,12 @@ impl Fs {
             }
             txn.commit()?;
         }
+        let cache = Arc::new(ChunkCache::new(options.cache_chunks));
         Ok(Fs {
             state: Mutex::new(state),
+            prefetcher: Prefetcher::new(store.clone(), cache.clone(), options.readahead_threads),
             store,
-            cache: ChunkCache::new(options.cache_chunks),
+            cache,
             settings,
             mirror_paths,
             options,
@@ -498,6 +510,7 @@ impl Fs {
         let count = st.open.get(&ino).copied().unwrap_or(0);
         if count <= 1 {
             st.open.remove(&ino);
+            st.read_ends.remove(&ino);
             if st.orphans.remove(&ino) {
                 st.dirty.remove(&ino);
                 let txn = st.catalog.write()?;
@@ -524,10 +537,21 @@ impl Fs {
         if attr.kind == FileKind::Dir {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
-        let extents =
-            st.catalog
-                .extents(st.catalog.live(), ino, offset, offset.saturating_add(len as u64))?;
+        let end = offset.saturating_add(len as u64);
+        let sequential = st.read_ends.insert(ino, end) == Some(offset);
+        let ahead = if sequential {
+            self.options.readahead_bytes
+        } else {
+            0
+        };
+        let extents = st
+            .catalog
+            .extents(st.catalog.live(), ino, offset, end.saturating_add(ahead))?;
         drop(st);
+        if sequential {
+            let later = extents.iter().filter(|e| e.end() > end).map(|e| e.chunk);
+            self.prefetcher.prefetch(&self.cache, later);
+        }
         read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)
     }
 

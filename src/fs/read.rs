@@ -49,8 +49,66 @@ impl ChunkCache {
         Ok(plain)
     }
 
+    /// True when `id` is cached.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.lock().0.contains_key(id)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Loads chunks into a `ChunkCache` ahead of a sequential reader, on background
+/// threads, so disk reads, decompression and hashing overlap with the reader.
+pub struct Prefetcher {
+    sender: Option<std::sync::mpsc::SyncSender<ChunkId>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    /// `threads` loaders feeding `cache` from `store`.
+    pub fn new(store: Arc<MirrorStore>, cache: Arc<ChunkCache>, threads: usize) -> Prefetcher {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<ChunkId>(256);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let threads = (0..threads)
+            .filter_map(|i| {
+                let (store, cache, receiver) = (store.clone(), cache.clone(), receiver.clone());
+                std::thread::Builder::new()
+                    .name(format!("snapfs-readahead-{i}"))
+                    .spawn(move || loop {
+                        let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(id) = next else { return };
+                        // A failure here is reported when the reader itself gets there.
+                        let _ = cache.get(&store, &id);
+                    })
+                    .ok()
+            })
+            .collect();
+        Prefetcher {
+            sender: Some(sender),
+            threads,
+        }
+    }
+
+    /// Asks for `ids` to be loaded; skips what is cached and drops what does not fit
+    /// in the queue (read-ahead is a hint).
+    pub fn prefetch(&self, cache: &ChunkCache, ids: impl IntoIterator<Item = ChunkId>) {
+        let Some(sender) = &self.sender else { return };
+        for id in ids {
+            if !cache.contains(&id) && sender.try_send(id).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.sender = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 

@@ -5,9 +5,13 @@
 //! here become durable in `flush`, which must run before the catalog transaction that
 //! references them commits (DESIGN.md §2.1). Knows nothing of files or folders.
 
+mod pool;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
+
+use pool::WriterPool;
 
 use crate::catalog::{Catalog, ChunkInfo, Extent, Txn};
 use crate::chunker::{Chunker, ChunkerParams};
@@ -42,7 +46,9 @@ struct Pending {
     stored_size: u64,
     /// Mirrors this sink wrote it to.
     written: MirrorSet,
-    /// Mirrors that hold it, counting copies that were there before.
+    /// Mirrors that held it before this sink saw it.
+    held: MirrorSet,
+    /// Mirrors expected to hold it once queued writes finish (for dedup decisions).
     mirrors: MirrorSet,
     /// True once `record` has put its row into a transaction.
     recorded: bool,
@@ -68,6 +74,8 @@ pub struct ChunkSink {
     zstd_level: Option<i32>,
     pending: HashMap<ChunkId, Pending>,
     stats: IngestStats,
+    /// Compresses and writes chunks in the background when present.
+    pool: Option<WriterPool>,
 }
 
 impl ChunkSink {
@@ -79,7 +87,20 @@ impl ChunkSink {
             zstd_level,
             pending: HashMap::new(),
             stats: IngestStats::default(),
+            pool: None,
         }
+    }
+
+    /// Compresses and writes new chunks on `threads` background threads (at most
+    /// `depth` chunks queued), so `put` only cuts, hashes and checks for duplicates.
+    pub fn with_writers(mut self, threads: usize, depth: usize) -> ChunkSink {
+        self.pool = Some(WriterPool::new(
+            self.store.clone(),
+            self.zstd_level,
+            threads,
+            depth,
+        ));
+        self
     }
 
     /// What has been stored so far.
@@ -106,9 +127,23 @@ impl ChunkSink {
             return Ok(id);
         }
         let missing = MirrorSet(healthy.0 & !held.0);
+        self.stats.new_chunks += 1;
+        if let Some(pool) = &self.pool {
+            pool.submit(id, plain.to_vec(), missing)?;
+            let earlier = self.pending.get(&id);
+            let entry = Pending {
+                plain_size: plain.len() as u64,
+                stored_size: earlier.map_or(0, |p| p.stored_size),
+                written: earlier.map_or(MirrorSet(0), |p| p.written),
+                held: earlier.map_or(held, |p| p.held),
+                mirrors: MirrorSet(held.0 | missing.0),
+                recorded: false,
+            };
+            self.pending.insert(id, entry);
+            return Ok(id);
+        }
         let encoded = codec::encode(plain, self.zstd_level);
         let written = self.store.put_to(&id, &encoded.frame, missing)?;
-        self.stats.new_chunks += 1;
         self.stats.stored_bytes += encoded.frame.len() as u64;
         let mirrors = MirrorSet(held.0 | written.0);
         let earlier = self.pending.get(&id).map_or(0, |p| p.written.0);
@@ -118,6 +153,7 @@ impl ChunkSink {
                 plain_size: plain.len() as u64,
                 stored_size: encoded.frame.len() as u64,
                 written: MirrorSet(earlier | written.0),
+                held: self.pending.get(&id).map_or(held, |p| p.held),
                 mirrors,
                 recorded: false,
             },
@@ -174,6 +210,19 @@ impl ChunkSink {
         self.params
     }
 
+    /// Waits for the writer threads and takes in what they wrote.
+    fn wait_writers(&mut self) -> Result<()> {
+        let Some(pool) = &self.pool else { return Ok(()) };
+        for w in pool.wait()? {
+            self.stats.stored_bytes += w.stored_size;
+            if let Some(p) = self.pending.get_mut(&w.id) {
+                p.stored_size = w.stored_size;
+                p.written = MirrorSet(p.written.0 | w.written.0);
+            }
+        }
+        Ok(())
+    }
+
     /// True when chunks were put since the last `sync`.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -182,8 +231,9 @@ impl ChunkSink {
     /// Puts the rows of chunks stored since the last `record` into `txn`, so that
     /// extents may reference them. Commit only after `sync`.
     pub fn record(&mut self, txn: &Txn<'_>) -> Result<()> {
+        self.wait_writers()?;
         for (id, p) in self.pending.iter_mut().filter(|(_, p)| !p.recorded) {
-            txn.add_chunk(id, p.plain_size, p.stored_size, p.mirrors.0)?;
+            txn.add_chunk(id, p.plain_size, p.stored_size, p.held.0 | p.written.0)?;
             p.recorded = true;
         }
         Ok(())
