@@ -110,6 +110,9 @@ pub enum Error {
     /// The operation is not supported here.
     #[error("{0}: not supported")]
     Unsupported(String),
+    /// The running mount refused or failed a request; its message.
+    #[error("{0}")]
+    Remote(String),
     /// An extended attribute is absent.
     #[error("no such extended attribute")]
     NoXattr,

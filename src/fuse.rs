@@ -19,12 +19,15 @@ use fuser::{
 
 use crate::catalog::{FileKind, InodeAttr};
 use crate::error::{Error, Result};
-use crate::fs::{Allocate, Caller, Fs, RenameMode, Seek, SetAttr, SetTime};
-use crate::types::InodeId;
+use crate::fs::{Allocate, Caller, Fs, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir};
+use crate::types::{Ino, InodeId};
 
 /// Attribute and entry TTL of the live tree: short, since only this daemon changes it
-/// but rollback (later) must be seen soon.
+/// but a rollback must be seen soon.
 const LIVE_TTL: Duration = Duration::from_secs(1);
+
+/// TTL inside snapshots, which never change (a forgotten one stops resolving).
+const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
 /// How the mount is set up.
 #[derive(Clone, Debug, Default)]
@@ -35,17 +38,20 @@ pub struct MountOptions {
     pub threads: usize,
     /// Name shown in the mount table.
     pub fs_name: String,
+    /// Whether the root lists the `@` snapshot folders.
+    pub snapdir: SnapDir,
 }
 
 /// The kernel-facing side of one mount.
 pub struct FuseAdapter {
     fs: Arc<Fs>,
+    snapdir: SnapDir,
 }
 
 impl FuseAdapter {
     /// An adapter serving `fs`.
-    pub fn new(fs: Arc<Fs>) -> FuseAdapter {
-        FuseAdapter { fs }
+    pub fn new(fs: Arc<Fs>, snapdir: SnapDir) -> FuseAdapter {
+        FuseAdapter { fs, snapdir }
     }
 }
 
@@ -78,7 +84,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, options: &MountOptions) -> Result<M
         config.acl = SessionACL::All;
     }
     config.n_threads = Some(options.threads.max(1));
-    let session = fuser::spawn_mount(FuseAdapter::new(fs), mountpoint, &config)
+    let session = fuser::spawn_mount(FuseAdapter::new(fs, options.snapdir), mountpoint, &config)
         .map_err(Error::io_with(format!("mounting at {}", mountpoint.display())))?;
     Ok(MountHandle { session })
 }
@@ -100,8 +106,16 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
     }
 }
 
-fn id(ino: INodeNo) -> InodeId {
-    InodeId(ino.0 as i64)
+fn ino(n: INodeNo) -> Ino {
+    Ino(n.0)
+}
+
+fn ttl(node: &Node) -> Duration {
+    if node.is_snapshot() {
+        SNAPSHOT_TTL
+    } else {
+        LIVE_TTL
+    }
 }
 
 fn errno(e: &Error) -> Errno {
@@ -135,9 +149,10 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-fn file_attr(a: &InodeAttr) -> FileAttr {
+fn file_attr(node: &Node) -> FileAttr {
+    let a: &InodeAttr = &node.attr;
     FileAttr {
-        ino: INodeNo(a.id.0 as u64),
+        ino: INodeNo(node.ino.0),
         size: a.size,
         blocks: a.size.div_ceil(512),
         atime: time(a.atime_ns),
@@ -169,9 +184,9 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, result: Result<InodeAttr>) {
+fn reply_entry(reply: ReplyEntry, result: Result<Node>) {
     match result {
-        Ok(a) => reply.entry(&LIVE_TTL, &file_attr(&a), Generation(0)),
+        Ok(n) => reply.entry(&ttl(&n), &file_attr(&n), Generation(0)),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -192,9 +207,23 @@ fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>>) {
     }
 }
 
+impl FuseAdapter {
+    /// The live inode behind a kernel inode, or EROFS for a snapshot one.
+    fn live(&self, n: INodeNo) -> Result<InodeId> {
+        self.fs.live_id(ino(n))
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, result: Result<Node>) {
+    match result {
+        Ok(n) => reply.attr(&ttl(&n), &file_attr(&n)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Large writes: fewer, bigger requests through the chunker.
+        // Large requests: fewer, bigger writes through the chunker; long read-ahead.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_BIG_WRITES);
@@ -207,20 +236,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(id(parent), name.as_bytes()));
+        reply_entry(reply, self.fs.lookup_node(ino(parent), name.as_bytes()));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(id(ino)) {
-            Ok(a) => reply.attr(&LIVE_TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+    fn getattr(&self, _req: &Request, n: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_attr(reply, self.fs.node(ino(n)));
     }
 
     fn setattr(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
@@ -243,14 +269,11 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        match self.fs.setattr(id(ino), &set) {
-            Ok(a) => reply.attr(&LIVE_TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_attr(reply, self.fs.setattr_node(ino(n), &set));
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(id(ino)) {
+    fn readlink(&self, _req: &Request, n: INodeNo, reply: ReplyData) {
+        match self.fs.readlink_node(ino(n)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         }
@@ -270,58 +293,52 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::EINVAL);
         };
         let perm = mode & !umask & 0o7777;
-        reply_entry(
-            reply,
-            self.fs.create(
-                caller(req),
-                id(parent),
-                name.as_bytes(),
-                kind,
-                perm,
-                rdev as u64,
-                b"",
-            ),
+        let made = self.fs.create_node(
+            caller(req),
+            ino(parent),
+            name.as_bytes(),
+            kind,
+            perm,
+            rdev as u64,
+            b"",
         );
+        reply_entry(reply, made);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let perm = mode & !umask & 0o7777;
-        reply_entry(
-            reply,
-            self.fs.create(
-                caller(req),
-                id(parent),
-                name.as_bytes(),
-                FileKind::Dir,
-                perm,
-                0,
-                b"",
-            ),
+        let made = self.fs.create_node(
+            caller(req),
+            ino(parent),
+            name.as_bytes(),
+            FileKind::Dir,
+            perm,
+            0,
+            b"",
         );
+        reply_entry(reply, made);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.unlink(id(parent), name.as_bytes()));
+        reply_empty(reply, self.fs.remove_node(ino(parent), name.as_bytes(), false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.rmdir(id(parent), name.as_bytes()));
+        reply_empty(reply, self.fs.remove_node(ino(parent), name.as_bytes(), true));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let target = target.as_os_str().as_bytes();
-        reply_entry(
-            reply,
-            self.fs.create(
-                caller(req),
-                id(parent),
-                link_name.as_bytes(),
-                FileKind::Symlink,
-                0o777,
-                0,
-                target,
-            ),
+        let made = self.fs.create_node(
+            caller(req),
+            ino(parent),
+            link_name.as_bytes(),
+            FileKind::Symlink,
+            0o777,
+            0,
+            target,
         );
+        reply_entry(reply, made);
     }
 
     fn rename(
@@ -341,25 +358,29 @@ impl Filesystem for FuseAdapter {
         } else {
             RenameMode::Replace
         };
-        reply_empty(
+        let renamed = self.fs.rename_node(
+            ino(parent),
+            name.as_bytes(),
+            ino(newparent),
+            newname.as_bytes(),
+            mode,
+        );
+        reply_empty(reply, renamed);
+    }
+
+    fn link(&self, _req: &Request, n: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        reply_entry(
             reply,
-            self.fs.rename(
-                id(parent),
-                name.as_bytes(),
-                id(newparent),
-                newname.as_bytes(),
-                mode,
-            ),
+            self.fs.link_node(ino(n), ino(newparent), newname.as_bytes()),
         );
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.link(id(ino), id(newparent), newname.as_bytes()));
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(id(ino)) {
-            Ok(_) => reply.opened(FileHandle(ino.0), FopenFlags::empty()),
+    fn open(&self, _req: &Request, n: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.fs.open_node(ino(n), write) {
+            // Snapshot files never change: let the kernel keep their pages.
+            Ok(node) if node.is_snapshot() => reply.opened(FileHandle(n.0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(_) => reply.opened(FileHandle(n.0), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -367,7 +388,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         _fh: FileHandle,
         offset: u64,
         size: u32,
@@ -375,7 +396,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(id(ino), offset, size as usize) {
+        match self.fs.read_node(ino(n), offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
         }
@@ -384,7 +405,7 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -393,13 +414,13 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(id(ino), offset, data) {
-            Ok(n) => reply.written(n as u32),
+        match self.live(n).and_then(|id| self.fs.write(id, offset, data)) {
+            Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, _n: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
         // close(): buffered data is committed by the flusher within a second, or by fsync.
         reply.ok();
     }
@@ -407,46 +428,48 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.release(id(ino)));
+        reply_empty(reply, self.fs.release_node(ino(n)));
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.fsync(Some(id(ino))));
+    fn fsync(&self, _req: &Request, n: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // A snapshot is always durable: nothing to do there.
+        let live = self.live(n).ok();
+        reply_empty(reply, self.fs.fsync(live));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.getattr(id(ino)) {
-            Ok(a) if a.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
+    fn opendir(&self, _req: &Request, n: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.node(ino(n)) {
+            Ok(node) if node.attr.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.fs.readdir(id(ino)) {
+    fn readdir(&self, _req: &Request, n: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.fs.readdir_nodes(ino(n), self.snapdir) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(&e)),
         };
         let dots = [
-            (ino, FileType::Directory, OsStr::new(".")),
-            (ino, FileType::Directory, OsStr::new("..")),
+            (n, FileType::Directory, OsStr::new(".")),
+            (n, FileType::Directory, OsStr::new("..")),
         ];
-        let all = dots.into_iter().chain(entries.iter().map(|(e, a)| {
+        let all = dots.into_iter().chain(entries.iter().map(|(name, node)| {
             (
-                INodeNo(e.inode.0 as u64),
-                file_type(a.kind),
-                OsStr::from_bytes(&e.name),
+                INodeNo(node.ino.0),
+                file_type(node.attr.kind),
+                OsStr::from_bytes(name),
             )
         }));
-        for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(ino, (i + 1) as u64, kind, name) {
+        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(child, (i + 1) as u64, kind, name) {
                 break;
             }
         }
@@ -456,35 +479,34 @@ impl Filesystem for FuseAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, dir) = match (self.fs.readdir(id(ino)), self.fs.getattr(id(ino))) {
+        let (entries, dir) = match (self.fs.readdir_nodes(ino(n), self.snapdir), self.fs.node(ino(n))) {
             (Ok(e), Ok(d)) => (e, d),
             (Err(e), _) | (_, Err(e)) => return reply.error(errno(&e)),
         };
-        let dir_attr = file_attr(&dir);
-        let dots = [(OsStr::new("."), dir_attr), (OsStr::new(".."), dir_attr)];
-        let all = dots.into_iter().chain(
-            entries
-                .iter()
-                .map(|(e, a)| (OsStr::from_bytes(&e.name), file_attr(a))),
-        );
-        for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
-            if reply.add(attr.ino, (i + 1) as u64, name, &LIVE_TTL, &attr, Generation(0)) {
+        let dots = [(OsStr::new("."), &dir), (OsStr::new(".."), &dir)];
+        let all = dots
+            .into_iter()
+            .chain(entries.iter().map(|(name, node)| (OsStr::from_bytes(name), node)));
+        for (i, (name, node)) in all.enumerate().skip(offset as usize) {
+            let attr = file_attr(node);
+            if reply.add(attr.ino, (i + 1) as u64, name, &ttl(node), &attr, Generation(0)) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.fsync(Some(id(ino))));
+    fn fsyncdir(&self, _req: &Request, n: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let live = self.live(n).ok();
+        reply_empty(reply, self.fs.fsync(live));
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, _n: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -503,7 +525,7 @@ impl Filesystem for FuseAdapter {
     fn setxattr(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         name: &OsStr,
         value: &[u8],
         flags: i32,
@@ -512,36 +534,47 @@ impl Filesystem for FuseAdapter {
     ) {
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
-        reply_empty(
-            reply,
-            self.fs.setxattr(id(ino), name.as_bytes(), value, create, replace),
-        );
+        let set = self
+            .live(n)
+            .and_then(|id| self.fs.setxattr(id, name.as_bytes(), value, create, replace));
+        reply_empty(reply, set);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.getxattr(id(ino), name.as_bytes()));
+    fn getxattr(&self, _req: &Request, n: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.getxattr_node(ino(n), name.as_bytes()));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let list = self.fs.listxattr(id(ino)).map(|names| {
+    fn listxattr(&self, _req: &Request, n: INodeNo, size: u32, reply: ReplyXattr) {
+        let list = self.fs.listxattr_node(ino(n)).map(|names| {
             names
                 .into_iter()
-                .flat_map(|mut n| {
-                    n.push(0);
-                    n
+                .flat_map(|mut name| {
+                    name.push(0);
+                    name
                 })
                 .collect()
         });
         reply_xattr(reply, size, list);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.removexattr(id(ino), name.as_bytes()));
+    fn removexattr(&self, _req: &Request, n: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(
+            reply,
+            self.live(n)
+                .and_then(|id| self.fs.removexattr(id, name.as_bytes())),
+        );
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // default_permissions: the kernel checks modes; only existence is ours.
-        reply_empty(reply, self.fs.getattr(id(ino)).map(|_| ()));
+    fn access(&self, _req: &Request, n: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes; existence and read-only are ours.
+        let result = self.fs.node(ino(n)).and_then(|node| {
+            if node.is_snapshot() && mask.contains(AccessFlags::W_OK) {
+                Err(Error::ReadOnly("snapshot".into()))
+            } else {
+                Ok(())
+            }
+        });
+        reply_empty(reply, result);
     }
 
     fn create(
@@ -557,22 +590,22 @@ impl Filesystem for FuseAdapter {
         let perm = mode & !umask & 0o7777;
         let created = self
             .fs
-            .create(
+            .create_node(
                 caller(req),
-                id(parent),
+                ino(parent),
                 name.as_bytes(),
                 FileKind::File,
                 perm,
                 0,
                 b"",
             )
-            .and_then(|a| self.fs.open(a.id));
+            .and_then(|node| self.fs.open_node(node.ino, true));
         match created {
-            Ok(a) => reply.created(
+            Ok(node) => reply.created(
                 &LIVE_TTL,
-                &file_attr(&a),
+                &file_attr(&node),
                 Generation(0),
-                FileHandle(a.id.0 as u64),
+                FileHandle(node.ino.0),
                 FopenFlags::empty(),
             ),
             Err(e) => reply.error(errno(&e)),
@@ -582,7 +615,7 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         _fh: FileHandle,
         offset: u64,
         length: u64,
@@ -595,13 +628,17 @@ impl Filesystem for FuseAdapter {
             m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => Allocate::PunchHole,
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        reply_empty(reply, self.fs.fallocate(id(ino), offset, length, how));
+        reply_empty(
+            reply,
+            self.live(n)
+                .and_then(|id| self.fs.fallocate(id, offset, length, how)),
+        );
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        n: INodeNo,
         _fh: FileHandle,
         offset: i64,
         whence: i32,
@@ -612,7 +649,7 @@ impl Filesystem for FuseAdapter {
             libc::SEEK_HOLE => Seek::Hole,
             _ => return reply.error(Errno::EINVAL),
         };
-        match self.fs.seek(id(ino), offset.max(0) as u64, what) {
+        match self.fs.seek_node(ino(n), offset.max(0) as u64, what) {
             Ok(pos) => reply.offset(pos as i64),
             Err(e) => reply.error(errno(&e)),
         }
@@ -633,11 +670,11 @@ impl Filesystem for FuseAdapter {
     ) {
         // Replies carry 32 bits; the kernel asks again for the rest.
         let len = len.min(1 << 30);
-        match self
-            .fs
-            .copy_range(id(ino_in), offset_in, id(ino_out), offset_out, len)
-        {
-            Ok(n) => reply.written(n as u32),
+        let copied = self
+            .live(ino_out)
+            .and_then(|out| self.fs.copy_range(ino(ino_in), offset_in, out, offset_out, len));
+        match copied {
+            Ok(count) => reply.written(count as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }

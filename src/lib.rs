@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod chunker;
 pub mod codec;
+pub mod control;
 pub mod error;
 pub mod fs;
 pub mod fuse;

@@ -75,6 +75,56 @@ impl fmt::Display for GenId {
     }
 }
 
+/// Which tree a kernel inode belongs to: the live tree or one snapshot.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum View {
+    Live,
+    Snapshot(GenId),
+}
+
+/// A kernel inode number: a catalog inode *in a view*. One catalog inode shows up
+/// once in the live tree and once in every snapshot that has it, each with its own
+/// `Ino`. Layout: generation in the top 24 bits (0 = live), `InodeId` in the low 40.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    const ID_BITS: u32 = 40;
+    const ID_MASK: u64 = (1 << Ino::ID_BITS) - 1;
+
+    /// The mount root (the live root folder).
+    pub const ROOT: Ino = Ino(1);
+
+    /// `id` in the live tree.
+    pub fn live(id: InodeId) -> Ino {
+        Ino(id.0 as u64 & Ino::ID_MASK)
+    }
+
+    /// `id` in snapshot `gen`.
+    pub fn snapshot(gen: GenId, id: InodeId) -> Ino {
+        Ino(((gen.0 as u64) << Ino::ID_BITS) | (id.0 as u64 & Ino::ID_MASK))
+    }
+
+    /// `id` in `view`.
+    pub fn in_view(view: View, id: InodeId) -> Ino {
+        match view {
+            View::Live => Ino::live(id),
+            View::Snapshot(gen) => Ino::snapshot(gen, id),
+        }
+    }
+
+    /// The view and the catalog inode.
+    pub fn split(self) -> (View, InodeId) {
+        let gen = self.0 >> Ino::ID_BITS;
+        let id = InodeId((self.0 & Ino::ID_MASK) as i64);
+        if gen == 0 {
+            (View::Live, id)
+        } else {
+            (View::Snapshot(GenId(gen as i64)), id)
+        }
+    }
+}
+
 /// A mirror's number within its repository (0, 1, …). Stable for the mirror's life.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct MirrorId(pub u32);
@@ -153,6 +203,18 @@ mod tests {
         assert_eq!(ChunkId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(ChunkId::from_hex("zz"), None);
         assert_eq!(ChunkId::from_hex("abcd"), None);
+    }
+
+    #[test]
+    fn ino_round_trips_view_and_id() {
+        let id = InodeId(123_456_789);
+        assert_eq!(Ino::live(id).split(), (View::Live, id));
+        assert_eq!(
+            Ino::snapshot(GenId(77), id).split(),
+            (View::Snapshot(GenId(77)), id)
+        );
+        assert_eq!(Ino::ROOT.split(), (View::Live, InodeId::ROOT));
+        assert_ne!(Ino::snapshot(GenId(1), id), Ino::live(id));
     }
 
     #[test]

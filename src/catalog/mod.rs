@@ -7,6 +7,7 @@
 //! object store or of POSIX permission rules: callers decide what is allowed, the
 //! catalog records it and keeps every frozen generation exactly as it was.
 
+mod history;
 mod model;
 mod read;
 mod write;
@@ -326,6 +327,30 @@ impl Catalog {
         Ok(frozen)
     }
 
+    /// Takes a snapshot: freezes the live generation under the name
+    /// `@YYYY-MM-DDTHHMMSSZ` of `now_ns` (UTC; `-2`, `-3` … when the second is taken)
+    /// and returns it. O(1). Durable on return.
+    pub fn snapshot(&mut self, label: Option<&str>, now_ns: i64) -> Result<Generation> {
+        let base = snapshot_name(now_ns);
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.find_snapshot(&name)?.is_some() {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        let durable: i64 = self
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .map_err(sql_err("reading the sync mode"))?;
+        let gen = self.freeze(&name, label, now_ns)?;
+        if durable < 2 {
+            self.sync()?;
+        }
+        self.find_snapshot(&name)?
+            .filter(|g| g.id == gen)
+            .ok_or_else(|| Error::CorruptCatalog(format!("snapshot {name} vanished after it was taken")))
+    }
+
     /// Starts a write transaction on the live generation. Nothing is visible to other
     /// connections until `Txn::commit`; dropping the `Txn` rolls back.
     pub fn write(&mut self) -> Result<Txn<'_>> {
@@ -512,6 +537,13 @@ impl Catalog {
             .map_err(sql_err("running integrity_check"))?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
     }
+}
+
+/// The snapshot name for an instant: `@YYYY-MM-DDTHHMMSSZ` in UTC (sortable, no colons).
+pub fn snapshot_name(now_ns: i64) -> String {
+    let secs = now_ns.div_euclid(1_000_000_000);
+    let time = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
+    time.format("@%Y-%m-%dT%H%M%SZ").to_string()
 }
 
 /// Connection settings for a writer: WAL (readers never block the writer), full sync

@@ -3,9 +3,15 @@
 //! One file per command, each with an `Args` struct and `run`. All terminal output
 //! lives here; the library below returns values and `snapfs::Error`s.
 
+mod forget;
+mod gc;
 mod import;
 mod init;
 mod mount;
+mod remote;
+mod restore;
+mod rollback;
+mod snapshot;
 mod status;
 
 use std::path::PathBuf;
@@ -34,6 +40,14 @@ pub enum Command {
     Mount(mount::Args),
     Umount(mount::UmountArgs),
     Status(status::Args),
+    Snapshot(snapshot::Args),
+    List(snapshot::ListArgs),
+    Restore(restore::Args),
+    Rollback(rollback::Args),
+    Forget(forget::Args),
+    Hold(forget::HoldArgs),
+    Release(forget::HoldArgs),
+    Gc(gc::Args),
 }
 
 /// Runs the parsed command.
@@ -49,6 +63,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => mount::run(&repo, args),
         Command::Umount(args) => mount::umount(&repo, args),
         Command::Status(args) => status::run(&repo, args),
+        Command::Snapshot(args) => snapshot::run(&repo, args),
+        Command::List(args) => snapshot::list(&repo, args),
+        Command::Restore(args) => restore::run(&repo, args),
+        Command::Rollback(args) => rollback::run(&repo, args),
+        Command::Forget(args) => forget::run(&repo, args),
+        Command::Hold(args) => forget::hold(&repo, args, true),
+        Command::Release(args) => forget::hold(&repo, args, false),
+        Command::Gc(args) => gc::run(&repo, args),
     }
 }
 

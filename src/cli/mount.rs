@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use snapfs::fs::{Fs, FsOptions};
+use snapfs::control::{self, Request};
+use snapfs::fs::{Fs, FsOptions, SnapDir};
 use snapfs::fuse::MountOptions;
+use snapfs::ops::snapshots;
 use snapfs::repo::{self, InitOptions, Repo, RepoLock};
 
 /// Log file of a background mount, inside the repository.
@@ -37,6 +39,10 @@ pub struct Args {
     /// Request threads
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub threads: usize,
+
+    /// Whether the root lists the @snapshot folders (hidden ones stay reachable by name)
+    #[arg(long, value_name = "visible|hidden", default_value = "visible")]
+    pub snapdir: String,
 }
 
 /// Flush everything and unmount.
@@ -66,7 +72,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse is missing: load the fuse kernel module (modprobe fuse) or install fuse3");
     }
+    let snapdir = match args.snapdir.as_str() {
+        "visible" => SnapDir::Visible,
+        "hidden" => SnapDir::Hidden,
+        other => bail!("--snapdir {other:?}: use visible or hidden"),
+    };
     let mut options = MountOptions {
+        snapdir,
         threads: args.threads,
         fs_name: format!("snapfs:{}", repo.display()),
         ..Default::default()
@@ -105,6 +117,7 @@ fn spawn_daemon(repo: &Path, mountpoint: &Path, args: &Args) -> Result<()> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--repo").arg(repo).arg("mount").arg(mountpoint).arg("-f");
     cmd.arg("--threads").arg(args.threads.to_string());
+    cmd.arg("--snapdir").arg(&args.snapdir);
     if !args.options.is_empty() {
         cmd.arg("-o").arg(args.options.join(","));
     }
@@ -179,6 +192,8 @@ fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     let (catalog, store, _lock) = handle.into_parts();
     let fs = Arc::new(Fs::new(catalog, store, FsOptions::default())?);
     let mount = snapfs::fuse::mount(fs.clone(), mountpoint, options)?;
+    let handler_fs = fs.clone();
+    control::serve(repo, Arc::new(move |req| answer(&handler_fs, req)))?;
     eprintln!(
         "snapfs: serving {} at {} (pid {})",
         repo.display(),
@@ -218,9 +233,35 @@ fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = flusher.join();
     fs.fsync(None).context("committing buffered writes at unmount")?;
+    let _ = std::fs::remove_file(control::socket_path(repo));
     served?;
     eprintln!("snapfs: unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Answers a control request inside the daemon, on its own catalog.
+fn answer(fs: &Fs, req: Request) -> snapfs::Result<serde_json::Value> {
+    let json = |v: serde_json::Result<serde_json::Value>| {
+        v.map_err(|e| snapfs::Error::InvalidArgument(e.to_string()))
+    };
+    match req {
+        Request::Snapshot { label } => json(serde_json::to_value(fs.snapshot(label.as_deref())?.name)),
+        Request::Forget { names, dry_run } => {
+            let report = fs.with_catalog(|cat, _| snapshots::forget(cat, &names, dry_run))?;
+            json(serde_json::to_value(report))
+        }
+        Request::Rollback { name, dry_run } => {
+            let report =
+                fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, dry_run, snapfs::ops::now_ns()))?;
+            json(serde_json::to_value(report))
+        }
+        Request::Gc { dry_run } => json(serde_json::to_value(
+            fs.with_catalog(|cat, store| snapshots::gc(cat, store, dry_run))?,
+        )),
+        Request::Hold { name, held } => json(serde_json::to_value(
+            fs.with_catalog(|cat, _| snapshots::hold(cat, &name, held))?,
+        )),
+    }
 }
 
 pub fn umount(repo: &Path, args: UmountArgs) -> Result<()> {

@@ -12,6 +12,7 @@
 
 mod read;
 mod space;
+mod view;
 mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use read::{read_at, read_extents, ChunkCache, Prefetcher};
 pub use space::{Allocate, Seek};
+pub use view::{Node, SnapDir};
 
 use crate::catalog::{Catalog, DirEntry, FileKind, InodeAttr, NewInode, Settings};
 use crate::error::{Error, Result};
@@ -644,6 +646,23 @@ impl Fs {
         attr.ctime_ns = now_ns();
         txn.set_inode(&attr)?;
         txn.commit()
+    }
+
+    /// Takes a snapshot of the live tree, buffered writes included. O(1) in the size of
+    /// the tree; durable on return.
+    pub fn snapshot(&self, label: Option<&str>) -> Result<crate::catalog::Generation> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st, None)?;
+        st.catalog.snapshot(label, now_ns())
+    }
+
+    /// Runs `f` on the catalog and the store with every buffered write committed
+    /// first, holding the lock so no request interleaves (snapshot operations, gc).
+    pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog, &MirrorStore) -> Result<T>) -> Result<T> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st, None)?;
+        st.read_ends.clear();
+        f(&mut st.catalog, &self.store)
     }
 
     /// Space on the fullest mirror's filesystem.

@@ -5,7 +5,7 @@
 use super::{Fs, State};
 use crate::catalog::{Extent, FileKind};
 use crate::error::{Error, Result};
-use crate::types::InodeId;
+use crate::types::{GenId, Ino, InodeId, View};
 
 /// What `fallocate` is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,10 +24,10 @@ pub enum Seek {
     Hole,
 }
 
-fn file_attr(st: &State, ino: InodeId) -> Result<crate::catalog::InodeAttr> {
+fn file_attr(st: &State, gen: GenId, ino: InodeId) -> Result<crate::catalog::InodeAttr> {
     let attr = st
         .catalog
-        .inode(st.catalog.live(), ino)?
+        .inode(gen, ino)?
         .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
     match attr.kind {
         FileKind::File => Ok(attr),
@@ -69,17 +69,23 @@ impl Fs {
 
     /// The next offset at or after `offset` that starts data (`Seek::Data`) or a hole
     /// (`Seek::Hole`; the end of the file counts as one). ENXIO past the end.
-    pub fn seek(&self, ino: InodeId, offset: u64, what: Seek) -> Result<u64> {
+    pub fn seek_node(&self, node: Ino, offset: u64, what: Seek) -> Result<u64> {
         let mut st = self.lock();
-        self.flush_locked(&mut st, Some(ino))?;
-        let attr = file_attr(&st, ino)?;
+        let (gen, ino) = match node.split() {
+            (View::Live, id) => {
+                self.flush_locked(&mut st, Some(id))?;
+                (st.catalog.live(), id)
+            }
+            (View::Snapshot(gen), id) => (gen, id),
+        };
+        let attr = file_attr(&st, gen, ino)?;
         if offset >= attr.size {
             return Err(Error::Io {
                 context: "seeking past the end".into(),
                 source: std::io::Error::from_raw_os_error(libc::ENXIO),
             });
         }
-        let extents = st.catalog.extents(st.catalog.live(), ino, offset, attr.size)?;
+        let extents = st.catalog.extents(gen, ino, offset, attr.size)?;
         match what {
             Seek::Data => match extents.first() {
                 Some(e) => Ok(e.offset.max(offset)),
@@ -104,30 +110,28 @@ impl Fs {
     /// copy_file_range(2): makes `[off_out, off_out + n)` of `out` share the chunks of
     /// `[off_in, off_in + n)` of `input` (no bytes copied, holes stay holes), where n
     /// is `len` cut at the end of `input`. Returns n.
-    pub fn copy_range(
-        &self,
-        input: InodeId,
-        off_in: u64,
-        out: InodeId,
-        off_out: u64,
-        len: u64,
-    ) -> Result<u64> {
+    /// `input` may be in a snapshot (copying out of one costs no data either).
+    pub fn copy_range(&self, input: Ino, off_in: u64, out: InodeId, off_out: u64, len: u64) -> Result<u64> {
         let mut st = self.lock();
+        let live = st.catalog.live();
+        let (in_gen, input) = match input.split() {
+            (View::Live, id) => (live, id),
+            (View::Snapshot(gen), id) => (gen, id),
+        };
         self.flush_locked(&mut st, Some(input))?;
         self.flush_locked(&mut st, Some(out))?;
-        let in_attr = file_attr(&st, input)?;
-        file_attr(&st, out)?;
+        let in_attr = file_attr(&st, in_gen, input)?;
+        file_attr(&st, live, out)?;
         let n = len.min(in_attr.size.saturating_sub(off_in));
         if n == 0 {
             return Ok(0);
         }
-        if input == out && off_in < off_out + n && off_out < off_in + n {
+        if in_gen == live && input == out && off_in < off_out + n && off_out < off_in + n {
             return Err(Error::InvalidArgument("overlapping ranges in one file".into()));
         }
-        let live = st.catalog.live();
         let pieces: Vec<Extent> = st
             .catalog
-            .extents(live, input, off_in, off_in + n)?
+            .extents(in_gen, input, off_in, off_in + n)?
             .into_iter()
             .map(|e| {
                 let from = e.offset.max(off_in);

@@ -6,7 +6,7 @@ use super::*;
 use crate::catalog::{NewCatalog, Settings};
 use crate::chunker::ChunkerParams;
 use crate::store::{MemoryStore, MirrorStore, ObjectStore};
-use crate::types::{MirrorId, RepoId};
+use crate::types::{Ino, MirrorId, RepoId};
 
 const ME: Caller = Caller { uid: 1000, gid: 1000 };
 
@@ -175,9 +175,12 @@ fn writing_past_the_end_leaves_a_hole() {
     f.fs.flush(None).unwrap();
     assert_eq!(f.fs.getattr(ino).unwrap().size, (1 << 30) + 4);
     assert_eq!(f.fs.read(ino, 12345, 8).unwrap(), vec![0; 8]);
-    assert_eq!(f.fs.seek(ino, 0, Seek::Data).unwrap(), 1 << 30);
-    assert_eq!(f.fs.seek(ino, 0, Seek::Hole).unwrap(), 0);
-    assert_eq!(f.fs.seek(ino, 1 << 30, Seek::Hole).unwrap(), (1 << 30) + 4);
+    assert_eq!(f.fs.seek_node(Ino::live(ino), 0, Seek::Data).unwrap(), 1 << 30);
+    assert_eq!(f.fs.seek_node(Ino::live(ino), 0, Seek::Hole).unwrap(), 0);
+    assert_eq!(
+        f.fs.seek_node(Ino::live(ino), 1 << 30, Seek::Hole).unwrap(),
+        (1 << 30) + 4
+    );
     assert_eq!(stored_chunks(&f), 1);
 }
 
@@ -192,7 +195,10 @@ fn punching_a_hole_zeroes_the_range_and_keeps_the_size() {
     assert_eq!(got.len(), 300_000);
     assert!(got[100_000..150_000].iter().all(|&b| b == 0));
     assert_eq!(&got[150_000..], &data[150_000..]);
-    assert_eq!(f.fs.seek(ino, 100_000, Seek::Data).unwrap(), 150_000);
+    assert_eq!(
+        f.fs.seek_node(Ino::live(ino), 100_000, Seek::Data).unwrap(),
+        150_000
+    );
     f.fs.fallocate(ino, 0, 1 << 20, Allocate::Reserve { keep_size: false })
         .unwrap();
     assert_eq!(f.fs.getattr(ino).unwrap().size, 1 << 20);
@@ -207,11 +213,14 @@ fn copy_range_shares_chunks_instead_of_copying() {
     f.fs.write(a, 0, &data).unwrap();
     f.fs.flush(None).unwrap();
     let before = stored_chunks(&f);
-    assert_eq!(f.fs.copy_range(a, 1000, b, 0, 500_000).unwrap(), 500_000);
+    assert_eq!(
+        f.fs.copy_range(Ino::live(a), 1000, b, 0, 500_000).unwrap(),
+        500_000
+    );
     assert_eq!(stored_chunks(&f), before, "no chunk written");
     assert_eq!(f.fs.read(b, 0, 600_000).unwrap(), &data[1000..501_000]);
     assert_eq!(
-        f.fs.copy_range(a, (1 << 20) - 10, b, 0, 100).unwrap(),
+        f.fs.copy_range(Ino::live(a), (1 << 20) - 10, b, 0, 100).unwrap(),
         10,
         "cut at the end of the input"
     );

@@ -5,6 +5,8 @@
 //! value (`ImportStats`, `StatusReport`, …); nothing here prints.
 
 pub mod import;
+pub mod restore;
+pub mod snapshots;
 pub mod status;
 
 /// Nanoseconds since the Unix epoch, now.

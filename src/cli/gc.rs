@@ -1,0 +1,42 @@
+//! `snapfs gc`.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use snapfs::control::Request;
+use snapfs::ops::snapshots;
+
+use super::{human_bytes, remote};
+
+/// Delete the chunks that nothing references any more; print what was freed.
+///
+/// Example: snapfs gc --dry-run
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Count what would be freed, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(repo: &Path, args: Args) -> Result<()> {
+    let dry_run = args.dry_run;
+    let result = remote::run(repo, Request::Gc { dry_run }, "snapfs gc", |r| {
+        snapshots::gc(&mut r.catalog, &r.store, dry_run)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    println!(
+        "{} {} chunks, {} per mirror",
+        if dry_run { "would free" } else { "freed" },
+        result["chunks"].as_u64().unwrap_or(0),
+        human_bytes(result["bytes"].as_u64().unwrap_or(0))
+    );
+    Ok(())
+}

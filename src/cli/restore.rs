@@ -1,0 +1,67 @@
+//! `snapfs restore`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use snapfs::ops::{restore, snapshots};
+use snapfs::repo::open_mirrors;
+
+use super::human_bytes;
+
+/// Copy a file or folder out of a snapshot (modes, times, xattrs, links, holes kept).
+///
+/// Example: snapfs restore @latest /notes/todo.txt ./todo.txt
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The snapshot (with or without the @; @latest is the newest)
+    #[arg(value_name = "@SNAPSHOT")]
+    pub name: String,
+
+    /// Path inside the snapshot ("/" for all of it)
+    #[arg(value_name = "PATH")]
+    pub path: String,
+
+    /// Where to put it (must not exist) [default: ./<last part of PATH>]
+    #[arg(value_name = "DEST")]
+    pub dest: Option<PathBuf>,
+}
+
+pub fn run(repo: &Path, args: Args) -> Result<()> {
+    let catalog = snapfs::repo::open_catalog_read_only(repo)
+        .with_context(|| format!("cannot read repository {}", repo.display()))?;
+    let settings = catalog.settings()?;
+    let store = open_mirrors(&catalog.mirrors()?, settings.repo_id)?;
+    let gen = snapshots::resolve(&catalog, &args.name)?;
+    let dest = match args.dest {
+        Some(d) if d.is_dir() => d.join(last_part(&args.path)),
+        Some(d) => d,
+        None => PathBuf::from(last_part(&args.path)),
+    };
+    let stats = restore::restore(&catalog, &store, gen.id, &args.path, &dest).with_context(|| {
+        format!(
+            "cannot restore {} from {}",
+            args.path,
+            gen.name.clone().unwrap_or_default()
+        )
+    })?;
+    println!(
+        "restored {} to {}: {} files, {} folders, {} symlinks, {}",
+        args.path,
+        dest.display(),
+        stats.files,
+        stats.dirs,
+        stats.symlinks,
+        human_bytes(stats.bytes)
+    );
+    Ok(())
+}
+
+fn last_part(path: &str) -> String {
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("snapshot")
+        .to_string()
+}

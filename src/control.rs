@@ -1,0 +1,150 @@
+//! The control socket: how commands reach a running mount.
+//!
+//! Owns: `REPO/control.sock` (mode 0600; a peer whose uid is neither ours nor root is
+//! refused), the request/response protocol (one JSON object per line each way), the
+//! client (`request`) and the server loop (`serve`). What a request does is the
+//! server's handler's business; this module only carries it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// File name of the socket inside the repository.
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// What a command asks of the running mount.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Take a snapshot (buffered writes included).
+    Snapshot { label: Option<String> },
+    /// Forget snapshots by name.
+    Forget { names: Vec<String>, dry_run: bool },
+    /// Make the live tree as it was in a snapshot.
+    Rollback { name: String, dry_run: bool },
+    /// Delete unreferenced chunks.
+    Gc { dry_run: bool },
+    /// Pin or unpin a snapshot.
+    Hold { name: String, held: bool },
+}
+
+/// The mount's answer: a JSON result, or an error message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+/// The socket path of repository `repo`.
+pub fn socket_path(repo: &Path) -> PathBuf {
+    repo.join(SOCKET_FILE)
+}
+
+/// Sends `req` to the mount serving `repo`. `Ok(None)` when no mount is listening
+/// (no socket, or a stale one): the caller then works on the repository directly.
+pub fn request(repo: &Path, req: &Request) -> Result<Option<serde_json::Value>> {
+    let path = socket_path(repo);
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(Error::io(format!("connecting to {}", path.display()), e)),
+    };
+    let mut line = serde_json::to_string(req).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(Error::io_with("sending a request to the mount"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(Error::io_with("reading the mount's answer"))?;
+    let response: Response = serde_json::from_str(&answer).map_err(|e| {
+        Error::io(
+            "reading the mount's answer",
+            std::io::Error::other(format!(
+                "malformed answer ({e}); is the daemon the same snapfs version?"
+            )),
+        )
+    })?;
+    match response.error {
+        Some(message) => Err(Error::Remote(message)),
+        None => Ok(Some(response.result)),
+    }
+}
+
+/// The handler a server runs for each request.
+pub type Handler = Arc<dyn Fn(Request) -> Result<serde_json::Value> + Send + Sync>;
+
+/// Listens on the socket of `repo` (replacing a stale one: the caller holds the
+/// repository lock) and answers each connection on a thread of its own.
+pub fn serve(repo: &Path, handler: Handler) -> Result<()> {
+    let path = socket_path(repo);
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).map_err(Error::io_with(format!("listening on {}", path.display())))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(Error::io_with(format!("securing {}", path.display())))?;
+    let me = rustix::process::getuid().as_raw();
+    std::thread::Builder::new()
+        .name("snapfs-control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let handler = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("snapfs-control-conn".into())
+                    .spawn(move || answer(stream, me, &handler));
+            }
+        })
+        .map_err(Error::io_with("starting the control thread"))?;
+    Ok(())
+}
+
+fn answer(stream: UnixStream, me: u32, handler: &Handler) {
+    let allowed = rustix::net::sockopt::socket_peercred(&stream)
+        .map(|cred| cred.uid.as_raw() == me || cred.uid.is_root())
+        .unwrap_or(false);
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let response = if !allowed {
+        Response {
+            error: Some("permission denied: the mount belongs to another user".into()),
+            result: Default::default(),
+        }
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response {
+                error: Some(format!("malformed request: {e}")),
+                result: Default::default(),
+            },
+            Ok(req) => match handler(req) {
+                Ok(result) => Response { error: None, result },
+                Err(e) => Response {
+                    error: Some(e.to_string()),
+                    result: Default::default(),
+                },
+            },
+        }
+    };
+    if let Ok(mut text) = serde_json::to_string(&response) {
+        text.push('\n');
+        let _ = (&stream).write_all(text.as_bytes());
+    }
+}

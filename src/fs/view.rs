@@ -1,0 +1,356 @@
+//! Views: the live tree and every snapshot, under one mount root.
+//!
+//! Owns: kernel inode numbers (`Ino`: a catalog inode in a view), the `@name`
+//! folders in the mount root, and the read-only rule: any change inside a snapshot
+//! (or to an `@` folder itself) fails with `Error::ReadOnly` (EROFS). Reads of a
+//! snapshot go straight to the catalog at that generation; writes go to the live
+//! methods of `Fs`.
+
+use super::{Caller, Fs, RenameMode, SetAttr, State};
+use crate::catalog::{FileKind, InodeAttr};
+use crate::error::{Error, Result};
+use crate::fs::read;
+use crate::types::{GenId, Ino, InodeId, View};
+
+/// An inode as the kernel sees it: its number in a view, and its attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub ino: Ino,
+    pub attr: InodeAttr,
+}
+
+impl Node {
+    /// True when the node belongs to a snapshot (never changes).
+    pub fn is_snapshot(&self) -> bool {
+        matches!(self.ino.split().0, View::Snapshot(_))
+    }
+}
+
+/// Whether the mount root lists the `@` folders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapDir {
+    /// Listed beside the live entries.
+    #[default]
+    Visible,
+    /// Not listed, but reachable by name.
+    Hidden,
+}
+
+fn read_only(what: &str) -> Error {
+    Error::ReadOnly(format!("{what} is in a snapshot"))
+}
+
+impl Fs {
+    /// The live inode behind `ino`, or EROFS when `ino` is in a snapshot.
+    pub fn live_id(&self, ino: Ino) -> Result<InodeId> {
+        match ino.split() {
+            (View::Live, id) => Ok(id),
+            (View::Snapshot(_), _) => Err(read_only("the target")),
+        }
+    }
+
+    /// EROFS when `name` in `parent` is an `@` folder of the mount root.
+    fn guard_snapshot_name(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        if parent == InodeId::ROOT && name.first() == Some(&b'@') {
+            let st = self.lock();
+            if find_snapshot(&st, name)?.is_some() {
+                return Err(Error::ReadOnly(format!(
+                    "{} is a snapshot",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attributes of `ino` in its view.
+    pub fn node(&self, ino: Ino) -> Result<Node> {
+        match ino.split() {
+            (View::Live, id) => Ok(Node {
+                ino,
+                attr: self.getattr(id)?,
+            }),
+            (View::Snapshot(gen), id) => {
+                let st = self.lock();
+                let attr = st
+                    .catalog
+                    .inode(gen, id)?
+                    .ok_or_else(|| Error::NotFound(format!("inode {id}")))?;
+                Ok(Node { ino, attr })
+            }
+        }
+    }
+
+    /// Looks `name` up in folder `parent` of its view; `@name` in the mount root is a
+    /// snapshot's root folder.
+    pub fn lookup_node(&self, parent: Ino, name: &[u8]) -> Result<Node> {
+        match parent.split() {
+            (View::Live, InodeId::ROOT) if name.first() == Some(&b'@') => {
+                let st = self.lock();
+                if let Some(gen) = find_snapshot(&st, name)? {
+                    let attr = st
+                        .catalog
+                        .inode(gen, InodeId::ROOT)?
+                        .ok_or_else(|| Error::CorruptCatalog(format!("snapshot {gen} has no root")))?;
+                    return Ok(Node {
+                        ino: Ino::snapshot(gen, InodeId::ROOT),
+                        attr,
+                    });
+                }
+                drop(st);
+                Ok(Node {
+                    ino: Ino::live(InodeId::ROOT),
+                    attr: self.lookup(InodeId::ROOT, name)?,
+                }
+                .relabel())
+            }
+            (View::Live, id) => Ok(Node {
+                ino: Ino::ROOT,
+                attr: self.lookup(id, name)?,
+            }
+            .relabel()),
+            (View::Snapshot(gen), id) => {
+                let st = self.lock();
+                let dir = st
+                    .catalog
+                    .inode(gen, id)?
+                    .ok_or_else(|| Error::NotFound(format!("inode {id}")))?;
+                if dir.kind != FileKind::Dir {
+                    return Err(Error::NotDir(String::from_utf8_lossy(name).into_owned()));
+                }
+                let child = st
+                    .catalog
+                    .lookup(gen, id, name)?
+                    .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
+                let attr = st
+                    .catalog
+                    .inode(gen, child)?
+                    .ok_or_else(|| Error::NotFound(format!("inode {child}")))?;
+                Ok(Node {
+                    ino: Ino::snapshot(gen, child),
+                    attr,
+                })
+            }
+        }
+    }
+
+    /// The entries of folder `dir` in its view (without "." and ".."). The mount root
+    /// also lists every snapshot as an `@name` folder unless `snapdir` hides them.
+    pub fn readdir_nodes(&self, dir: Ino, snapdir: SnapDir) -> Result<Vec<(Vec<u8>, Node)>> {
+        match dir.split() {
+            (View::Live, id) => {
+                let mut out: Vec<(Vec<u8>, Node)> = self
+                    .readdir(id)?
+                    .into_iter()
+                    .map(|(e, attr)| {
+                        (
+                            e.name,
+                            Node {
+                                ino: Ino::live(attr.id),
+                                attr,
+                            },
+                        )
+                    })
+                    .collect();
+                if id == InodeId::ROOT && snapdir == SnapDir::Visible {
+                    let st = self.lock();
+                    for g in st.catalog.generations()? {
+                        let (Some(name), Some(attr)) = (g.name, st.catalog.inode(g.id, InodeId::ROOT)?)
+                        else {
+                            continue;
+                        };
+                        out.push((
+                            name.into_bytes(),
+                            Node {
+                                ino: Ino::snapshot(g.id, InodeId::ROOT),
+                                attr,
+                            },
+                        ));
+                    }
+                }
+                Ok(out)
+            }
+            (View::Snapshot(gen), id) => {
+                let st = self.lock();
+                st.catalog
+                    .readdir(gen, id)?
+                    .into_iter()
+                    .map(|e| {
+                        let attr = st
+                            .catalog
+                            .inode(gen, e.inode)?
+                            .ok_or_else(|| Error::NotFound(format!("inode {}", e.inode)))?;
+                        Ok((
+                            e.name,
+                            Node {
+                                ino: Ino::snapshot(gen, e.inode),
+                                attr,
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The target of a symlink in any view.
+    pub fn readlink_node(&self, ino: Ino) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.attr.kind != FileKind::Symlink {
+            return Err(Error::InvalidArgument("not a symlink".into()));
+        }
+        Ok(node.attr.target)
+    }
+
+    /// Reads file bytes in any view.
+    pub fn read_node(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
+        match ino.split() {
+            (View::Live, id) => self.read(id, offset, len),
+            (View::Snapshot(gen), id) => {
+                let st = self.lock();
+                let attr = st
+                    .catalog
+                    .inode(gen, id)?
+                    .ok_or_else(|| Error::NotFound(format!("inode {id}")))?;
+                if attr.kind == FileKind::Dir {
+                    return Err(Error::IsDir(format!("inode {id}")));
+                }
+                let extents = st
+                    .catalog
+                    .extents(gen, id, offset, offset.saturating_add(len as u64))?;
+                drop(st);
+                read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)
+            }
+        }
+    }
+
+    /// Value of xattr `name` in any view.
+    pub fn getxattr_node(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        match ino.split() {
+            (View::Live, id) => self.getxattr(id, name),
+            (View::Snapshot(gen), id) => self.lock().catalog.xattr(gen, id, name)?.ok_or(Error::NoXattr),
+        }
+    }
+
+    /// Xattr names in any view.
+    pub fn listxattr_node(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        match ino.split() {
+            (View::Live, id) => self.listxattr(id),
+            (View::Snapshot(gen), id) => Ok(self
+                .lock()
+                .catalog
+                .xattrs(gen, id)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()),
+        }
+    }
+
+    /// Creates `name` in live folder `parent` (EROFS in a snapshot).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_node(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u64,
+        target: &[u8],
+    ) -> Result<Node> {
+        let parent = self.live_id(parent)?;
+        if parent == InodeId::ROOT && name.first() == Some(&b'@') {
+            let st = self.lock();
+            if find_snapshot(&st, name)?.is_some() {
+                return Err(Error::Exists(String::from_utf8_lossy(name).into_owned()));
+            }
+        }
+        let attr = self.create(caller, parent, name, kind, mode, rdev, target)?;
+        Ok(Node {
+            ino: Ino::live(attr.id),
+            attr,
+        })
+    }
+
+    /// Hard-links live `ino` as `name` in live `parent`.
+    pub fn link_node(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Node> {
+        let (id, parent) = (self.live_id(ino)?, self.live_id(parent)?);
+        self.guard_snapshot_name(parent, name)?;
+        let attr = self.link(id, parent, name)?;
+        Ok(Node {
+            ino: Ino::live(attr.id),
+            attr,
+        })
+    }
+
+    /// Removes a name from a live folder (`dir`: rmdir).
+    pub fn remove_node(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        let parent = self.live_id(parent)?;
+        self.guard_snapshot_name(parent, name)?;
+        if dir {
+            self.rmdir(parent, name)
+        } else {
+            self.unlink(parent, name)
+        }
+    }
+
+    /// Renames within the live tree.
+    pub fn rename_node(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        let (parent, new_parent) = (self.live_id(parent)?, self.live_id(new_parent)?);
+        self.guard_snapshot_name(parent, name)?;
+        self.guard_snapshot_name(new_parent, new_name)?;
+        self.rename(parent, name, new_parent, new_name, mode)
+    }
+
+    /// Changes attributes of a live inode.
+    pub fn setattr_node(&self, ino: Ino, set: &SetAttr) -> Result<Node> {
+        let attr = self.setattr(self.live_id(ino)?, set)?;
+        Ok(Node { ino, attr })
+    }
+
+    /// Opens `ino` for reading (any view) or writing (live only).
+    pub fn open_node(&self, ino: Ino, write: bool) -> Result<Node> {
+        match ino.split() {
+            (View::Live, id) => Ok(Node {
+                ino,
+                attr: self.open(id)?,
+            }),
+            (View::Snapshot(_), _) if write => Err(read_only("the file")),
+            (View::Snapshot(_), _) => self.node(ino),
+        }
+    }
+
+    /// Drops an open handle (a no-op in a snapshot).
+    pub fn release_node(&self, ino: Ino) -> Result<()> {
+        match ino.split() {
+            (View::Live, id) => self.release(id),
+            (View::Snapshot(_), _) => Ok(()),
+        }
+    }
+}
+
+impl Node {
+    /// Gives a live lookup result its own inode number (lookups return the child's
+    /// attributes with the parent's view).
+    fn relabel(self) -> Node {
+        Node {
+            ino: Ino::live(self.attr.id),
+            attr: self.attr,
+        }
+    }
+}
+
+/// The generation of the snapshot called `name`, if there is one.
+fn find_snapshot(st: &State, name: &[u8]) -> Result<Option<GenId>> {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return Ok(None);
+    };
+    Ok(st.catalog.find_snapshot(name)?.map(|g| g.id))
+}

@@ -1,0 +1,204 @@
+//! Snapshot operations on a catalog: naming, listing, forgetting, holding, rolling
+//! back, and garbage collection of the chunks nothing references.
+//!
+//! Each function works on a `Catalog` (and the store where chunks are involved), so
+//! the same code runs offline under the repository lock and inside the mount daemon
+//! (which calls it with its own catalog, writes flushed first).
+
+use serde::Serialize;
+
+use crate::catalog::{Catalog, Generation};
+use crate::error::{Error, Result};
+use crate::store::{MirrorStore, ObjectStore};
+
+/// One snapshot as `snapfs list` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// RFC 3339 UTC time the snapshot was taken.
+    pub time: String,
+    pub files: u64,
+    pub logical_bytes: u64,
+    /// Stored bytes per mirror that only this snapshot references: what forgetting
+    /// it (alone) and then `snapfs gc` frees from each mirror.
+    pub exclusive_bytes: u64,
+    pub held: bool,
+}
+
+/// Finds a snapshot by name: with or without its `@`, or `@latest` for the newest.
+/// Malformed and unknown names are errors that say so.
+pub fn resolve(catalog: &Catalog, name: &str) -> Result<Generation> {
+    let name = if name.starts_with('@') {
+        name.to_string()
+    } else {
+        format!("@{name}")
+    };
+    let snapshots: Vec<Generation> = catalog
+        .generations()?
+        .into_iter()
+        .filter(|g| g.name.is_some())
+        .collect();
+    if name == "@latest" {
+        return snapshots
+            .into_iter()
+            .last()
+            .ok_or_else(|| Error::NotFound("@latest (there are no snapshots yet)".into()));
+    }
+    let well_formed = name.len() >= 19
+        && name[1..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && name.as_bytes().get(11) == Some(&b'T');
+    if !well_formed {
+        return Err(Error::InvalidArgument(format!(
+            "{name} is not a snapshot name (they look like @2026-01-31T142500Z, or @latest)"
+        )));
+    }
+    snapshots
+        .into_iter()
+        .find(|g| g.name.as_deref() == Some(name.as_str()))
+        .ok_or_else(|| Error::NotFound(format!("snapshot {name} (see `snapfs list`)")))
+}
+
+/// Every snapshot, oldest first.
+pub fn list(catalog: &Catalog) -> Result<Vec<SnapshotInfo>> {
+    let mut out = Vec::new();
+    for g in catalog.generations()? {
+        let (Some(name), Some(frozen)) = (g.name.clone(), g.frozen_ns) else {
+            continue;
+        };
+        let totals = catalog.tree_totals(g.id)?;
+        let time =
+            chrono::DateTime::from_timestamp_nanos(frozen).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        out.push(SnapshotInfo {
+            name,
+            label: g.label.clone(),
+            time,
+            files: totals.files,
+            logical_bytes: totals.logical_bytes,
+            exclusive_bytes: catalog.exclusive_bytes(g.id)?,
+            held: g.held,
+        });
+    }
+    Ok(out)
+}
+
+/// What forget did (or, in a dry run, would do).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct ForgetReport {
+    pub forgotten: Vec<String>,
+    /// Stored bytes per mirror that gc frees afterwards.
+    pub frees_bytes: u64,
+    pub dry_run: bool,
+}
+
+/// Forgets the named snapshots (all or nothing: every name is checked first; a held
+/// snapshot is refused). With `dry_run`, changes nothing and reports the bytes gc
+/// would free.
+pub fn forget(catalog: &mut Catalog, names: &[String], dry_run: bool) -> Result<ForgetReport> {
+    if names.is_empty() {
+        return Err(Error::InvalidArgument(
+            "nothing to forget: name snapshots, or give a policy such as --keep-last 10".into(),
+        ));
+    }
+    let mut targets = Vec::new();
+    for name in names {
+        let g = resolve(catalog, name)?;
+        if g.held {
+            let n = g.name.unwrap_or_default();
+            return Err(Error::InvalidArgument(format!(
+                "{n} is held; `snapfs release {n}` first"
+            )));
+        }
+        if !targets.iter().any(|t: &Generation| t.id == g.id) {
+            targets.push(g);
+        }
+    }
+    let garbage_before: u64 = catalog.garbage()?.iter().map(|c| c.stored_size).sum();
+    let mut report = ForgetReport {
+        dry_run,
+        ..Default::default()
+    };
+    // A dry run forgets inside a copy of nothing: it measures on the real catalog in
+    // a transaction that is rolled back.
+    let measured = catalog.measure_forget(&targets.iter().map(|g| g.id).collect::<Vec<_>>(), dry_run)?;
+    report.frees_bytes = measured.saturating_sub(garbage_before);
+    report.forgotten = targets.into_iter().filter_map(|g| g.name).collect();
+    Ok(report)
+}
+
+/// Pins or unpins a snapshot; returns its name.
+pub fn hold(catalog: &mut Catalog, name: &str, held: bool) -> Result<String> {
+    let g = resolve(catalog, name)?;
+    catalog.set_held(g.id, held)?;
+    Ok(g.name.unwrap_or_default())
+}
+
+/// What a rollback did.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RollbackReport {
+    /// The snapshot rolled back to.
+    pub target: String,
+    /// The snapshot of the tree as it was just before (roll back to it to undo).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_snapshot: Option<String>,
+    /// Catalog rows changed.
+    pub rows_changed: u64,
+    pub dry_run: bool,
+}
+
+/// Makes the live tree what snapshot `name` shows, after taking a safety snapshot.
+/// Newer snapshots are kept. In a dry run, checks the name and changes nothing.
+pub fn rollback(catalog: &mut Catalog, name: &str, dry_run: bool, now_ns: i64) -> Result<RollbackReport> {
+    let target = resolve(catalog, name)?;
+    let target_name = target.name.clone().unwrap_or_default();
+    if dry_run {
+        return Ok(RollbackReport {
+            target: target_name,
+            safety_snapshot: None,
+            rows_changed: 0,
+            dry_run,
+        });
+    }
+    let safety = catalog.snapshot(Some(&format!("before rollback to {target_name}")), now_ns)?;
+    let rows_changed = catalog.rollback_to(target.id)?;
+    Ok(RollbackReport {
+        target: target_name,
+        safety_snapshot: safety.name,
+        rows_changed,
+        dry_run,
+    })
+}
+
+/// What gc freed.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+pub struct GcStats {
+    pub chunks: u64,
+    /// Stored bytes per mirror.
+    pub bytes: u64,
+    pub dry_run: bool,
+}
+
+/// Deletes every chunk no extent references, from every mirror, then its catalog
+/// row. Costs time in proportion to the garbage. Stops at the first error.
+pub fn gc(catalog: &mut Catalog, store: &MirrorStore, dry_run: bool) -> Result<GcStats> {
+    let garbage = catalog.garbage()?;
+    let stats = GcStats {
+        chunks: garbage.len() as u64,
+        bytes: garbage.iter().map(|c| c.stored_size).sum(),
+        dry_run,
+    };
+    if dry_run {
+        return Ok(stats);
+    }
+    // Rows first would let a crash leave orphan objects (harmless, found later);
+    // objects first could leave rows for deleted objects. So: rows, then objects.
+    let ids: Vec<_> = garbage.iter().map(|c| c.id).collect();
+    for batch in ids.chunks(1000) {
+        catalog.drop_chunks(batch)?;
+        for id in batch {
+            store.remove(id)?;
+        }
+    }
+    Ok(stats)
+}
