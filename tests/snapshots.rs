@@ -27,13 +27,20 @@ fn snapshot(repo: &Path, label: Option<&str>) -> String {
         args.extend(["--label", l]);
     }
     let name = snapfs_ok(repo, &args).trim().to_string();
-    assert!(name.starts_with('@') && name.ends_with('Z') || name.contains("Z-"), "snapshot name {name}");
+    assert!(
+        name.starts_with('@') && name.ends_with('Z') || name.contains("Z-"),
+        "snapshot name {name}"
+    );
     name
 }
 
 fn list(repo: &Path) -> Vec<serde_json::Value> {
     let out = snapfs_ok(repo, &["list", "--json"]);
-    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -50,14 +57,28 @@ fn snapshots_show_each_state_and_refuse_every_change() {
     assert_ne!(s1, s2);
     fs::remove_file(m.path("docs/a.txt")).unwrap();
 
-    assert_eq!(fs::read(m.path(&format!("{s1}/docs/a.txt"))).unwrap(), b"first version");
+    assert_eq!(
+        fs::read(m.path(&format!("{s1}/docs/a.txt"))).unwrap(),
+        b"first version"
+    );
     assert!(!m.path(&format!("{s1}/docs/b.txt")).exists());
-    assert_eq!(fs::read(m.path(&format!("{s2}/docs/a.txt"))).unwrap(), b"second version, longer");
-    assert_eq!(fs::read(m.path(&format!("{s2}/docs/b.txt"))).unwrap(), b"new file");
+    assert_eq!(
+        fs::read(m.path(&format!("{s2}/docs/a.txt"))).unwrap(),
+        b"second version, longer"
+    );
+    assert_eq!(
+        fs::read(m.path(&format!("{s2}/docs/b.txt"))).unwrap(),
+        b"new file"
+    );
     assert!(!m.path("docs/a.txt").exists());
-    let root: Vec<String> =
-        fs::read_dir(m.path("")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(root.contains(&s1) && root.contains(&s2) && root.contains(&"docs".to_string()), "{root:?}");
+    let root: Vec<String> = fs::read_dir(m.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        root.contains(&s1) && root.contains(&s2) && root.contains(&"docs".to_string()),
+        "{root:?}"
+    );
 
     let snap = m.path(&s1);
     let erofs = |r: std::io::Result<()>, what: &str| {
@@ -65,15 +86,33 @@ fn snapshots_show_each_state_and_refuse_every_change() {
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
     };
     erofs(fs::write(snap.join("docs/new"), b"x"), "create");
-    erofs(fs::OpenOptions::new().append(true).open(snap.join("docs/a.txt")).map(|_| ()), "open for writing");
-    erofs(fs::set_permissions(snap.join("docs/a.txt"), std::os::unix::fs::PermissionsExt::from_mode(0o600)), "chmod");
+    erofs(
+        fs::OpenOptions::new()
+            .append(true)
+            .open(snap.join("docs/a.txt"))
+            .map(|_| ()),
+        "open for writing",
+    );
+    erofs(
+        fs::set_permissions(
+            snap.join("docs/a.txt"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        ),
+        "chmod",
+    );
     erofs(
         rustix::fs::utimensat(
             rustix::fs::CWD,
-            &snap.join("docs/a.txt"),
+            snap.join("docs/a.txt"),
             &rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec { tv_sec: 1, tv_nsec: 0 },
-                last_modification: rustix::fs::Timespec { tv_sec: 1, tv_nsec: 0 },
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                },
             },
             rustix::fs::AtFlags::empty(),
         )
@@ -81,18 +120,33 @@ fn snapshots_show_each_state_and_refuse_every_change() {
         "utimes",
     );
     erofs(
-        rustix::fs::setxattr(&snap.join("docs/a.txt"), "user.x", b"1", rustix::fs::XattrFlags::empty())
-            .map_err(std::io::Error::from),
+        rustix::fs::setxattr(
+            snap.join("docs/a.txt"),
+            "user.x",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(std::io::Error::from),
         "setxattr",
     );
-    erofs(fs::rename(snap.join("docs/a.txt"), snap.join("docs/z.txt")), "rename inside");
+    erofs(
+        fs::rename(snap.join("docs/a.txt"), snap.join("docs/z.txt")),
+        "rename inside",
+    );
     erofs(fs::remove_file(snap.join("docs/a.txt")), "unlink");
     erofs(fs::remove_dir(snap.join("docs")), "rmdir");
     erofs(fs::create_dir(snap.join("newdir")), "mkdir");
     erofs(fs::rename(&snap, m.path("renamed")), "rename the @ folder");
     erofs(fs::remove_dir(&snap), "rmdir the @ folder");
-    erofs(fs::hard_link(m.path("docs/b.txt"), snap.join("docs/link")), "link into");
-    assert_eq!(fs::read(snap.join("docs/a.txt")).unwrap(), b"first version", "unchanged after all that");
+    erofs(
+        fs::hard_link(m.path("docs/b.txt"), snap.join("docs/link")),
+        "link into",
+    );
+    assert_eq!(
+        fs::read(snap.join("docs/a.txt")).unwrap(),
+        b"first version",
+        "unchanged after all that"
+    );
     m.umount();
 }
 
@@ -105,7 +159,10 @@ fn snapshot_names_get_suffixes_within_one_second_and_hidden_snapdir_still_resolv
     let names: Vec<String> = (0..3).map(|_| snapshot(&repo, None)).collect();
     let base = names[0].clone();
     assert!(names.iter().all(|n| n.starts_with(&base[..18])), "{names:?}");
-    assert!(names.iter().any(|n| n.ends_with("-2")) || names[0][..18] != names[2][..18], "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("-2")) || names[0][..18] != names[2][..18],
+        "{names:?}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_snapfs"))
         .arg("--repo")
         .arg(&repo)
@@ -115,10 +172,16 @@ fn snapshot_names_get_suffixes_within_one_second_and_hidden_snapdir_still_resolv
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let m = Mount::adopt(&repo, &mnt);
-    let root: Vec<String> =
-        fs::read_dir(m.path("")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let root: Vec<String> = fs::read_dir(m.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert!(root.is_empty(), "hidden snapdir lists nothing: {root:?}");
-    assert!(m.path(&names[1]).is_dir(), "but {} is reachable by name", names[1]);
+    assert!(
+        m.path(&names[1]).is_dir(),
+        "but {} is reachable by name",
+        names[1]
+    );
     m.umount();
 }
 
@@ -154,11 +217,17 @@ fn rollback_under_a_shell_in_the_tree_and_undo() {
     shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let seen = shell.wait_with_output().unwrap();
     let seen = String::from_utf8_lossy(&seen.stdout);
-    assert!(seen.starts_with("good"), "the shell sees the rolled-back file: {seen:?}");
+    assert!(
+        seen.starts_with("good"),
+        "the shell sees the rolled-back file: {seen:?}"
+    );
     assert!(!seen.contains("junk"), "the newer file is gone: {seen:?}");
     assert_eq!(fs::read(m.path("work/notes")).unwrap(), b"good");
     assert!(m.path(&safety).is_dir(), "the safety snapshot is kept");
-    assert_eq!(fs::read(m.path(&format!("{safety}/work/notes"))).unwrap(), b"broken");
+    assert_eq!(
+        fs::read(m.path(&format!("{safety}/work/notes"))).unwrap(),
+        b"broken"
+    );
 
     // Undo.
     snapfs_ok(&repo, &["rollback", &safety]);
@@ -179,8 +248,12 @@ fn list_prices_each_snapshot_and_forget_plus_gc_frees_exactly_that() {
     fs::remove_file(m.path("old.bin")).unwrap();
     let s2 = snapshot(&repo, None);
     let snaps = list(&repo);
-    let only_s1 = snaps.iter().find(|s| s["name"] == s1.as_str()).unwrap()["exclusive_bytes"].as_u64().unwrap();
-    let only_s2 = snaps.iter().find(|s| s["name"] == s2.as_str()).unwrap()["exclusive_bytes"].as_u64().unwrap();
+    let only_s1 = snaps.iter().find(|s| s["name"] == s1.as_str()).unwrap()["exclusive_bytes"]
+        .as_u64()
+        .unwrap();
+    let only_s2 = snaps.iter().find(|s| s["name"] == s2.as_str()).unwrap()["exclusive_bytes"]
+        .as_u64()
+        .unwrap();
     assert!(only_s1 >= 3 << 20, "s1 alone holds old.bin: {only_s1}");
     assert_eq!(only_s2, 0, "s2 shares everything with the live tree");
 
@@ -197,11 +270,17 @@ fn list_prices_each_snapshot_and_forget_plus_gc_frees_exactly_that() {
     for (b, a) in before.iter().zip(&after) {
         let freed = b - a;
         // The catalog copies and object headers move too; allow a little slack.
-        assert!(freed.abs_diff(only_s1) <= 64 << 10, "mirror freed {freed}, list promised {only_s1}");
+        assert!(
+            freed.abs_diff(only_s1) <= 64 << 10,
+            "mirror freed {freed}, list promised {only_s1}"
+        );
     }
     assert!(!m.path(&s1).exists(), "the forgotten @ folder is gone at once");
     assert_eq!(fs::read(m.path("keep.bin")).unwrap(), random_bytes(1, 2 << 20));
-    assert_eq!(fs::read(m.path(&format!("{s2}/keep.bin"))).unwrap(), random_bytes(1, 2 << 20));
+    assert_eq!(
+        fs::read(m.path(&format!("{s2}/keep.bin"))).unwrap(),
+        random_bytes(1, 2 << 20)
+    );
     m.umount();
 }
 
@@ -221,13 +300,31 @@ fn restore_copies_a_file_and_a_tree_out_of_a_snapshot() {
     snapfs_ok(&repo, &["restore", &s, "/proj", dest.to_str().unwrap()]);
     assert_eq!(fs::read(dest.join("src/main.rs")).unwrap(), b"fn main() {}\n");
     assert_eq!(fs::read(dest.join("data.bin")).unwrap(), random_bytes(9, 700_000));
-    assert_eq!(fs::read_link(dest.join("link")).unwrap(), Path::new("src/main.rs"));
+    assert_eq!(
+        fs::read_link(dest.join("link")).unwrap(),
+        Path::new("src/main.rs")
+    );
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(dest.join("data.bin")).unwrap().ino(), fs::metadata(dest.join("data2.bin")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(dest.join("data.bin")).unwrap().ino(),
+        fs::metadata(dest.join("data2.bin")).unwrap().ino()
+    );
     let one = tmp.path().join("one.rs");
-    snapfs_ok(&repo, &["restore", s.trim_start_matches('@'), "proj/src/main.rs", one.to_str().unwrap()]);
+    snapfs_ok(
+        &repo,
+        &[
+            "restore",
+            s.trim_start_matches('@'),
+            "proj/src/main.rs",
+            one.to_str().unwrap(),
+        ],
+    );
     assert_eq!(fs::read(&one).unwrap(), b"fn main() {}\n");
-    snapfs_fails(&repo, &["restore", &s, "proj/src/main.rs", one.to_str().unwrap()], &["already exists"]);
+    snapfs_fails(
+        &repo,
+        &["restore", &s, "proj/src/main.rs", one.to_str().unwrap()],
+        &["already exists"],
+    );
     m.umount();
 }
 
@@ -237,11 +334,19 @@ fn bad_snapshot_requests_fail_clearly_and_change_nothing() {
     snapfs_ok(&repo, &["init"]);
     let s = snapshot(&repo, None);
     let before = snapfs_ok(&repo, &["list", "--json"]);
-    snapfs_fails(&repo, &["rollback", "@2020-01-01T000000Z"], &["snapshot @2020-01-01T000000Z", "not found"]);
+    snapfs_fails(
+        &repo,
+        &["rollback", "@2020-01-01T000000Z"],
+        &["snapshot @2020-01-01T000000Z", "not found"],
+    );
     snapfs_fails(&repo, &["restore", "@2020-01-01T000000Z", "/x"], &["not found"]);
     snapfs_fails(&repo, &["forget", "yesterday"], &["not a snapshot name"]);
     snapfs_fails(&repo, &["forget"], &["nothing to forget"]);
-    snapfs_fails(&repo, &["restore", &s, "/no/such/path", "/tmp/snapfs-never"], &["/no/such/path", "not found"]);
+    snapfs_fails(
+        &repo,
+        &["restore", &s, "/no/such/path", "/tmp/snapfs-never"],
+        &["/no/such/path", "not found"],
+    );
     snapfs_ok(&repo, &["hold", &s]);
     snapfs_fails(&repo, &["forget", &s], &["is held", "release"]);
     assert!(snapfs_ok(&repo, &["list"]).contains("[held]"));
