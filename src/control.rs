@@ -24,8 +24,11 @@ pub const SOCKET_FILE: &str = "control.sock";
 pub enum Request {
     /// Take a snapshot (buffered writes included).
     Snapshot { label: Option<String> },
-    /// Forget snapshots by name.
-    Forget { names: Vec<String>, dry_run: bool },
+    /// Forget snapshots by name or by policy.
+    Forget {
+        target: crate::ops::snapshots::ForgetTarget,
+        dry_run: bool,
+    },
     /// Make the live tree as it was in a snapshot.
     Rollback { name: String, dry_run: bool },
     /// Delete unreferenced chunks.

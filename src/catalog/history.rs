@@ -115,6 +115,7 @@ impl Catalog {
                 .map_err(sql_err("rolling back"))? as u64;
         }
         tx.commit().map_err(sql_err("committing rollback"))?;
+        self.touched = true;
         Ok(changed)
     }
 

@@ -58,6 +58,9 @@ pub struct Catalog {
     live: GenId,
     max_extent: u64,
     read_only: bool,
+    /// Whether a write transaction started since the last freeze (or since open:
+    /// assumed yes). Lets scheduled snapshots skip an unchanged tree.
+    touched: bool,
 }
 
 impl Catalog {
@@ -188,6 +191,7 @@ impl Catalog {
             live: GenId(0),
             max_extent: 0,
             read_only,
+            touched: true,
         };
         catalog.refresh()?;
         Ok(catalog)
@@ -210,6 +214,12 @@ impl Catalog {
     /// The live (newest, open) generation.
     pub fn live(&self) -> GenId {
         self.live
+    }
+
+    /// False when nothing can have changed in the live tree since the last snapshot
+    /// this catalog took (conservatively true after open).
+    pub fn live_touched(&self) -> bool {
+        self.touched
     }
 
     /// True when opened with `open_read_only`.
@@ -324,6 +334,7 @@ impl Catalog {
         .map_err(sql_err("opening the next generation"))?;
         tx.commit().map_err(sql_err("committing a snapshot"))?;
         self.live = GenId(frozen.0 + 1);
+        self.touched = false;
         Ok(frozen)
     }
 
@@ -361,6 +372,7 @@ impl Catalog {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err("starting a catalog transaction"))?;
+        self.touched = true;
         Ok(Txn::new(tx, self.live, self.max_extent))
     }
 

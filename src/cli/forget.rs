@@ -2,23 +2,65 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use snapfs::control::Request;
-use snapfs::ops::snapshots;
+use snapfs::ops::retention::{parse_duration, Policy};
+use snapfs::ops::snapshots::{self, ForgetTarget};
 
 use super::{human_bytes, remote};
 
-/// Drop snapshots (never a held one); `snapfs gc` then frees their space.
+/// Retention rules, shared by `forget` and `mount --every`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N weeks that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep every snapshot younger than this (e.g. 2d, 12h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+}
+
+impl PolicyArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> Result<Policy> {
+        Ok(Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_within_secs: self.keep_within.as_deref().map(parse_duration).transpose()?,
+        })
+    }
+}
+
+/// Drop snapshots, by name or by a retention policy (never a held one); `snapfs gc`
+/// then frees their space.
 ///
-/// Example: snapfs forget @2026-01-31T142500Z --dry-run
+/// Example: snapfs forget --keep-daily 7 --keep-weekly 4 --dry-run
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Snapshots to drop (with or without the @; @latest is the newest)
     #[arg(value_name = "@SNAPSHOT")]
     pub names: Vec<String>,
 
-    /// Show what would be dropped and what gc would free, change nothing
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// Show what would be dropped, what is kept and why, and what gc would free
     #[arg(long)]
     pub dry_run: bool,
 
@@ -38,19 +80,40 @@ pub struct HoldArgs {
 }
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
-    let (names, dry_run) = (args.names.clone(), args.dry_run);
-    let result = remote::run(
-        repo,
-        Request::Forget {
-            names: names.clone(),
-            dry_run,
-        },
-        "snapfs forget",
-        |r| snapshots::forget(&mut r.catalog, &names, dry_run),
-    )?;
+    let policy = args.policy.policy()?;
+    let target = match (args.names.is_empty(), policy.is_empty()) {
+        (false, true) => ForgetTarget::Names(args.names.clone()),
+        (true, false) => ForgetTarget::Policy(policy),
+        (false, false) => bail!("give snapshot names or a --keep policy, not both"),
+        (true, true) => bail!(
+            "nothing to forget: name snapshots, or give a policy (--keep-last, --keep-hourly, --keep-daily, \
+             --keep-weekly, --keep-monthly, --keep-within); an empty policy is refused"
+        ),
+    };
+    let dry_run = args.dry_run;
+    let request = Request::Forget {
+        target: target.clone(),
+        dry_run,
+    };
+    let result = remote::run(repo, request, "snapfs forget", |r| {
+        snapshots::forget(&mut r.catalog, &target, dry_run, snapfs::ops::now_ns())
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
+    }
+    for kept in result["kept"].as_array().into_iter().flatten() {
+        let reasons: Vec<&str> = kept["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .collect();
+        println!(
+            "keep   {} ({})",
+            kept["name"].as_str().unwrap_or_default(),
+            reasons.join(", ")
+        );
     }
     let verb = if dry_run { "would forget" } else { "forgot" };
     for name in result["forgotten"].as_array().into_iter().flatten() {
@@ -58,7 +121,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     }
     let bytes = result["frees_bytes"].as_u64().unwrap_or(0);
     println!(
-        "snapfs gc {} {} per mirror",
+        "snapfs gc {} {} ({bytes} bytes) per mirror",
         if dry_run { "would then free" } else { "will free" },
         human_bytes(bytes)
     );

@@ -13,7 +13,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use snapfs::control::{self, Request};
 use snapfs::fs::{Fs, FsOptions, SnapDir};
 use snapfs::fuse::MountOptions;
-use snapfs::ops::snapshots;
+use snapfs::ops::retention::{parse_duration, Policy};
+use snapfs::ops::snapshots::{self, ForgetTarget};
 use snapfs::repo::{self, InitOptions, Repo, RepoLock};
 
 /// Log file of a background mount, inside the repository.
@@ -43,6 +44,14 @@ pub struct Args {
     /// Whether the root lists the @snapshot folders (hidden ones stay reachable by name)
     #[arg(long, value_name = "visible|hidden", default_value = "visible")]
     pub snapdir: String,
+
+    /// Take a snapshot this often when something changed (e.g. 15m), then apply the
+    /// --keep policy and free the space of what it forgot
+    #[arg(long, value_name = "DURATION")]
+    pub every: Option<String>,
+
+    #[command(flatten)]
+    pub policy: super::forget::PolicyArgs,
 }
 
 /// Flush everything and unmount.
@@ -90,6 +99,11 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             other => bail!("unknown mount option {other:?}; known: allow_other"),
         }
     }
+    let every = args.every.as_deref().map(parse_duration).transpose()?;
+    let policy = args.policy.policy()?;
+    if every.is_none() && !policy.is_empty() {
+        bail!("--keep-… applies to scheduled snapshots: give --every too");
+    }
     if !repo::exists(repo) {
         drop(
             Repo::init(repo, &InitOptions::default(), snapfs::ops::now_ns())
@@ -98,7 +112,12 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         println!("created repository {}", repo.display());
     }
     if args.foreground {
-        serve(repo, &mountpoint, &options)
+        serve(
+            repo,
+            &mountpoint,
+            &options,
+            every.map(|secs| (Duration::from_secs(secs), policy)),
+        )
     } else {
         spawn_daemon(repo, &mountpoint, &args)
     }
@@ -118,6 +137,24 @@ fn spawn_daemon(repo: &Path, mountpoint: &Path, args: &Args) -> Result<()> {
     cmd.arg("--repo").arg(repo).arg("mount").arg(mountpoint).arg("-f");
     cmd.arg("--threads").arg(args.threads.to_string());
     cmd.arg("--snapdir").arg(&args.snapdir);
+    if let Some(every) = &args.every {
+        cmd.arg("--every").arg(every);
+    }
+    let p = &args.policy;
+    for (flag, n) in [
+        ("--keep-last", p.keep_last),
+        ("--keep-hourly", p.keep_hourly),
+        ("--keep-daily", p.keep_daily),
+        ("--keep-weekly", p.keep_weekly),
+        ("--keep-monthly", p.keep_monthly),
+    ] {
+        if n > 0 {
+            cmd.arg(flag).arg(n.to_string());
+        }
+    }
+    if let Some(within) = &p.keep_within {
+        cmd.arg("--keep-within").arg(within);
+    }
     if !args.options.is_empty() {
         cmd.arg("-o").arg(args.options.join(","));
     }
@@ -186,7 +223,12 @@ fn is_mounted(mountpoint: &Path) -> bool {
 }
 
 /// Serves the mount in this process until it is unmounted or signalled.
-fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions) -> Result<()> {
+fn serve(
+    repo: &Path,
+    mountpoint: &Path,
+    options: &MountOptions,
+    schedule: Option<(Duration, Policy)>,
+) -> Result<()> {
     let holder = format!("mounted at {}", mountpoint.display());
     let handle = Repo::open(repo, &holder).with_context(|| format!("cannot mount {}", repo.display()))?;
     let (catalog, store, _lock) = handle.into_parts();
@@ -213,6 +255,10 @@ fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions) -> Result<()> {
             }
         })
     };
+    if let Some((every, policy)) = schedule {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || scheduled_snapshots(&fs, every, &policy, &stop));
+    }
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -239,6 +285,46 @@ fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     Ok(())
 }
 
+/// Every `every`: a snapshot when the tree changed, then the retention policy and gc.
+fn scheduled_snapshots(fs: &Fs, every: Duration, policy: &Policy, stop: &AtomicBool) {
+    let mut next = Instant::now() + every;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if Instant::now() < next {
+            continue;
+        }
+        next += every;
+        match fs.snapshot_if_changed(Some("scheduled")) {
+            Ok(Some(g)) => eprintln!("snapfs: scheduled snapshot {}", g.name.unwrap_or_default()),
+            Ok(None) => continue,
+            Err(e) => {
+                eprintln!("snapfs: warning: scheduled snapshot failed: {e}");
+                continue;
+            }
+        }
+        if policy.is_empty() {
+            continue;
+        }
+        let target = ForgetTarget::Policy(policy.clone());
+        let pruned = fs.with_catalog(|cat, store| {
+            let report = snapshots::forget(cat, &target, false, snapfs::ops::now_ns())?;
+            let freed = snapshots::gc(cat, store, false)?;
+            Ok((report.forgotten, freed))
+        });
+        match pruned {
+            Ok((forgotten, freed)) if !forgotten.is_empty() => {
+                eprintln!(
+                    "snapfs: retention forgot {} snapshots, freed {} bytes",
+                    forgotten.len(),
+                    freed.bytes
+                )
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("snapfs: warning: retention failed: {e}"),
+        }
+    }
+}
+
 /// Answers a control request inside the daemon, on its own catalog.
 fn answer(fs: &Fs, req: Request) -> snapfs::Result<serde_json::Value> {
     let json = |v: serde_json::Result<serde_json::Value>| {
@@ -246,8 +332,9 @@ fn answer(fs: &Fs, req: Request) -> snapfs::Result<serde_json::Value> {
     };
     match req {
         Request::Snapshot { label } => json(serde_json::to_value(fs.snapshot(label.as_deref())?.name)),
-        Request::Forget { names, dry_run } => {
-            let report = fs.with_catalog(|cat, _| snapshots::forget(cat, &names, dry_run))?;
+        Request::Forget { target, dry_run } => {
+            let report =
+                fs.with_catalog(|cat, _| snapshots::forget(cat, &target, dry_run, snapfs::ops::now_ns()))?;
             json(serde_json::to_value(report))
         }
         Request::Rollback { name, dry_run } => {

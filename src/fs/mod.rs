@@ -656,6 +656,17 @@ impl Fs {
         st.catalog.snapshot(label, now_ns())
     }
 
+    /// Takes a snapshot only when the live tree may have changed since the last one;
+    /// `None` when it certainly did not.
+    pub fn snapshot_if_changed(&self, label: Option<&str>) -> Result<Option<crate::catalog::Generation>> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st, None)?;
+        if !st.catalog.live_touched() {
+            return Ok(None);
+        }
+        st.catalog.snapshot(label, now_ns()).map(Some)
+    }
+
     /// Runs `f` on the catalog and the store with every buffered write committed
     /// first, holding the lock so no request interleaves (snapshot operations, gc).
     pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog, &MirrorStore) -> Result<T>) -> Result<T> {

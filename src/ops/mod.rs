@@ -6,6 +6,7 @@
 
 pub mod import;
 pub mod restore;
+pub mod retention;
 pub mod snapshots;
 pub mod status;
 

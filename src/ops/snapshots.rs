@@ -5,7 +5,9 @@
 //! the same code runs offline under the repository lock and inside the mount daemon
 //! (which calls it with its own catalog, writes flushed first).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::retention::{self, Decision, Policy};
 
 use crate::catalog::{Catalog, Generation};
 use crate::error::{Error, Result};
@@ -87,42 +89,74 @@ pub fn list(catalog: &Catalog) -> Result<Vec<SnapshotInfo>> {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
 pub struct ForgetReport {
     pub forgotten: Vec<String>,
-    /// Stored bytes per mirror that gc frees afterwards.
+    /// Snapshots a policy kept, with why (empty when snapshots were named).
+    pub kept: Vec<Decision>,
+    /// Stored bytes per mirror that `snapfs gc` frees afterwards (all garbage).
     pub frees_bytes: u64,
     pub dry_run: bool,
 }
 
-/// Forgets the named snapshots (all or nothing: every name is checked first; a held
-/// snapshot is refused). With `dry_run`, changes nothing and reports the bytes gc
-/// would free.
-pub fn forget(catalog: &mut Catalog, names: &[String], dry_run: bool) -> Result<ForgetReport> {
-    if names.is_empty() {
-        return Err(Error::InvalidArgument(
-            "nothing to forget: name snapshots, or give a policy such as --keep-last 10".into(),
-        ));
-    }
-    let mut targets = Vec::new();
-    for name in names {
-        let g = resolve(catalog, name)?;
-        if g.held {
-            let n = g.name.unwrap_or_default();
-            return Err(Error::InvalidArgument(format!(
-                "{n} is held; `snapfs release {n}` first"
-            )));
-        }
-        if !targets.iter().any(|t: &Generation| t.id == g.id) {
-            targets.push(g);
-        }
-    }
-    let garbage_before: u64 = catalog.garbage()?.iter().map(|c| c.stored_size).sum();
+/// Which snapshots to forget: by name, or by a retention policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgetTarget {
+    Names(Vec<String>),
+    Policy(Policy),
+}
+
+/// Forgets snapshots, all or nothing: every name is checked first, and a held
+/// snapshot is refused by name (a policy always keeps it). With `dry_run`, changes
+/// nothing and reports the bytes gc would then free.
+pub fn forget(
+    catalog: &mut Catalog,
+    target: &ForgetTarget,
+    dry_run: bool,
+    now_ns: i64,
+) -> Result<ForgetReport> {
     let mut report = ForgetReport {
         dry_run,
         ..Default::default()
     };
-    // A dry run forgets inside a copy of nothing: it measures on the real catalog in
-    // a transaction that is rolled back.
-    let measured = catalog.measure_forget(&targets.iter().map(|g| g.id).collect::<Vec<_>>(), dry_run)?;
-    report.frees_bytes = measured.saturating_sub(garbage_before);
+    let mut targets: Vec<Generation> = Vec::new();
+    match target {
+        ForgetTarget::Names(names) if names.is_empty() => {
+            return Err(Error::InvalidArgument(
+                "nothing to forget: name snapshots, or give a policy such as --keep-last 10".into(),
+            ))
+        }
+        ForgetTarget::Names(names) => {
+            for name in names {
+                let g = resolve(catalog, name)?;
+                if g.held {
+                    let n = g.name.unwrap_or_default();
+                    return Err(Error::InvalidArgument(format!(
+                        "{n} is held; `snapfs release {n}` first"
+                    )));
+                }
+                if !targets.iter().any(|t| t.id == g.id) {
+                    targets.push(g);
+                }
+            }
+        }
+        ForgetTarget::Policy(policy) => {
+            let snaps: Vec<Generation> = catalog
+                .generations()?
+                .into_iter()
+                .filter(|g| g.frozen_ns.is_some())
+                .collect();
+            for d in retention::decide(&snaps, policy, now_ns)? {
+                if d.reasons.is_empty() {
+                    if let Some(g) = snaps.iter().find(|g| g.name.as_deref() == Some(d.name.as_str())) {
+                        targets.push(g.clone());
+                    }
+                } else {
+                    report.kept.push(d);
+                }
+            }
+        }
+    }
+    report.frees_bytes =
+        catalog.measure_forget(&targets.iter().map(|g| g.id).collect::<Vec<_>>(), dry_run)?;
     report.forgotten = targets.into_iter().filter_map(|g| g.name).collect();
     Ok(report)
 }
