@@ -244,10 +244,10 @@ mod tests {
         let d = decide(
             &snaps,
             &Policy {
-                keep_within_secs: Some(2 * day),
+                keep_within_secs: Some(2 * day as u64),
                 ..Default::default()
             },
-            60 * day,
+            60 * day * 1_000_000_000,
         )
         .unwrap();
         assert_eq!(kept(&d), vec!["@s60", "@s59"]);
