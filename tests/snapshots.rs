@@ -353,3 +353,87 @@ fn bad_snapshot_requests_fail_clearly_and_change_nothing() {
     snapfs_ok(&repo, &["release", "@latest"]);
     assert_eq!(snapfs_ok(&repo, &["list", "--json"]), before);
 }
+
+#[test]
+fn diff_reports_changes_by_identity_and_log_collapses_versions() {
+    let (tmp, repo) = temp_repo();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("p")).unwrap();
+    for f in ["a", "b", "c"] {
+        fs::write(src.join("p").join(f), f.as_bytes()).unwrap();
+    }
+    snapfs_ok(&repo, &["init"]);
+    snapfs_ok(&repo, &["import", src.to_str().unwrap()]);
+    let s1 = snapshot(&repo, None);
+    // Change the live tree offline through the library, as a mount would.
+    {
+        use snapfs::fs::{Fs, FsOptions, RenameMode, SetAttr};
+        use snapfs::types::InodeId;
+        let (catalog, store, _lock) = snapfs::repo::Repo::open(&repo, "test").unwrap().into_parts();
+        let fs = Fs::new(catalog, store, FsOptions::default()).unwrap();
+        let p = fs.lookup(InodeId::ROOT, b"p").unwrap().id;
+        let a = fs.lookup(p, b"a").unwrap().id;
+        fs.write(a, 0, b"A2").unwrap();
+        fs.rename(p, b"b", p, b"b2", RenameMode::Replace).unwrap();
+        fs.unlink(p, b"c").unwrap();
+        let b2 = fs.lookup(p, b"b2").unwrap().id;
+        fs.setattr(
+            b2,
+            &SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs.fsync(None).unwrap();
+    }
+    let changes: serde_json::Value =
+        serde_json::from_str(&snapfs_ok(&repo, &["diff", &s1, "--json"])).unwrap();
+    let got: Vec<(String, String)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_string(),
+                c["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("modified", "/p/a"),
+        ("metadata", "/p/b2"),
+        ("renamed", "/p/b2"),
+        ("deleted", "/p/c"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    let renamed = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["change"] == "renamed")
+        .unwrap();
+    assert_eq!(renamed["old_path"], "/p/b");
+
+    let s2 = snapshot(&repo, None);
+    let s3 = snapshot(&repo, None);
+    let text = snapfs_ok(&repo, &["diff", &s2, &s3, "/p"]);
+    assert!(text.is_empty(), "nothing changed between {s2} and {s3}: {text}");
+    let log: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["log", "/p/a", "--json"])).unwrap();
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 2, "two versions of /p/a: {log:?}");
+    assert_eq!(log[0]["seen_in"], serde_json::json!([s1]));
+    assert_eq!(
+        log[1]["seen_in"].as_array().unwrap().len(),
+        3,
+        "s2, s3 and live collapse: {log:?}"
+    );
+    assert_eq!(log[1]["size"], 2);
+    let log_c: serde_json::Value =
+        serde_json::from_str(&snapfs_ok(&repo, &["log", "/p/c", "--json"])).unwrap();
+    assert_eq!(log_c[1]["exists"], false);
+    snapfs_fails(&repo, &["log", "/nowhere"], &["/nowhere", "not found"]);
+}

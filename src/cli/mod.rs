@@ -3,6 +3,7 @@
 //! One file per command, each with an `Args` struct and `run`. All terminal output
 //! lives here; the library below returns values and `snapfs::Error`s.
 
+mod diff;
 mod forget;
 mod gc;
 mod import;
@@ -48,6 +49,8 @@ pub enum Command {
     Hold(forget::HoldArgs),
     Release(forget::HoldArgs),
     Gc(gc::Args),
+    Diff(diff::Args),
+    Log(diff::LogArgs),
 }
 
 /// Runs the parsed command.
@@ -71,6 +74,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Hold(args) => forget::hold(&repo, args, true),
         Command::Release(args) => forget::hold(&repo, args, false),
         Command::Gc(args) => gc::run(&repo, args),
+        Command::Diff(args) => diff::run(&repo, args),
+        Command::Log(args) => diff::log(&repo, args),
     }
 }
 
