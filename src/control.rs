@@ -30,7 +30,11 @@ pub enum Request {
         dry_run: bool,
     },
     /// Make the live tree as it was in a snapshot.
-    Rollback { name: String, dry_run: bool },
+    Rollback {
+        name: String,
+        path: Option<String>,
+        dry_run: bool,
+    },
     /// Delete unreferenced chunks.
     Gc { dry_run: bool },
     /// Pin or unpin a snapshot.

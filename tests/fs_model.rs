@@ -250,7 +250,7 @@ proptest! {
                 Op::Rollback { pick } => {
                     if snaps.is_empty() { continue; }
                     let (name, tree) = snaps[*pick as usize % snaps.len()].clone();
-                    let report = fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, false, step as i64 * 1_000_000_000 + 7)).unwrap();
+                    let report = fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, None, false, step as i64 * 1_000_000_000 + 7)).unwrap();
                     snaps.push((report.safety_snapshot.unwrap(), model.clone()));
                     model = tree;
                 }

@@ -437,3 +437,42 @@ fn diff_reports_changes_by_identity_and_log_collapses_versions() {
     assert_eq!(log_c[1]["exists"], false);
     snapfs_fails(&repo, &["log", "/nowhere"], &["/nowhere", "not found"]);
 }
+
+#[test]
+fn rollback_of_one_folder_leaves_the_rest_alone() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    fs::create_dir_all(m.path("a/deep")).unwrap();
+    fs::write(m.path("a/deep/x"), b"x1").unwrap();
+    fs::write(m.path("a/y"), b"y1").unwrap();
+    fs::write(m.path("b"), b"b1").unwrap();
+    let s = snapshot(&repo, None);
+    fs::write(m.path("a/deep/x"), b"x2").unwrap();
+    fs::remove_file(m.path("a/y")).unwrap();
+    fs::create_dir(m.path("a/newdir")).unwrap();
+    fs::write(m.path("b"), b"b2").unwrap();
+    snapfs_fails(&repo, &["rollback", &s, "/never"], &["/never did not exist in"]);
+    snapfs_ok(&repo, &["rollback", &s, "/a"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(fs::read(m.path("a/deep/x")).unwrap(), b"x1");
+    assert_eq!(fs::read(m.path("a/y")).unwrap(), b"y1");
+    assert!(!m.path("a/newdir").exists());
+    assert_eq!(
+        fs::read(m.path("b")).unwrap(),
+        b"b2",
+        "outside the folder nothing changed"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(m.path("a")).unwrap().nlink(),
+        3,
+        "a holds . and deep's .."
+    );
+    assert_eq!(
+        fs::metadata(m.path("")).unwrap().nlink() as usize,
+        2 + 1,
+        "root: . .. and a"
+    );
+    m.umount();
+}

@@ -9,14 +9,15 @@ use rusqlite::{params, TransactionBehavior};
 
 use super::{sql_err, Catalog, ChunkInfo};
 use crate::error::{Error, Result};
-use crate::types::{ChunkId, GenId};
+use crate::types::{ChunkId, GenId, InodeId};
 
-/// The versioned tables, each with its primary key columns (without gen_from).
+/// The versioned tables, each with the column that ties a row to a subtree: the
+/// inode it describes, or (for names) the folder it is in.
 const VERSIONED: [(&str, &str); 4] = [
     ("inodes", "inode_id"),
-    ("dir_entries", "parent_id, name"),
-    ("extents", "inode_id, file_offset"),
-    ("xattrs", "inode_id, name"),
+    ("dir_entries", "parent_id"),
+    ("extents", "inode_id"),
+    ("xattrs", "inode_id"),
 ];
 
 impl Catalog {
@@ -75,44 +76,100 @@ impl Catalog {
             .map_err(sql_err("starting rollback"))?;
         let mut changed = 0u64;
         for (table, _) in VERSIONED {
-            // Live rows the snapshot does not have: close them (or drop those born live).
-            changed += tx
-                .execute(
-                    &format!("DELETE FROM {table} WHERE gen_from = ?1 AND gen_to = ?3"),
-                    params![live.0, gen.0, GenId::OPEN.0],
-                )
-                .map_err(sql_err("rolling back"))? as u64;
-            changed += tx
-                .execute(
-                    &format!("UPDATE {table} SET gen_to = ?1 WHERE gen_to = ?3 AND gen_from > ?2"),
-                    params![live.0, gen.0, GenId::OPEN.0],
-                )
-                .map_err(sql_err("rolling back"))? as u64;
-            // Snapshot rows the live tree lost: bring them back as new live rows.
-            let columns: Vec<String> = {
-                let stmt = tx
-                    .prepare(&format!("SELECT * FROM {table} LIMIT 0"))
-                    .map_err(sql_err("reading columns"))?;
-                stmt.column_names().into_iter().map(str::to_string).collect()
+            changed += rollback_rows(&tx, table, live, gen, "")?;
+        }
+        tx.commit().map_err(sql_err("committing rollback"))?;
+        self.touched = true;
+        Ok(changed)
+    }
+
+    /// Makes the name `name` in live folder `parent`, and everything below it, what
+    /// snapshot `gen` shows there. `inodes` are the inodes of that subtree in the
+    /// snapshot and in the live tree, `dirs` the folders among them. One transaction,
+    /// after the caller's safety snapshot; the parent's link count is recounted.
+    pub fn rollback_subtree(
+        &mut self,
+        gen: GenId,
+        parent: InodeId,
+        name: &[u8],
+        inodes: &[InodeId],
+        dirs: &[InodeId],
+    ) -> Result<u64> {
+        let live = self.live;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting rollback"))?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS rb_inodes (id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS rb_dirs (id INTEGER PRIMARY KEY);
+             DELETE FROM rb_inodes; DELETE FROM rb_dirs;",
+        )
+        .map_err(sql_err("preparing rollback"))?;
+        for (table, ids) in [("rb_inodes", inodes), ("rb_dirs", dirs)] {
+            let mut stmt = tx
+                .prepare(&format!("INSERT OR IGNORE INTO temp.{table} (id) VALUES (?1)"))
+                .map_err(sql_err("preparing rollback"))?;
+            for id in ids {
+                stmt.execute(params![id.0])
+                    .map_err(sql_err("preparing rollback"))?;
+            }
+        }
+        let mut changed = 0u64;
+        for (table, column) in VERSIONED {
+            let set = if table == "dir_entries" {
+                "rb_dirs"
+            } else {
+                "rb_inodes"
             };
+            let filter = format!("AND {column} IN (SELECT id FROM temp.{set})");
+            changed += rollback_rows(&tx, table, live, gen, &filter)?;
+        }
+        // The name of the subtree's root in its (unchanged) parent.
+        let parent_filter = format!("AND parent_id = {} AND name = x'{}'", parent.0, hex(name));
+        changed += rollback_rows(&tx, "dir_entries", live, gen, &parent_filter)?;
+        // The parent counts its subfolders' "..".
+        let subdirs: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM dir_entries e JOIN inodes i
+                   ON i.inode_id = e.inode_id AND i.gen_to = ?2 AND i.kind = 2
+                 WHERE e.parent_id = ?1 AND e.gen_to = ?2",
+                params![parent.0, GenId::OPEN.0],
+                |r| r.get(0),
+            )
+            .map_err(sql_err("recounting links"))?;
+        let current: i64 = tx
+            .query_row(
+                "SELECT nlink FROM inodes WHERE inode_id = ?1 AND gen_to = ?2",
+                params![parent.0, GenId::OPEN.0],
+                |r| r.get(0),
+            )
+            .map_err(sql_err("recounting links"))?;
+        if current != subdirs + 2 {
+            let columns = columns_of(&tx, "inodes")?;
             let copied: Vec<String> = columns
                 .iter()
                 .map(|c| match c.as_str() {
-                    "gen_from" => "?1".to_string(),
+                    "gen_from" => "?2".to_string(),
                     "gen_to" => "?3".to_string(),
+                    "nlink" => "?4".to_string(),
                     other => other.to_string(),
                 })
                 .collect();
-            changed += tx
-                .execute(
-                    &format!(
-                        "INSERT INTO {table} ({}) SELECT {} FROM {table} WHERE gen_from <= ?2 AND gen_to > ?2 AND gen_to <= ?1",
-                        columns.join(", "),
-                        copied.join(", ")
-                    ),
-                    params![live.0, gen.0, GenId::OPEN.0],
-                )
-                .map_err(sql_err("rolling back"))? as u64;
+            tx.execute(
+                "UPDATE inodes SET gen_to = ?2 WHERE inode_id = ?1 AND gen_to = ?3 AND gen_from < ?2",
+                params![parent.0, live.0, GenId::OPEN.0],
+            )
+            .map_err(sql_err("recounting links"))?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO inodes ({}) SELECT {} FROM inodes WHERE inode_id = ?1 AND gen_to = ?2",
+                    columns.join(", "),
+                    copied.join(", ")
+                ),
+                params![parent.0, live.0, GenId::OPEN.0, subdirs + 2],
+            )
+            .map_err(sql_err("recounting links"))?;
         }
         tx.commit().map_err(sql_err("committing rollback"))?;
         self.touched = true;
@@ -235,4 +292,60 @@ fn forget_in(tx: &rusqlite::Connection, gen: GenId) -> Result<()> {
             .map_err(sql_err("dropping rows only the snapshot saw"))?;
     }
     Ok(())
+}
+
+fn columns_of(tx: &rusqlite::Connection, table: &str) -> Result<Vec<String>> {
+    let stmt = tx
+        .prepare(&format!("SELECT * FROM {table} LIMIT 0"))
+        .map_err(sql_err("reading columns"))?;
+    Ok(stmt.column_names().into_iter().map(str::to_string).collect())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Rolls the rows of `table` that match `filter` back to generation `gen`: live rows
+/// the snapshot lacks are closed (or dropped when born live), and the snapshot's rows
+/// the live tree lost come back as new live rows. Returns the rows touched.
+fn rollback_rows(
+    tx: &rusqlite::Connection,
+    table: &str,
+    live: GenId,
+    gen: GenId,
+    filter: &str,
+) -> Result<u64> {
+    let mut changed = tx
+        .execute(
+            &format!("DELETE FROM {table} WHERE gen_from = ?1 AND gen_to = ?3 AND ?2 = ?2 {filter}"),
+            params![live.0, gen.0, GenId::OPEN.0],
+        )
+        .map_err(sql_err("rolling back"))? as u64;
+    changed += tx
+        .execute(
+            &format!("UPDATE {table} SET gen_to = ?1 WHERE gen_to = ?3 AND gen_from > ?2 {filter}"),
+            params![live.0, gen.0, GenId::OPEN.0],
+        )
+        .map_err(sql_err("rolling back"))? as u64;
+    let columns = columns_of(tx, table)?;
+    let copied: Vec<String> = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "gen_from" => "?1".to_string(),
+            "gen_to" => "?3".to_string(),
+            other => other.to_string(),
+        })
+        .collect();
+    changed += tx
+        .execute(
+            &format!(
+                "INSERT INTO {table} ({}) SELECT {} FROM {table}
+                 WHERE gen_from <= ?2 AND gen_to > ?2 AND gen_to <= ?1 {filter}",
+                columns.join(", "),
+                copied.join(", ")
+            ),
+            params![live.0, gen.0, GenId::OPEN.0],
+        )
+        .map_err(sql_err("rolling back"))? as u64;
+    Ok(changed)
 }

@@ -337,9 +337,10 @@ fn answer(fs: &Fs, req: Request) -> snapfs::Result<serde_json::Value> {
                 fs.with_catalog(|cat, _| snapshots::forget(cat, &target, dry_run, snapfs::ops::now_ns()))?;
             json(serde_json::to_value(report))
         }
-        Request::Rollback { name, dry_run } => {
+        Request::Rollback { name, path, dry_run } => {
+            let now = snapfs::ops::now_ns();
             let report =
-                fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, dry_run, snapfs::ops::now_ns()))?;
+                fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, path.as_deref(), dry_run, now))?;
             json(serde_json::to_value(report))
         }
         Request::Gc { dry_run } => json(serde_json::to_value(

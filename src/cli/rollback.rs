@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use snapfs::control::Request;
 use snapfs::ops::snapshots;
@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(value_name = "@SNAPSHOT")]
     pub name: String,
 
-    /// Only this folder or file (not supported yet)
+    /// Only this folder or file (it must exist in the snapshot)
     #[arg(value_name = "PATH")]
     pub path: Option<String>,
 
@@ -28,27 +28,30 @@ pub struct Args {
 }
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
-    if args.path.is_some() {
-        bail!("rollback of a single path is not supported yet; restore it with `snapfs restore` instead");
-    }
-    let (name, dry_run) = (args.name.clone(), args.dry_run);
-    let result = remote::run(
-        repo,
-        Request::Rollback {
-            name: name.clone(),
+    let (name, path, dry_run) = (args.name.clone(), args.path.clone(), args.dry_run);
+    let request = Request::Rollback {
+        name: name.clone(),
+        path: path.clone(),
+        dry_run,
+    };
+    let result = remote::run(repo, request, "snapfs rollback", |r| {
+        snapshots::rollback(
+            &mut r.catalog,
+            &name,
+            path.as_deref(),
             dry_run,
-        },
-        "snapfs rollback",
-        |r| snapshots::rollback(&mut r.catalog, &name, dry_run, snapfs::ops::now_ns()),
-    )?;
+            snapfs::ops::now_ns(),
+        )
+    })?;
     let target = result["target"].as_str().unwrap_or_default();
+    let what = args.path.as_deref().unwrap_or("the live tree");
     if dry_run {
-        println!("would roll the live tree back to {target}");
+        println!("would roll {what} back to {target}");
         return Ok(());
     }
     if let Some(safety) = result["safety_snapshot"].as_str() {
         println!("safety snapshot {safety} (undo with: snapfs rollback {safety})");
     }
-    println!("rolled the live tree back to {target}");
+    println!("rolled {what} back to {target}");
     Ok(())
 }

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::retention::{self, Decision, Policy};
 
-use crate::catalog::{Catalog, Generation};
+use crate::catalog::{Catalog, FileKind, Generation};
+use crate::types::InodeId;
+
+use super::history;
 use crate::error::{Error, Result};
 use crate::store::{MirrorStore, ObjectStore};
 
@@ -181,11 +184,66 @@ pub struct RollbackReport {
     pub dry_run: bool,
 }
 
-/// Makes the live tree what snapshot `name` shows, after taking a safety snapshot.
-/// Newer snapshots are kept. In a dry run, checks the name and changes nothing.
-pub fn rollback(catalog: &mut Catalog, name: &str, dry_run: bool, now_ns: i64) -> Result<RollbackReport> {
+/// Makes the live tree (or, with `path`, one file or folder of it) what snapshot
+/// `name` shows, after taking a safety snapshot. Newer snapshots are kept. In a dry
+/// run, checks the name and the path and changes nothing.
+pub fn rollback(
+    catalog: &mut Catalog,
+    name: &str,
+    path: Option<&str>,
+    dry_run: bool,
+    now_ns: i64,
+) -> Result<RollbackReport> {
     let target = resolve(catalog, name)?;
     let target_name = target.name.clone().unwrap_or_default();
+    let path = path.map(|p| p.trim_matches('/')).filter(|p| !p.is_empty());
+    let subtree = match path {
+        None => None,
+        Some(p) => {
+            if history::find(catalog, target.id, p)?.is_none() {
+                return Err(Error::NotFound(format!(
+                    "/{p} did not exist in {target_name}; nothing to roll back"
+                )));
+            }
+            let (parent_path, leaf) = p.rsplit_once('/').unwrap_or(("", p));
+            let live = catalog.live();
+            let parent = history::find(catalog, live, parent_path)?
+                .filter(|id| {
+                    catalog
+                        .inode(live, *id)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a.kind == FileKind::Dir)
+                })
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "folder /{parent_path} in the live tree (roll back a folder above /{p})"
+                    ))
+                })?;
+            let mut inodes = Vec::new();
+            let mut dirs = Vec::new();
+            for gen in [target.id, live] {
+                if let Some(root) = history::find(catalog, gen, p)? {
+                    collect(catalog, gen, root, &mut inodes, &mut dirs)?;
+                }
+            }
+            // A file of the snapshot's subtree that now (also) lives outside it would
+            // change there too: refuse rather than surprise.
+            for id in &inodes {
+                for (dir, entry) in catalog.names_of(live, *id)? {
+                    let inside = dirs.contains(&dir) || (dir == parent && entry == leaf.as_bytes());
+                    if !inside {
+                        return Err(Error::InvalidArgument(format!(
+                            "{:?} in /{p} was moved or linked out of it since {target_name}; roll back a folder \
+                             that holds both places, or use `snapfs restore`",
+                            String::from_utf8_lossy(&entry)
+                        )));
+                    }
+                }
+            }
+            Some((parent, leaf.as_bytes().to_vec(), inodes, dirs))
+        }
+    };
     if dry_run {
         return Ok(RollbackReport {
             target: target_name,
@@ -194,14 +252,45 @@ pub fn rollback(catalog: &mut Catalog, name: &str, dry_run: bool, now_ns: i64) -
             dry_run,
         });
     }
-    let safety = catalog.snapshot(Some(&format!("before rollback to {target_name}")), now_ns)?;
-    let rows_changed = catalog.rollback_to(target.id)?;
+    let label = match path {
+        Some(p) => format!("before rollback of /{p} to {target_name}"),
+        None => format!("before rollback to {target_name}"),
+    };
+    let safety = catalog.snapshot(Some(&label), now_ns)?;
+    let rows_changed = match subtree {
+        None => catalog.rollback_to(target.id)?,
+        Some((parent, leaf, inodes, dirs)) => {
+            catalog.rollback_subtree(target.id, parent, &leaf, &inodes, &dirs)?
+        }
+    };
     Ok(RollbackReport {
         target: target_name,
         safety_snapshot: safety.name,
         rows_changed,
         dry_run,
     })
+}
+
+/// Every inode under (and including) `root` in `gen`, and the folders among them.
+fn collect(
+    catalog: &Catalog,
+    gen: crate::types::GenId,
+    root: InodeId,
+    inodes: &mut Vec<InodeId>,
+    dirs: &mut Vec<InodeId>,
+) -> Result<()> {
+    let mut stack = vec![root];
+    while let Some(id) = stack.pop() {
+        inodes.push(id);
+        let Some(attr) = catalog.inode(gen, id)? else {
+            continue;
+        };
+        if attr.kind == FileKind::Dir {
+            dirs.push(id);
+            stack.extend(catalog.readdir(gen, id)?.into_iter().map(|e| e.inode));
+        }
+    }
+    Ok(())
 }
 
 /// What gc freed.
