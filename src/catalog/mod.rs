@@ -467,6 +467,21 @@ impl Catalog {
         })
     }
 
+    /// Data bytes (extent lengths) summed over every retained generation, the live
+    /// one included: what storing each version in full would cost.
+    pub fn all_versions_data_bytes(&self) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT coalesce(sum(e.length * (SELECT count(*) FROM generations g
+                                                  WHERE g.gen_id >= e.gen_from AND g.gen_id < e.gen_to)), 0)
+                 FROM extents e",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|b| b as u64)
+            .map_err(sql_err("summing versions"))
+    }
+
     /// Totals over the chunk table; with `mirror`, only the chunks that mirror holds.
     pub fn chunk_totals(&self, mirror: Option<MirrorId>) -> Result<ChunkTotals> {
         let mask: i64 = match mirror {

@@ -50,7 +50,10 @@ pub struct StatusReport {
     pub unique_bytes: u64,
     /// Bytes one complete copy takes on disk.
     pub stored_bytes: u64,
-    /// data_bytes / unique_bytes: how much deduplication saves (1.0 = nothing).
+    /// Data bytes of every retained version (live tree and snapshots) added up.
+    pub all_versions_bytes: u64,
+    /// all_versions_bytes / unique_bytes: how much deduplication saves against
+    /// storing every version in full (1.0 = nothing).
     pub dedup_ratio: f64,
     /// unique_bytes / stored_bytes: how much compression saves (1.0 = nothing).
     pub compression_ratio: f64,
@@ -70,6 +73,7 @@ pub fn status(path: &Path) -> Result<StatusReport> {
     let live = catalog.live();
     let tree = catalog.tree_totals(live)?;
     let all = catalog.chunk_totals(None)?;
+    let versions = catalog.all_versions_data_bytes()?;
     let mut mirrors = Vec::new();
     for m in catalog.mirrors()? {
         let totals = catalog.chunk_totals(Some(m.id))?;
@@ -104,7 +108,8 @@ pub fn status(path: &Path) -> Result<StatusReport> {
         chunks: all.chunks,
         unique_bytes: all.plain_bytes,
         stored_bytes: all.stored_bytes,
-        dedup_ratio: ratio(tree.data_bytes, all.plain_bytes),
+        all_versions_bytes: versions,
+        dedup_ratio: ratio(versions, all.plain_bytes),
         compression_ratio: ratio(all.plain_bytes, all.stored_bytes),
     })
 }
