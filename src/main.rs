@@ -13,7 +13,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("snapfs: error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<cli::DamageFound>().is_some() {
+                ExitCode::from(cli::EXIT_DAMAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

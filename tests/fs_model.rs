@@ -257,7 +257,7 @@ proptest! {
                 Op::Forget { pick } => {
                     if snaps.is_empty() { continue; }
                     let (name, _) = snaps.remove(*pick as usize % snaps.len());
-                    fs.with_catalog(|cat, _| snapshots::forget(cat, &[name], false)).unwrap();
+                    fs.with_catalog(|cat, _| snapshots::forget(cat, &snapshots::ForgetTarget::Names(vec![name]), false, 0)).unwrap();
                 }
                 Op::Gc => { fs.with_catalog(|cat, store| snapshots::gc(cat, store, false)).unwrap(); }
                 Op::Reopen => {

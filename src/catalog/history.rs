@@ -194,6 +194,108 @@ impl Catalog {
             .map_err(sql_err("measuring a snapshot's own bytes"))
     }
 
+    /// Every chunk the catalog knows, in id order, starting after `after` (for scrubs
+    /// that resume), at most `limit`.
+    pub fn chunks_after(&self, after: Option<ChunkId>, limit: usize) -> Result<Vec<ChunkInfo>> {
+        let start: Vec<u8> = after.map(|a| a.0.to_vec()).unwrap_or_default();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT chunk_id, plain_size, stored_size, mirrors, refs FROM chunks
+                 WHERE chunk_id > ?1 ORDER BY chunk_id LIMIT ?2",
+            )
+            .map_err(sql_err("listing chunks"))?;
+        let rows = stmt
+            .query_map(params![start, limit as i64], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                Ok((
+                    id,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(sql_err("listing chunks"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, plain, stored, mirrors, refs) = row.map_err(sql_err("listing chunks"))?;
+            let id = ChunkId::from_slice(&id)
+                .ok_or_else(|| Error::CorruptCatalog("a chunk row has a malformed id".into()))?;
+            out.push(ChunkInfo {
+                id,
+                plain_size: plain as u64,
+                stored_size: stored as u64,
+                mirrors: mirrors as u64,
+                refs: refs as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many chunks have an id up to and including `id` (scrub progress on resume).
+    pub fn count_chunks_upto(&self, id: &ChunkId) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM chunks WHERE chunk_id <= ?1",
+                params![&id.0[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(sql_err("counting chunks"))
+    }
+
+    /// Where chunk `id` is used: (view, path) pairs, the view being a snapshot name or
+    /// "live", for every retained generation that has a file referencing it.
+    pub fn chunk_users(&self, id: &ChunkId) -> Result<Vec<(String, String)>> {
+        let rows: Vec<(i64, i64, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT inode_id, gen_from, gen_to FROM extents WHERE chunk_id = ?1")
+                .map_err(sql_err("finding chunk users"))?;
+            let found = stmt
+                .query_map(params![&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(sql_err("finding chunk users"))?;
+            found
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sql_err("finding chunk users"))?
+        };
+        let gens = self.generations()?;
+        let mut out = Vec::new();
+        for (inode, from, to) in rows {
+            for g in gens.iter().filter(|g| g.id.0 >= from && g.id.0 < to) {
+                let view = g.name.clone().unwrap_or_else(|| "live".into());
+                let path = self
+                    .path_of(g.id, InodeId(inode))?
+                    .unwrap_or_else(|| format!("(unnamed inode {inode})"));
+                if !out.contains(&(view.clone(), path.clone())) {
+                    out.push((view, path));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One path of `inode` in `gen` ("/a/b"); `None` when it has no name there.
+    pub fn path_of(&self, gen: GenId, inode: InodeId) -> Result<Option<String>> {
+        let mut parts = Vec::new();
+        let mut at = inode;
+        while at != InodeId::ROOT {
+            let Some((parent, name)) = self.names_of(gen, at)?.into_iter().next() else {
+                return Ok(None);
+            };
+            parts.push(String::from_utf8_lossy(&name).into_owned());
+            at = parent;
+            if parts.len() > 4096 {
+                return Err(Error::CorruptCatalog(format!(
+                    "inode {inode} sits in a folder loop"
+                )));
+            }
+        }
+        parts.reverse();
+        Ok(Some(format!("/{}", parts.join("/"))))
+    }
+
     /// Chunks that no extent row references any more: what gc may delete.
     pub fn garbage(&self) -> Result<Vec<ChunkInfo>> {
         let mut stmt = self

@@ -12,6 +12,7 @@ mod mount;
 mod remote;
 mod restore;
 mod rollback;
+mod scrub;
 mod snapshot;
 mod status;
 
@@ -51,6 +52,7 @@ pub enum Command {
     Gc(gc::Args),
     Diff(diff::Args),
     Log(diff::LogArgs),
+    Scrub(scrub::Args),
 }
 
 /// Runs the parsed command.
@@ -76,8 +78,25 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(args) => gc::run(&repo, args),
         Command::Diff(args) => diff::run(&repo, args),
         Command::Log(args) => diff::log(&repo, args),
+        Command::Scrub(args) => scrub::run(&repo, args),
     }
 }
+
+/// An error meaning "the repository is damaged" (exit code 3), as opposed to a
+/// command that failed (1) or a usage error (2).
+#[derive(Debug)]
+pub struct DamageFound(pub String);
+
+impl std::fmt::Display for DamageFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DamageFound {}
+
+/// Exit code for damage found.
+pub const EXIT_DAMAGE: u8 = 3;
 
 /// Bytes as a short human figure ("1.5 GiB").
 pub(crate) fn human_bytes(n: u64) -> String {

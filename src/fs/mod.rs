@@ -621,6 +621,12 @@ impl Fs {
         create_only: bool,
         replace_only: bool,
     ) -> Result<()> {
+        // POSIX ACLs are not supported: stored as plain xattrs they would not act on
+        // permissions (and `cp -a` would carry modes only in them). EOPNOTSUPP makes
+        // cp, tar and rsync fall back to chmod.
+        if name.starts_with(b"system.posix_acl_") {
+            return Err(Error::Unsupported("POSIX ACLs".into()));
+        }
         let mut st = self.lock();
         let txn = st.catalog.write()?;
         let exists = txn.xattr(ino, name)?.is_some();

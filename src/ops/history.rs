@@ -189,10 +189,14 @@ fn kind_name(kind: FileKind) -> &'static str {
     }
 }
 
+/// What makes two views show the same version: the inode, its content or entries,
+/// and its mtime.
+type VersionKey = (InodeId, [u8; 32], i64);
+
 /// Every distinct version of `path` across the snapshots and the live tree, oldest
 /// first; consecutive views that show the same version are collapsed into one.
 pub fn log(catalog: &Catalog, path: &str) -> Result<Vec<Version>> {
-    let mut versions: Vec<(Option<(InodeId, [u8; 32], i64)>, Version)> = Vec::new();
+    let mut versions: Vec<(Option<VersionKey>, Version)> = Vec::new();
     for g in catalog.generations()? {
         let view = g.name.clone().unwrap_or_else(|| "live".into());
         let found = match find(catalog, g.id, path)? {

@@ -160,7 +160,11 @@ impl Importer<'_, '_> {
             FileKind::Symlink => self.stats.symlinks += 1,
             _ => self.stats.specials += 1,
         }
-        for (xname, value) in read_xattrs(path)? {
+        // ACLs are not supported in the tree (see fs::setxattr); the mode carries them.
+        for (xname, value) in read_xattrs(path)?
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with(b"system.posix_acl_"))
+        {
             self.txn.set_xattr(attr.id, &xname, &value)?;
         }
         let current = self.txn.expect_inode(attr.id)?;

@@ -8,6 +8,7 @@ pub mod history;
 pub mod import;
 pub mod restore;
 pub mod retention;
+pub mod scrub;
 pub mod snapshots;
 pub mod status;
 

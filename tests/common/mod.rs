@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: running the real binary, making data.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

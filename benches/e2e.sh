@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: the same workloads through a snapfs mount and in a plain folder
+# on the same disk, in the same run. Prints a markdown table with MB/s or ops/s, the
+# ratio mount/plain, and the daemon's peak RSS during each workload.
+#
+#   benches/e2e.sh                 # 2 GiB per sequential test
+#   SIZE=256M benches/e2e.sh       # smaller
+#   BENCH_DIR=/mnt/disk benches/e2e.sh   # where the repository and the plain folder live
+#   KEEP=1 …                       # keep the work folder for inspection
+#   SNAPFS_BIN=target/debug/snapfs … # use this binary instead of building a release one
+#
+# Needs: FUSE (/dev/fuse, fusermount3), python3, tar, dd, numfmt. Root for dropping the
+# page cache before cold reads (without it, files are evicted one by one with fadvise).
+set -euo pipefail
+
+SIZE=${SIZE:-2G}
+FILES=${FILES:-20000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BYTES=$(numfmt --from=iec "$SIZE")
+
+log() { printf '%s\n' "$*" >&2; }
+
+if [ -n "${SNAPFS_BIN:-}" ]; then
+    BIN=$SNAPFS_BIN # e.g. a debug build, for a quick check of this script
+else
+    log "building release binary…"
+    (cd "$ROOT" && cargo build --release --quiet)
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/snapfs
+fi
+[ -x "$BIN" ] || { log "no binary at $BIN"; exit 1; }
+
+WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/snapfs-e2e.XXXXXX")
+REPO=$WORK/repo
+MNT=$WORK/mnt
+PLAIN=$WORK/plain
+DATA=$WORK/data
+mkdir -p "$MNT" "$PLAIN" "$DATA"
+
+mounted() { awk -v m="$MNT" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+
+cleanup() {
+    set +e
+    if mounted; then
+        "$BIN" --repo "$REPO" umount "$MNT" >/dev/null 2>&1 || fusermount3 -uz "$MNT" || umount -l "$MNT"
+    fi
+    if [ "${KEEP:-0}" = 1 ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+# rate AMOUNT START END → AMOUNT per second, one decimal
+rate() { awk -v a="$1" -v s="$2" -v e="$3" 'BEGIN { d = e - s; if (d <= 0) d = 1e-9; printf "%.1f", a / d }'; }
+
+daemon_pid() { head -n1 "$REPO/lock"; }
+# Resets the daemon's peak RSS (VmHWM), so each workload reports its own peak.
+reset_peak() { echo 5 >"/proc/$(daemon_pid)/clear_refs" 2>/dev/null || true; }
+peak_mib() { awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$(daemon_pid)/status"; }
+
+# Cold caches: write everything back, then drop the page cache (or, without the right
+# to, evict the files involved one by one).
+drop_caches() {
+    sync
+    if ! { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+        python3 - "$@" <<'EOF'
+import os, sys
+for top in sys.argv[1:]:
+    walk = os.walk(top) if os.path.isdir(top) else [(os.path.dirname(top), [], [os.path.basename(top)])]
+    for d, _, names in walk:
+        for n in names:
+            try:
+                fd = os.open(os.path.join(d, n), os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            except OSError:
+                pass
+EOF
+    fi
+}
+
+log "mounting a fresh repository at $MNT…"
+"$BIN" --repo "$REPO" mount "$MNT" >&2
+
+log "generating $SIZE of random and of text-like data…"
+head -c "$BYTES" /dev/urandom >"$DATA/random.bin"
+# Text-like: lines of words from a fixed vocabulary of 4096 words, picked at random.
+python3 - "$BYTES" >"$DATA/text.txt" <<'EOF'
+import random, sys
+rng = random.Random(1)
+letters = "abcdefghijklmnopqrstuvwxyz"
+vocab = ["".join(rng.choice(letters) for _ in range(rng.randint(3, 10))) for _ in range(4096)]
+left = int(sys.argv[1])
+out = sys.stdout.buffer
+while left > 0:
+    words = rng.choices(vocab, k=150000)
+    block = "\n".join(" ".join(words[i:i + 12]) for i in range(0, len(words), 12)).encode() + b"\n"
+    block = block[:left]
+    out.write(block)
+    left -= len(block)
+EOF
+
+log "making a source-tree tarball…"
+if [ -d "$HOME/.cargo/registry/src" ] && [ -n "$(ls -A "$HOME"/.cargo/registry/src 2>/dev/null)" ]; then
+    SRC_PARENT=$(ls -d "$HOME"/.cargo/registry/src/*/ | head -n1)
+    SRC_NAMES=$(cd "$SRC_PARENT" && ls | head -n 150)
+    SRC_DESC="150 crates from ~/.cargo/registry/src"
+else
+    SRC_PARENT=/usr/share
+    SRC_NAMES=doc
+    SRC_DESC="/usr/share/doc"
+fi
+# shellcheck disable=SC2086
+tar -C "$SRC_PARENT" -cf "$DATA/src.tar" $SRC_NAMES
+TAR_BYTES=$(stat -c %s "$DATA/src.tar")
+TAR_FILES=$(tar -tf "$DATA/src.tar" | wc -l)
+cat "$DATA/random.bin" "$DATA/text.txt" "$DATA/src.tar" >/dev/null # sources come from memory
+
+ROWS=()
+MAXPEAK=0
+
+# record NAME UNIT PLAIN-RATE MOUNT-RATE PEAK: adds a table row.
+record() {
+    local name=$1 unit=$2 plain=$3 mount=$4 peak=$5
+    local ratio
+    MAXPEAK=$(awk -v a="$MAXPEAK" -v b="${peak% MiB}" 'BEGIN { print (b > a ? b : a) }')
+    ratio=$(awk -v p="$plain" -v m="$mount" 'BEGIN { if (p > 0) printf "%.0f%%", 100 * m / p; else print "-" }')
+    ROWS+=("| $name | $plain $unit | $mount $unit | $ratio | $peak |")
+}
+
+seq_write() { # SRC DEST → MB/s, fsync included
+    local s e
+    s=$(now)
+    dd if="$1" of="$2" bs=1M conv=fsync status=none
+    e=$(now)
+    rate "$(awk -v b="$BYTES" 'BEGIN { print b / 1e6 }')" "$s" "$e"
+}
+
+cold_read() { # FILE → MB/s
+    local s e
+    drop_caches "$1" "$REPO"
+    s=$(now)
+    dd if="$1" of=/dev/null bs=1M status=none
+    e=$(now)
+    rate "$(awk -v b="$BYTES" 'BEGIN { print b / 1e6 }')" "$s" "$e"
+}
+
+small_files() { # DIR → "create stat delete" ops/s
+    python3 - "$1" "$FILES" <<'EOF'
+import os, sys, time
+top, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(top)
+dirs = [os.path.join(top, "d%03d" % i) for i in range(100)]
+for d in dirs:
+    os.mkdir(d)
+paths = [os.path.join(dirs[i % 100], "f%05d" % i) for i in range(n)]
+payload = [os.urandom(64) * (1 + i % 32) for i in range(64)]
+t0 = time.perf_counter()
+for i, p in enumerate(paths):
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, payload[i % 64])
+    os.close(fd)
+t1 = time.perf_counter()
+for p in paths:
+    os.stat(p)
+t2 = time.perf_counter()
+for p in paths:
+    os.unlink(p)
+t3 = time.perf_counter()
+print("%.0f %.0f %.0f" % (n / (t1 - t0), n / (t2 - t1), n / (t3 - t2)))
+EOF
+}
+
+untar() { # DIR → "MB/s files/s", sync included
+    local s e
+    mkdir -p "$1"
+    s=$(now)
+    tar -C "$1" -xf "$DATA/src.tar"
+    sync -f "$1"
+    e=$(now)
+    echo "$(rate "$(awk -v b="$TAR_BYTES" 'BEGIN { print b / 1e6 }')" "$s" "$e") $(rate "$TAR_FILES" "$s" "$e")"
+}
+
+for kind in random text; do
+    src=$DATA/random.bin
+    [ "$kind" = text ] && src=$DATA/text.txt
+    log "sequential write, $kind…"
+    p=$(seq_write "$src" "$PLAIN/$kind")
+    reset_peak
+    m=$(seq_write "$src" "$MNT/$kind")
+    record "sequential write $SIZE, $kind" MB/s "$p" "$m" "$(peak_mib)"
+    log "cold sequential read, $kind…"
+    p=$(cold_read "$PLAIN/$kind")
+    reset_peak
+    m=$(cold_read "$MNT/$kind")
+    record "cold sequential read $SIZE, $kind" MB/s "$p" "$m" "$(peak_mib)"
+    rm -f "$PLAIN/$kind" "$MNT/$kind"
+done
+
+log "create/stat/delete of $FILES small files…"
+read -r pc ps pd < <(small_files "$PLAIN/small")
+reset_peak
+read -r mc ms md < <(small_files "$MNT/small")
+peak=$(peak_mib)
+record "create $FILES small files" ops/s "$pc" "$mc" "$peak"
+record "stat $FILES small files" ops/s "$ps" "$ms" "$peak"
+record "delete $FILES small files" ops/s "$pd" "$md" "$peak"
+
+log "untar of $SRC_DESC ($TAR_FILES entries, $((TAR_BYTES >> 20)) MiB)…"
+read -r pmb pfs < <(untar "$PLAIN/untar")
+reset_peak
+read -r mmb mfs < <(untar "$MNT/untar")
+peak=$(peak_mib)
+record "untar $SRC_DESC" MB/s "$pmb" "$mmb" "$peak"
+record "untar $SRC_DESC" files/s "$pfs" "$mfs" "$peak"
+
+"$BIN" --repo "$REPO" umount "$MNT" >&2
+
+echo
+echo "snapfs end-to-end benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), SIZE=$SIZE"
+echo
+echo "| workload | plain folder | snapfs mount | mount/plain | daemon peak RSS |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "Daemon peak RSS (VmHWM, reset before each workload): at most $MAXPEAK MiB. Sequential tests include"
+echo "an fsync at the end; cold reads follow a page-cache drop. Source: $SRC_DESC."

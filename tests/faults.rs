@@ -1,0 +1,212 @@
+//! Fault injection on real mirror folders: flipped bytes, deleted objects, a chunk
+//! bad everywhere, a whole mirror lost and brought back. Files must read correctly
+//! or fail with EIO, never return wrong bytes; scrub repairs what it can and names
+//! what it cannot.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::mount::*;
+use common::*;
+
+/// Every object file of a mirror folder.
+fn objects(mirror: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(mirror.join("objects")).unwrap() {
+        let sub = sub.unwrap().path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&sub).unwrap() {
+            let f = f.unwrap().path();
+            if !f.file_name().unwrap().to_string_lossy().starts_with('.') {
+                out.push(f);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn flip_byte(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x5a;
+    fs::write(path, bytes).unwrap();
+}
+
+/// A repository with 40 files of 200 KiB random data (plenty of chunks) imported.
+fn repo_with_files() -> (tempfile::TempDir, PathBuf, Vec<(String, Vec<u8>)>) {
+    let (tmp, repo) = temp_repo();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut files = Vec::new();
+    for i in 0..40u64 {
+        let data = random_bytes(100 + i, 200_000);
+        let name = format!("f{i:02}");
+        fs::write(src.join(&name), &data).unwrap();
+        files.push((name, data));
+    }
+    snapfs_ok(&repo, &["init", "--chunk-size", "16K:32K:64K"]);
+    snapfs_ok(&repo, &["import", src.to_str().unwrap()]);
+    (tmp, repo, files)
+}
+
+fn scrub_json(repo: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = snapfs(repo, &["scrub", "--json"]);
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).expect("scrub --json prints JSON"),
+    )
+}
+
+#[test]
+fn scrub_alone_repairs_flipped_and_deleted_objects_and_a_second_scrub_finds_nothing() {
+    let (_tmp, repo, files) = repo_with_files();
+    let m0 = repo.join("mirror-0");
+    let objs = objects(&m0);
+    assert!(objs.len() > 40, "{} objects", objs.len());
+    for p in &objs[..10] {
+        flip_byte(p);
+    }
+    for p in &objs[10..20] {
+        fs::remove_file(p).unwrap();
+    }
+    let (code, report) = scrub_json(&repo);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["mirrors"][0]["corrupt"], 10);
+    assert_eq!(report["mirrors"][0]["missing"], 10);
+    assert_eq!(report["mirrors"][0]["repaired"], 20);
+    assert_eq!(report["mirrors"][1]["repaired"], 0);
+    for p in &objs[..20] {
+        assert_eq!(
+            fs::read(p).unwrap(),
+            fs::read(repo.join("mirror-1").join(p.strip_prefix(&m0).unwrap())).unwrap()
+        );
+    }
+    let (code, again) = scrub_json(&repo);
+    assert_eq!(code, Some(0));
+    for m in again["mirrors"].as_array().unwrap() {
+        assert_eq!(
+            (
+                m["corrupt"].as_u64(),
+                m["missing"].as_u64(),
+                m["repaired"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0))
+        );
+    }
+    // And every file still reads back exactly.
+    let restored = repo.parent().unwrap().join("restored");
+    snapfs_ok(&repo, &["snapshot"]);
+    snapfs_ok(&repo, &["restore", "@latest", "/", restored.to_str().unwrap()]);
+    for (name, data) in &files {
+        assert_eq!(&fs::read(restored.join(name)).unwrap(), data, "{name}");
+    }
+}
+
+#[test]
+fn reads_heal_damaged_copies_through_the_mount() {
+    require_fuse!();
+    let (tmp, repo, files) = repo_with_files();
+    let m0 = repo.join("mirror-0");
+    let objs = objects(&m0);
+    for p in &objs[..10] {
+        flip_byte(p);
+    }
+    for p in &objs[10..20] {
+        fs::remove_file(p).unwrap();
+    }
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    for (name, data) in &files {
+        assert_eq!(
+            &fs::read(m.path(name)).unwrap(),
+            data,
+            "{name} reads correctly from mirror 1"
+        );
+    }
+    m.umount();
+    let (code, report) = scrub_json(&repo);
+    assert_eq!(code, Some(0));
+    let fixed = report["mirrors"][0]["repaired"].as_u64().unwrap();
+    assert_eq!(fixed, 0, "reads already healed every damaged copy: {report}");
+}
+
+#[test]
+fn a_chunk_bad_in_every_mirror_fails_with_eio_and_scrub_names_the_file() {
+    require_fuse!();
+    let (tmp, repo, files) = repo_with_files();
+    snapfs_ok(&repo, &["snapshot"]);
+    let name = snapfs_ok(&repo, &["list", "--json"]);
+    let snap: serde_json::Value = serde_json::from_str(&name).unwrap();
+    let snap = snap[0]["name"].as_str().unwrap().to_string();
+    let m0 = repo.join("mirror-0");
+    let victim = objects(&m0)[3].clone();
+    let rel = victim.strip_prefix(&m0).unwrap().to_path_buf();
+    flip_byte(&victim);
+    flip_byte(&repo.join("mirror-1").join(&rel));
+
+    let (code, report) = scrub_json(&repo);
+    assert_eq!(code, Some(3), "damage found is exit code 3: {report}");
+    let damage = &report["unrepairable"][0];
+    let users: Vec<(String, String)> = serde_json::from_value(damage["used_by"].clone()).unwrap();
+    assert!(users.iter().any(|(v, _)| v == "live"), "{users:?}");
+    assert!(users.iter().any(|(v, _)| *v == snap), "{users:?}");
+    let hurt = users[0].1.trim_start_matches('/').to_string();
+    let out = snapfs(&repo, &["scrub"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("/{hurt}")), "{text}");
+
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    let err = fs::read(m.path(&hurt)).expect_err("a file with a lost chunk must not read");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let others = files.iter().filter(|(n, _)| *n != hurt);
+    for (n, data) in others {
+        assert_eq!(&fs::read(m.path(n)).unwrap(), data, "{n} is unharmed");
+    }
+    m.umount();
+}
+
+#[test]
+fn a_lost_mirror_is_refilled_by_scrub_and_then_carries_everything() {
+    require_fuse!();
+    let (tmp, repo, files) = repo_with_files();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    fs::remove_dir_all(repo.join("mirror-1")).unwrap();
+    // Reads and writes go on.
+    fs::write(m.path("written-while-degraded"), random_bytes(5, 300_000)).unwrap();
+    for (n, data) in &files[..5] {
+        assert_eq!(&fs::read(m.path(n)).unwrap(), data);
+    }
+    let status: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
+    assert_eq!(status["mirrors"][1]["state"], "lost", "{status}");
+    m.umount();
+
+    fs::create_dir(repo.join("mirror-1")).unwrap();
+    let (code, report) = scrub_json(&repo);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report["mirrors"][1]["repaired"].as_u64().unwrap() > 40);
+    // Now the other mirror can go.
+    fs::remove_dir_all(repo.join("mirror-0")).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    for (n, data) in &files {
+        assert_eq!(
+            &fs::read(m.path(n)).unwrap(),
+            data,
+            "{n} from the refilled mirror"
+        );
+    }
+    assert_eq!(
+        fs::read(m.path("written-while-degraded")).unwrap(),
+        random_bytes(5, 300_000)
+    );
+    m.umount();
+}
