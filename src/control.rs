@@ -36,7 +36,7 @@ pub enum Request {
         dry_run: bool,
     },
     /// Delete unreferenced chunks.
-    Gc { dry_run: bool },
+    Gc { dry_run: bool, sweep: bool },
     /// Pin or unpin a snapshot.
     Hold { name: String, held: bool },
 }

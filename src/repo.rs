@@ -260,6 +260,32 @@ impl Repo {
     }
 }
 
+/// Marker file: something may have left object files the catalog does not know (a
+/// daemon that did not exit cleanly, a commit that failed), so the next gc sweeps.
+pub const SWEEP_MARKER: &str = "sweep-needed";
+
+/// Marker file a mount daemon keeps while it runs; found at start, it means the last
+/// one did not exit cleanly.
+pub const RUNNING_MARKER: &str = "mounted";
+
+/// Asks the next gc to sweep the mirrors for unknown objects.
+pub fn mark_sweep_needed(repo: &Path) -> Result<()> {
+    std::fs::write(repo.join(SWEEP_MARKER), b"").map_err(Error::io_with(format!(
+        "writing {}",
+        repo.join(SWEEP_MARKER).display()
+    )))
+}
+
+/// True when a sweep was asked for.
+pub fn sweep_needed(repo: &Path) -> bool {
+    repo.join(SWEEP_MARKER).exists()
+}
+
+/// Clears the sweep request (after a sweep).
+pub fn clear_sweep_needed(repo: &Path) {
+    let _ = std::fs::remove_file(repo.join(SWEEP_MARKER));
+}
+
 /// Opens the catalog of `path` read-only, without the lock.
 pub fn open_catalog_read_only(path: &Path) -> Result<Catalog> {
     if !exists(path) {

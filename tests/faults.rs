@@ -88,6 +88,7 @@ fn scrub_alone_repairs_flipped_and_deleted_objects_and_a_second_scrub_finds_noth
     }
     let (code, again) = scrub_json(&repo);
     assert_eq!(code, Some(0));
+    assert!(snapfs_ok(&repo, &["check", "--read-data"]).contains("no problems found"));
     for m in again["mirrors"].as_array().unwrap() {
         assert_eq!(
             (
@@ -209,4 +210,140 @@ fn a_lost_mirror_is_refilled_by_scrub_and_then_carries_everything() {
         random_bytes(5, 300_000)
     );
     m.umount();
+}
+
+/// A tmpfs of `mib` MiB mounted at `dir`, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn new(dir: &Path, mib: u64) -> SmallDisk {
+        fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+
+    fn free(&self) -> u64 {
+        let s = rustix::fs::statvfs(&self.0).unwrap();
+        s.f_bavail * s.f_frsize
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_gives_enospc_keeps_older_files_and_forget_plus_gc_free_it() {
+    require_fuse!();
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let (tmp, repo) = temp_repo();
+    let disk = SmallDisk::new(&tmp.path().join("small"), 64);
+    let (m0, m1) = (disk.0.join("m0"), disk.0.join("m1"));
+    snapfs_ok(
+        &repo,
+        &[
+            "init",
+            "--mirror",
+            m0.to_str().unwrap(),
+            "--mirror",
+            m1.to_str().unwrap(),
+        ],
+    );
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    let old = random_bytes(1, 8 << 20);
+    fs::write(m.path("old.bin"), &old).unwrap();
+    fs::File::open(m.path("old.bin")).unwrap().sync_all().unwrap();
+    let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
+
+    // Fill the disk: the writer must hear ENOSPC (at write or at fsync), not lose older data.
+    let err = {
+        use std::io::Write;
+        let mut f = fs::File::create(m.path("big.bin")).unwrap();
+        let mut failure = None;
+        for i in 0..200u64 {
+            if let Err(e) = f.write_all(&random_bytes(1000 + i, 1 << 20)) {
+                failure = Some(e);
+                break;
+            }
+        }
+        failure
+            .or_else(|| f.sync_all().err())
+            .expect("64 MiB of mirrors cannot take 200 MiB twice")
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert_eq!(fs::read(m.path("old.bin")).unwrap(), old, "older data is intact");
+    assert_eq!(fs::read(m.path(&format!("{snap}/old.bin"))).unwrap(), old);
+    let status = snapfs(&repo, &["status"]);
+    assert!(status.status.success(), "status works on a full disk");
+
+    // Free space: drop the big file, the old one, and the snapshot that holds it.
+    fs::remove_file(m.path("big.bin")).unwrap();
+    fs::remove_file(m.path("old.bin")).unwrap();
+    snapfs_ok(&repo, &["forget", &snap]);
+    let before = disk.free();
+    snapfs_ok(&repo, &["gc"]);
+    assert!(
+        disk.free() > before + (8 << 20),
+        "gc gave space back: {} -> {}",
+        before,
+        disk.free()
+    );
+    fs::write(m.path("after.bin"), random_bytes(7, 8 << 20)).unwrap();
+    fs::File::open(m.path("after.bin")).unwrap().sync_all().unwrap();
+    assert_eq!(fs::read(m.path("after.bin")).unwrap(), random_bytes(7, 8 << 20));
+    m.umount();
+    let check = snapfs_ok(&repo, &["check", "--read-data"]);
+    assert!(check.contains("no problems found"), "{check}");
+    drop(disk);
+}
+
+#[test]
+fn check_finds_copies_missing_and_corrupt_and_exits_3() {
+    let (_tmp, repo, _files) = repo_with_files();
+    assert!(snapfs_ok(&repo, &["check"]).contains("no problems found"));
+    let m0 = repo.join("mirror-0");
+    let objs = objects(&m0);
+    fs::remove_file(&objs[0]).unwrap();
+    flip_byte(&objs[1]);
+    let rel = objs[2].strip_prefix(&m0).unwrap().to_path_buf();
+    fs::remove_file(&objs[2]).unwrap();
+    fs::remove_file(repo.join("mirror-1").join(&rel)).unwrap();
+    let out = snapfs(&repo, &["check", "--read-data", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<String> = serde_json::from_value(report["problems"].clone()).unwrap();
+    let name = rel.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&name) && p.contains("no good copy")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("1 copies are corrupt")),
+        "{problems:?}"
+    );
+    assert!(problems.iter().any(|p| p.contains("missing")), "{problems:?}");
+    // Without --read-data the corrupt copy is not seen, the missing ones are.
+    let out = snapfs(&repo, &["check"]);
+    assert_eq!(out.status.code(), Some(3));
 }

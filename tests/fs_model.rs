@@ -259,7 +259,7 @@ proptest! {
                     let (name, _) = snaps.remove(*pick as usize % snaps.len());
                     fs.with_catalog(|cat, _| snapshots::forget(cat, &snapshots::ForgetTarget::Names(vec![name]), false, 0)).unwrap();
                 }
-                Op::Gc => { fs.with_catalog(|cat, store| snapshots::gc(cat, store, false)).unwrap(); }
+                Op::Gc => { fs.with_catalog(|cat, store| snapshots::gc(cat, store, false, false)).unwrap(); }
                 Op::Reopen => {
                     fs.fsync(None).unwrap();
                     drop(fs);
@@ -276,5 +276,7 @@ proptest! {
                 prop_assert_eq!(&observe(&fs, root), tree, "{} after step {} {:?}", name, step, op);
             }
         }
+        let problems = fs.with_catalog(|cat, _| cat.check_invariants()).unwrap();
+        prop_assert!(problems.is_empty(), "catalog invariants: {:?}", problems);
     }
 }

@@ -7,6 +7,7 @@
 //! object store or of POSIX permission rules: callers decide what is allowed, the
 //! catalog records it and keeps every frozen generation exactly as it was.
 
+mod check;
 mod history;
 mod model;
 mod read;
@@ -35,9 +36,18 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// Wraps a rusqlite error with what was being done.
 pub(crate) fn sql_err(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
-    move |e| Error::Catalog {
-        context: context.to_string(),
-        source: Box::new(e),
+    move |e| {
+        // A full disk under the catalog is ENOSPC to the writer, like a full mirror.
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return Error::io(
+                format!("catalog: {context}"),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            );
+        }
+        Error::Catalog {
+            context: context.to_string(),
+            source: Box::new(e),
+        }
     }
 }
 

@@ -18,6 +18,11 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Also list every mirror and delete object files the catalog does not know
+    /// (done by itself after a crash or a failed commit)
+    #[arg(long)]
+    pub sweep: bool,
+
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -25,8 +30,13 @@ pub struct Args {
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
     let dry_run = args.dry_run;
-    let result = remote::run(repo, Request::Gc { dry_run }, "snapfs gc", |r| {
-        snapshots::gc(&mut r.catalog, &r.store, dry_run)
+    let sweep = args.sweep || snapfs::repo::sweep_needed(repo);
+    let result = remote::run(repo, Request::Gc { dry_run, sweep }, "snapfs gc", |r| {
+        let stats = snapshots::gc(&mut r.catalog, &r.store, dry_run, sweep)?;
+        if sweep && !dry_run {
+            snapfs::repo::clear_sweep_needed(&r.path);
+        }
+        Ok(stats)
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -38,5 +48,12 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         result["chunks"].as_u64().unwrap_or(0),
         human_bytes(result["bytes"].as_u64().unwrap_or(0))
     );
+    if result["swept"].as_bool() == Some(true) {
+        println!(
+            "{} {} object files no catalog row knows (left by a crash or a failed commit)",
+            if dry_run { "would remove" } else { "removed" },
+            result["orphans"].as_u64().unwrap_or(0)
+        );
+    }
     Ok(())
 }

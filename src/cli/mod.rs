@@ -3,6 +3,7 @@
 //! One file per command, each with an `Args` struct and `run`. All terminal output
 //! lives here; the library below returns values and `snapfs::Error`s.
 
+mod check;
 mod diff;
 mod forget;
 mod gc;
@@ -53,6 +54,7 @@ pub enum Command {
     Diff(diff::Args),
     Log(diff::LogArgs),
     Scrub(scrub::Args),
+    Check(check::Args),
 }
 
 /// Runs the parsed command.
@@ -79,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diff(args) => diff::run(&repo, args),
         Command::Log(args) => diff::log(&repo, args),
         Command::Scrub(args) => scrub::run(&repo, args),
+        Command::Check(args) => check::run(&repo, args),
     }
 }
 

@@ -232,10 +232,17 @@ fn serve(
     let holder = format!("mounted at {}", mountpoint.display());
     let handle = Repo::open(repo, &holder).with_context(|| format!("cannot mount {}", repo.display()))?;
     let (catalog, store, _lock) = handle.into_parts();
+    // A marker left by a daemon that did not exit cleanly: its uncommitted chunks may
+    // sit in the mirrors, so the next gc sweeps.
+    let running = repo.join(repo::RUNNING_MARKER);
+    if running.exists() {
+        repo::mark_sweep_needed(repo)?;
+    }
+    std::fs::write(&running, std::process::id().to_string())?;
     let fs = Arc::new(Fs::new(catalog, store, FsOptions::default())?);
     let mount = snapfs::fuse::mount(fs.clone(), mountpoint, options)?;
-    let handler_fs = fs.clone();
-    control::serve(repo, Arc::new(move |req| answer(&handler_fs, req)))?;
+    let (handler_fs, handler_repo) = (fs.clone(), repo.to_path_buf());
+    control::serve(repo, Arc::new(move |req| answer(&handler_fs, &handler_repo, req)))?;
     eprintln!(
         "snapfs: serving {} at {} (pid {})",
         repo.display(),
@@ -281,6 +288,7 @@ fn serve(
     fs.fsync(None).context("committing buffered writes at unmount")?;
     let _ = std::fs::remove_file(control::socket_path(repo));
     served?;
+    let _ = std::fs::remove_file(&running);
     eprintln!("snapfs: unmounted {}", mountpoint.display());
     Ok(())
 }
@@ -308,7 +316,7 @@ fn scheduled_snapshots(fs: &Fs, every: Duration, policy: &Policy, stop: &AtomicB
         let target = ForgetTarget::Policy(policy.clone());
         let pruned = fs.with_catalog(|cat, store| {
             let report = snapshots::forget(cat, &target, false, snapfs::ops::now_ns())?;
-            let freed = snapshots::gc(cat, store, false)?;
+            let freed = snapshots::gc(cat, store, false, false)?;
             Ok((report.forgotten, freed))
         });
         match pruned {
@@ -326,7 +334,7 @@ fn scheduled_snapshots(fs: &Fs, every: Duration, policy: &Policy, stop: &AtomicB
 }
 
 /// Answers a control request inside the daemon, on its own catalog.
-fn answer(fs: &Fs, req: Request) -> snapfs::Result<serde_json::Value> {
+fn answer(fs: &Fs, repo_path: &Path, req: Request) -> snapfs::Result<serde_json::Value> {
     let json = |v: serde_json::Result<serde_json::Value>| {
         v.map_err(|e| snapfs::Error::InvalidArgument(e.to_string()))
     };
@@ -343,9 +351,14 @@ fn answer(fs: &Fs, req: Request) -> snapfs::Result<serde_json::Value> {
                 fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, path.as_deref(), dry_run, now))?;
             json(serde_json::to_value(report))
         }
-        Request::Gc { dry_run } => json(serde_json::to_value(
-            fs.with_catalog(|cat, store| snapshots::gc(cat, store, dry_run))?,
-        )),
+        Request::Gc { dry_run, sweep } => {
+            let sweep = sweep || (!dry_run && fs.take_commit_failed()) || repo::sweep_needed(repo_path);
+            let stats = fs.with_catalog(|cat, store| snapshots::gc(cat, store, dry_run, sweep))?;
+            if sweep && !dry_run {
+                repo::clear_sweep_needed(repo_path);
+            }
+            json(serde_json::to_value(stats))
+        }
         Request::Hold { name, held } => json(serde_json::to_value(
             fs.with_catalog(|cat, _| snapshots::hold(cat, &name, held))?,
         )),

@@ -132,6 +132,11 @@ pub struct Fs {
     settings: Settings,
     mirror_paths: Vec<std::path::PathBuf>,
     options: FsOptions,
+    /// Free bytes on the fullest mirror filesystem, and when that was read.
+    free_space: Mutex<(std::time::Instant, u64)>,
+    /// Set when a commit failed after chunks reached the mirrors: they are unknown
+    /// objects now, for gc to sweep.
+    commit_failed: std::sync::atomic::AtomicBool,
 }
 
 fn now_ns() -> i64 {
@@ -185,6 +190,8 @@ impl Fs {
             settings,
             mirror_paths,
             options,
+            free_space: Mutex::new((std::time::Instant::now() - Duration::from_secs(60), u64::MAX)),
+            commit_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -560,6 +567,7 @@ impl Fs {
     /// Writes `data` at `offset` into `ino`. Buffered: durable after `fsync`, visible
     /// to reads at once.
     pub fn write(&self, ino: InodeId, offset: u64, data: &[u8]) -> Result<usize> {
+        self.check_space(data.len() as u64)?;
         let mut st = self.lock();
         let st = &mut *st;
         write::write(st, ino, offset, data)?;
@@ -590,7 +598,18 @@ impl Fs {
     }
 
     fn flush_locked(&self, st: &mut State, ino: Option<InodeId>) -> Result<()> {
-        write::flush(st, ino)
+        let result = write::flush(st, ino);
+        if result.is_err() {
+            self.commit_failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// True (once) when a failed commit may have left unknown objects in the mirrors.
+    pub fn take_commit_failed(&self) -> bool {
+        self.commit_failed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Value of xattr `name` of `ino`.
@@ -654,6 +673,34 @@ impl Fs {
         txn.commit()
     }
 
+    /// ENOSPC when the fullest mirror's filesystem cannot take `incoming` more bytes
+    /// plus a reserve of two maximum chunks (so the writer hears of a full disk at
+    /// write time, not only at the next commit). The free space is re-read every
+    /// 100 ms at most.
+    fn check_space(&self, incoming: u64) -> Result<()> {
+        let mut cached = self.free_space.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0.elapsed() > Duration::from_millis(100) {
+            let free = self
+                .mirror_paths
+                .iter()
+                .filter_map(|p| rustix::fs::statvfs(p).ok())
+                .map(|s| s.f_bavail * s.f_frsize)
+                .min()
+                .unwrap_or(u64::MAX);
+            *cached = (std::time::Instant::now(), free);
+        }
+        let reserve = 2 * self.settings.chunker.max_size as u64 + (1 << 20);
+        if cached.1 < reserve + incoming {
+            return Err(Error::io(
+                "writing: a mirror's disk is full; forget snapshots and run snapfs gc to free space",
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        // Account for what this write will take until the next reading.
+        cached.1 -= incoming;
+        Ok(())
+    }
+
     /// Takes a snapshot of the live tree, buffered writes included. O(1) in the size of
     /// the tree; durable on return.
     pub fn snapshot(&self, label: Option<&str>) -> Result<crate::catalog::Generation> {
@@ -677,7 +724,12 @@ impl Fs {
     /// first, holding the lock so no request interleaves (snapshot operations, gc).
     pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog, &MirrorStore) -> Result<T>) -> Result<T> {
         let mut st = self.lock();
-        self.flush_locked(&mut st, None)?;
+        // A commit that fails (a full disk) drops its runs and reports it at fsync;
+        // it must not keep forget and gc from freeing space: try once more, now
+        // with nothing pending, and go on.
+        if self.flush_locked(&mut st, None).is_err() {
+            self.flush_locked(&mut st, None)?;
+        }
         st.read_ends.clear();
         f(&mut st.catalog, &self.store)
     }

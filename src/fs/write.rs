@@ -147,7 +147,9 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
         Some(i) => st.dirty.contains_key(&i).then_some(i).into_iter().collect(),
         None => st.dirty.keys().copied().collect(),
     };
-    if ids.is_empty() {
+    // Chunks of runs that were dropped (their file unlinked or truncated away) are
+    // still pending: commit them too, unreferenced, so gc finds them as garbage.
+    if ids.is_empty() && !st.sink.has_pending() {
         return Ok(());
     }
     let live = st.catalog.live();
@@ -188,16 +190,24 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
         finished.push((id, d, user_end));
     }
     let State { catalog, sink, .. } = &mut *st;
-    let txn = catalog.write()?;
-    sink.record(&txn)?;
-    for (id, d, user_end) in &finished {
-        let Some(mut attr) = txn.inode(*id)? else { continue };
-        txn.set_extents(*id, d.start, d.end, &d.extents)?;
-        attr.size = attr.size.max(*user_end);
-        attr.mtime_ns = d.mtime_ns;
-        attr.ctime_ns = d.mtime_ns;
-        txn.set_inode(&attr)?;
+    let committed = (|| -> Result<()> {
+        let txn = catalog.write()?;
+        sink.record(&txn)?;
+        for (id, d, user_end) in &finished {
+            let Some(mut attr) = txn.inode(*id)? else { continue };
+            txn.set_extents(*id, d.start, d.end, &d.extents)?;
+            attr.size = attr.size.max(*user_end);
+            attr.mtime_ns = d.mtime_ns;
+            attr.ctime_ns = d.mtime_ns;
+            txn.set_inode(&attr)?;
+        }
+        sink.sync(&txn)?;
+        txn.commit()
+    })();
+    if committed.is_err() {
+        // The runs are lost (the caller gets the error, e.g. ENOSPC at fsync); chunks
+        // recorded in the failed transaction must not be trusted later.
+        sink.abandon();
     }
-    sink.sync(&txn)?;
-    txn.commit()
+    committed
 }

@@ -213,7 +213,17 @@ impl ChunkSink {
     /// Waits for the writer threads and takes in what they wrote.
     fn wait_writers(&mut self) -> Result<()> {
         let Some(pool) = &self.pool else { return Ok(()) };
-        for w in pool.wait()? {
+        let written = match pool.wait() {
+            Ok(w) => w,
+            Err(e) => {
+                // Some chunk did not reach its mirrors: forget everything pending, so
+                // no later write counts on a copy that may not exist (the transaction
+                // that would have recorded them fails with this error).
+                self.pending.clear();
+                return Err(e);
+            }
+        };
+        for w in written {
             self.stats.stored_bytes += w.stored_size;
             if let Some(p) = self.pending.get_mut(&w.id) {
                 p.stored_size = w.stored_size;
@@ -221,6 +231,12 @@ impl ChunkSink {
             }
         }
         Ok(())
+    }
+
+    /// Forgets every chunk put since the last sync, after a transaction that recorded
+    /// them failed: later writes store them again rather than trusting them.
+    pub fn abandon(&mut self) {
+        self.pending.clear();
     }
 
     /// True when chunks were put since the last `sync`.
@@ -247,7 +263,10 @@ impl ChunkSink {
             return Ok(());
         }
         self.record(txn)?;
-        self.store.sync()?;
+        if let Err(e) = self.store.sync() {
+            self.abandon();
+            return Err(e);
+        }
         let healthy = self.store.healthy();
         for (id, p) in self.pending.drain() {
             let lost = MirrorSet(p.written.0 & !healthy.0);

@@ -4,6 +4,7 @@
 //! Each operation takes an open `Repo` (or a read-only catalog) and returns a result
 //! value (`ImportStats`, `StatusReport`, …); nothing here prints.
 
+pub mod check;
 pub mod history;
 pub mod import;
 pub mod restore;
