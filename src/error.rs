@@ -43,6 +43,9 @@ pub enum Error {
     /// The repository folder holds no catalog.
     #[error("{} is not a snapfs repository (no catalog.db); create one with `snapfs init`", path.display())]
     NotARepository { path: PathBuf },
+    /// The repository's catalog is gone but its mirrors are there.
+    #[error("{} has no catalog.db but holds mirrors; rebuild the catalog from their copies with `snapfs recover`", path.display())]
+    CatalogMissing { path: PathBuf },
     /// `init` was pointed at a folder that already holds a repository.
     #[error("{} already holds a snapfs repository; use it, or choose another --repo", path.display())]
     RepositoryExists { path: PathBuf },

@@ -54,6 +54,23 @@ pub fn exists(path: &Path) -> bool {
     path.join(CATALOG_FILE).exists()
 }
 
+/// The error for a folder without a catalog: a repository that lost it (its mirrors
+/// are there: recover) or no repository at all (init).
+fn missing(path: &Path) -> Error {
+    let has_mirrors = std::fs::read_dir(path)
+        .map(|entries| entries.flatten().any(|e| e.path().join("MIRROR").is_file()))
+        .unwrap_or(false);
+    if has_mirrors {
+        Error::CatalogMissing {
+            path: path.to_path_buf(),
+        }
+    } else {
+        Error::NotARepository {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
 /// The writer lock: an exclusive `flock` on `REPO/lock`, held for the life of this
 /// value. The file records the holder's pid and what it is doing, for the error
 /// another process gets.
@@ -234,9 +251,7 @@ impl Repo {
     /// cannot be opened is set aside (degraded mode) unless none is left.
     pub fn open(path: &Path, holder: &str) -> Result<Repo> {
         if !exists(path) {
-            return Err(Error::NotARepository {
-                path: path.to_path_buf(),
-            });
+            return Err(missing(path));
         }
         let lock = RepoLock::acquire(path, holder)?;
         let catalog = Catalog::open(&path.join(CATALOG_FILE))?;
@@ -289,9 +304,7 @@ pub fn clear_sweep_needed(repo: &Path) {
 /// Opens the catalog of `path` read-only, without the lock.
 pub fn open_catalog_read_only(path: &Path) -> Result<Catalog> {
     if !exists(path) {
-        return Err(Error::NotARepository {
-            path: path.to_path_buf(),
-        });
+        return Err(missing(path));
     }
     Catalog::open_read_only(&path.join(CATALOG_FILE))
 }

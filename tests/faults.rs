@@ -347,3 +347,101 @@ fn check_finds_copies_missing_and_corrupt_and_exits_3() {
     let out = snapfs(&repo, &["check"]);
     assert_eq!(out.status.code(), Some(3));
 }
+
+#[test]
+fn a_deleted_catalog_is_recovered_as_of_the_last_snapshot_and_check_passes() {
+    require_fuse!();
+    let (tmp, repo) = temp_repo();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    fs::create_dir(m.path("docs")).unwrap();
+    fs::write(m.path("docs/kept.txt"), b"in the snapshot").unwrap();
+    fs::write(m.path("big.bin"), random_bytes(3, 1 << 20)).unwrap();
+    let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
+    // The copy is written in the background: wait for it to appear.
+    let copies = || {
+        fs::read_dir(repo.join("mirror-0/catalog"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    for _ in 0..100 {
+        if copies() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(copies() > 0, "a catalog copy is saved at the snapshot");
+    fs::write(m.path("docs/later.txt"), b"after the snapshot").unwrap();
+    fs::File::open(m.path("docs/later.txt"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    // A crash, then the catalog is lost.
+    m.kill_daemon();
+    drop(m);
+    fs::remove_file(repo.join("catalog.db")).unwrap();
+    let _ = fs::remove_file(repo.join("catalog.db-wal"));
+    let _ = fs::remove_file(repo.join("catalog.db-shm"));
+    snapfs_fails(&repo, &["status"], &["has no catalog.db", "snapfs recover"]);
+
+    let out = snapfs_ok(&repo, &["recover"]);
+    assert!(out.contains(&format!("newest snapshot in it: {snap}")), "{out}");
+    assert!(out.contains("are lost"), "{out}");
+    let check = snapfs_ok(&repo, &["check", "--read-data"]);
+    assert!(check.contains("no problems found"), "{check}");
+    let m = Mount::new(&repo, &mnt);
+    assert_eq!(fs::read(m.path("docs/kept.txt")).unwrap(), b"in the snapshot");
+    assert_eq!(fs::read(m.path("big.bin")).unwrap(), random_bytes(3, 1 << 20));
+    assert!(
+        !m.path("docs/later.txt").exists(),
+        "changes after the copy are gone, as recover said"
+    );
+    assert_eq!(
+        fs::read(m.path(&format!("{snap}/docs/kept.txt"))).unwrap(),
+        b"in the snapshot"
+    );
+    m.umount();
+    // The chunks written after the copy are unknown objects: gc sweeps them.
+    let gc: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["gc", "--json"])).unwrap();
+    assert_eq!(gc["swept"], true);
+    assert!(snapfs_ok(&repo, &["check"]).contains("no problems found"));
+}
+
+#[test]
+fn a_corrupt_catalog_is_named_and_recover_skips_bad_copies() {
+    let (_tmp, repo, files) = repo_with_files();
+    snapfs_ok(&repo, &["snapshot"]);
+    snapfs_ok(&repo, &["snapshot"]);
+    let copies = recover_copies(&repo.join("mirror-0"));
+    assert_eq!(copies.len(), 2);
+    // The newest copy is damaged in both mirrors; the older one must be used.
+    for mirror in ["mirror-0", "mirror-1"] {
+        let newest = recover_copies(&repo.join(mirror))[0].clone();
+        fs::write(&newest, b"not zstd at all").unwrap();
+    }
+    fs::write(
+        repo.join("catalog.db"),
+        b"garbage that is no database, long enough to be read as a header .....",
+    )
+    .unwrap();
+    snapfs_fails(&repo, &["status"], &["snapfs recover"]);
+    let out = snapfs_ok(&repo, &["recover"]);
+    assert!(out.contains("skipped"), "{out}");
+    assert!(out.contains("moved the broken catalog"), "{out}");
+    let restored = repo.parent().unwrap().join("restored");
+    snapfs_ok(&repo, &["restore", "@latest", "/", restored.to_str().unwrap()]);
+    for (name, data) in &files {
+        assert_eq!(&fs::read(restored.join(name)).unwrap(), data);
+    }
+}
+
+fn recover_copies(mirror: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(mirror.join("catalog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v.reverse();
+    v
+}

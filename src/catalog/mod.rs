@@ -157,6 +157,17 @@ impl Catalog {
     }
 
     fn open_with(path: &Path, read_only: bool) -> Result<Catalog> {
+        Catalog::open_unchecked(path, read_only).map_err(|e| match e {
+            // Not a database at all, or one SQLite cannot read: say what to do.
+            Error::Catalog { context, source } => Error::CorruptCatalog(format!(
+                "{} cannot be read ({context}: {source}); rebuild it from a mirror's copy with `snapfs recover`",
+                path.display()
+            )),
+            other => other,
+        })
+    }
+
+    fn open_unchecked(path: &Path, read_only: bool) -> Result<Catalog> {
         if !path.is_file() {
             return Err(Error::NotARepository {
                 path: path.parent().unwrap_or(path).to_path_buf(),
@@ -176,9 +187,7 @@ impl Catalog {
         }
         let version: u32 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(sql_err(
-                "reading the schema version (is catalog.db a snapfs catalog?)",
-            ))?;
+            .map_err(sql_err("reading the schema version"))?;
         if version == 0 {
             return Err(Error::CorruptCatalog(format!(
                 "{} has no snapfs schema; run `snapfs recover` to rebuild it from a mirror",
@@ -574,6 +583,60 @@ impl Catalog {
             .map_err(sql_err("running integrity_check"))?;
         Ok(rows.into_iter().filter(|r| r != "ok").collect())
     }
+}
+
+/// Writes a consistent copy of the catalog at `db` into the new file `dest`, with the
+/// SQLite backup API on a connection of its own: it reads one snapshot of the
+/// database (WAL), so a running writer is not held up beyond its own commits.
+pub fn backup(db: &Path, dest: &Path) -> Result<()> {
+    let src = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err("opening catalog.db for a copy"))?;
+    src.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sql_err("opening catalog.db for a copy"))?;
+    let mut dst = Connection::open(dest).map_err(sql_err("creating the catalog copy"))?;
+    let backup =
+        rusqlite::backup::Backup::new(&src, &mut dst).map_err(sql_err("starting the catalog copy"))?;
+    backup
+        .run_to_completion(4096, std::time::Duration::ZERO, None)
+        .map_err(sql_err("copying the catalog"))?;
+    drop(backup);
+    dst.execute_batch("PRAGMA journal_mode = DELETE")
+        .map_err(sql_err("finishing the catalog copy"))?;
+    Ok(())
+}
+
+/// What a catalog copy holds, read from the copy itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyInfo {
+    pub repo_id: RepoId,
+    /// The newest snapshot in it, with its time.
+    pub newest_snapshot: Option<(String, i64)>,
+}
+
+/// Opens a catalog file read-only, runs SQLite's integrity check, and says what it
+/// holds; an error when it is not a sound snapfs catalog.
+pub fn inspect(path: &Path) -> Result<CopyInfo> {
+    let catalog = Catalog::open_read_only(path)?;
+    let problems = catalog.integrity_check()?;
+    if !problems.is_empty() {
+        return Err(Error::CorruptCatalog(format!(
+            "{}: {}",
+            path.display(),
+            problems.join("; ")
+        )));
+    }
+    let newest_snapshot = catalog
+        .generations()?
+        .into_iter()
+        .rev()
+        .find_map(|g| Some((g.name?, g.frozen_ns?)));
+    Ok(CopyInfo {
+        repo_id: catalog.settings()?.repo_id,
+        newest_snapshot,
+    })
 }
 
 /// The snapshot name for an instant: `@YYYY-MM-DDTHHMMSSZ` in UTC (sortable, no colons).

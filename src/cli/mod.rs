@@ -10,6 +10,7 @@ mod gc;
 mod import;
 mod init;
 mod mount;
+mod recover;
 mod remote;
 mod restore;
 mod rollback;
@@ -55,6 +56,7 @@ pub enum Command {
     Log(diff::LogArgs),
     Scrub(scrub::Args),
     Check(check::Args),
+    Recover(recover::Args),
 }
 
 /// Runs the parsed command.
@@ -82,6 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Log(args) => diff::log(&repo, args),
         Command::Scrub(args) => scrub::run(&repo, args),
         Command::Check(args) => check::run(&repo, args),
+        Command::Recover(args) => recover::run(&repo, args),
     }
 }
 

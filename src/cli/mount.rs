@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use snapfs::control::{self, Request};
 use snapfs::fs::{Fs, FsOptions, SnapDir};
 use snapfs::fuse::MountOptions;
+use snapfs::ops::recover;
 use snapfs::ops::retention::{parse_duration, Policy};
 use snapfs::ops::snapshots::{self, ForgetTarget};
 use snapfs::repo::{self, InitOptions, Repo, RepoLock};
@@ -264,7 +265,8 @@ fn serve(
     };
     if let Some((every, policy)) = schedule {
         let (fs, stop) = (fs.clone(), stop.clone());
-        std::thread::spawn(move || scheduled_snapshots(&fs, every, &policy, &stop));
+        let repo = repo.to_path_buf();
+        std::thread::spawn(move || scheduled_snapshots(&fs, &repo, every, &policy, &stop));
     }
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -286,6 +288,9 @@ fn serve(
     stop.store(true, Ordering::Relaxed);
     let _ = flusher.join();
     fs.fsync(None).context("committing buffered writes at unmount")?;
+    if let Err(e) = recover::save_copies(repo, fs.mirror_paths(), snapfs::ops::now_ns()) {
+        eprintln!("snapfs: warning: could not save a catalog copy at unmount: {e}");
+    }
     let _ = std::fs::remove_file(control::socket_path(repo));
     served?;
     let _ = std::fs::remove_file(&running);
@@ -294,7 +299,7 @@ fn serve(
 }
 
 /// Every `every`: a snapshot when the tree changed, then the retention policy and gc.
-fn scheduled_snapshots(fs: &Fs, every: Duration, policy: &Policy, stop: &AtomicBool) {
+fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, stop: &AtomicBool) {
     let mut next = Instant::now() + every;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
@@ -303,7 +308,10 @@ fn scheduled_snapshots(fs: &Fs, every: Duration, policy: &Policy, stop: &AtomicB
         }
         next += every;
         match fs.snapshot_if_changed(Some("scheduled")) {
-            Ok(Some(g)) => eprintln!("snapfs: scheduled snapshot {}", g.name.unwrap_or_default()),
+            Ok(Some(g)) => {
+                eprintln!("snapfs: scheduled snapshot {}", g.name.unwrap_or_default());
+                copy_catalog_in_background(fs, repo);
+            }
             Ok(None) => continue,
             Err(e) => {
                 eprintln!("snapfs: warning: scheduled snapshot failed: {e}");
@@ -333,13 +341,28 @@ fn scheduled_snapshots(fs: &Fs, every: Duration, policy: &Policy, stop: &AtomicB
     }
 }
 
+/// Saves a catalog copy into the mirrors on a thread of its own (it reads a
+/// consistent snapshot of the database; the mount goes on meanwhile).
+fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
+    let (repo, mirrors) = (repo.to_path_buf(), fs.mirror_paths().to_vec());
+    std::thread::spawn(move || {
+        if let Err(e) = recover::save_copies(&repo, &mirrors, snapfs::ops::now_ns()) {
+            eprintln!("snapfs: warning: could not save a catalog copy: {e}");
+        }
+    });
+}
+
 /// Answers a control request inside the daemon, on its own catalog.
 fn answer(fs: &Fs, repo_path: &Path, req: Request) -> snapfs::Result<serde_json::Value> {
     let json = |v: serde_json::Result<serde_json::Value>| {
         v.map_err(|e| snapfs::Error::InvalidArgument(e.to_string()))
     };
     match req {
-        Request::Snapshot { label } => json(serde_json::to_value(fs.snapshot(label.as_deref())?.name)),
+        Request::Snapshot { label } => {
+            let name = fs.snapshot(label.as_deref())?.name;
+            copy_catalog_in_background(fs, repo_path);
+            json(serde_json::to_value(name))
+        }
         Request::Forget { target, dry_run } => {
             let report =
                 fs.with_catalog(|cat, _| snapshots::forget(cat, &target, dry_run, snapfs::ops::now_ns()))?;

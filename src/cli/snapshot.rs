@@ -36,9 +36,10 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         Request::Snapshot { label: label.clone() },
         "snapfs snapshot",
         |r| {
-            r.catalog
-                .snapshot(label.as_deref(), snapfs::ops::now_ns())
-                .map(|g| g.name)
+            let name = r.catalog.snapshot(label.as_deref(), snapfs::ops::now_ns())?.name;
+            let mirrors: Vec<_> = r.catalog.mirrors()?.into_iter().map(|m| m.path).collect();
+            snapfs::ops::recover::save_copies(&r.path, &mirrors, snapfs::ops::now_ns())?;
+            Ok(name)
         },
     )?;
     println!("{}", result.as_str().unwrap_or_default());

@@ -759,6 +759,11 @@ impl Fs {
         })
     }
 
+    /// The mirror folders, as the catalog records them.
+    pub fn mirror_paths(&self) -> &[std::path::PathBuf] {
+        &self.mirror_paths
+    }
+
     /// The repository settings.
     pub fn settings(&self) -> &Settings {
         &self.settings

@@ -1,0 +1,198 @@
+//! Catalog disaster recovery: compressed copies of the catalog in every mirror
+//! (`MIRROR/catalog/catalog-<time>.db.zst`, the newest few kept), taken at every
+//! snapshot and at a clean unmount, and `snapfs recover`, which rebuilds a lost or
+//! corrupt `catalog.db` from the newest good copy.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::catalog;
+use crate::error::{Error, Result};
+use crate::repo::{self, CATALOG_FILE};
+
+/// Folder of catalog copies inside a mirror.
+pub const COPIES_DIR: &str = "catalog";
+/// Copies kept per mirror.
+pub const KEEP_COPIES: usize = 3;
+
+/// Writes a compressed, consistent copy of `REPO/catalog.db` into every mirror folder
+/// of `mirrors` that can take it, and keeps the newest `KEEP_COPIES` there. Returns
+/// how many mirrors got the copy; fails only when none did.
+pub fn save_copies(repo: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<usize> {
+    let tmp = repo.join(format!(".catalog-copy-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    catalog::backup(&repo.join(CATALOG_FILE), &tmp)?;
+    let plain = std::fs::read(&tmp).map_err(Error::io_with("reading the catalog copy"));
+    let _ = std::fs::remove_file(&tmp);
+    let compressed =
+        zstd::bulk::compress(&plain?, 3).map_err(Error::io_with("compressing the catalog copy"))?;
+    let name = format!("catalog-{now_ns:020}.db.zst");
+    let mut saved = 0;
+    let mut last_error = None;
+    for m in mirrors {
+        match save_one(m, &name, &compressed) {
+            Ok(()) => saved += 1,
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (saved, last_error) {
+        (0, Some(e)) => Err(e),
+        _ => Ok(saved),
+    }
+}
+
+fn save_one(mirror: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let dir = mirror.join(COPIES_DIR);
+    std::fs::create_dir_all(&dir).map_err(Error::io_with(format!("creating {}", dir.display())))?;
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let ctx = || format!("writing {}", tmp.display());
+    let mut f = std::fs::File::create(&tmp).map_err(Error::io_with(ctx()))?;
+    f.write_all(bytes).map_err(Error::io_with(ctx()))?;
+    f.sync_all().map_err(Error::io_with(ctx()))?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(Error::io_with(ctx()))?;
+    let mut copies = list_copies(mirror);
+    while copies.len() > KEEP_COPIES {
+        let oldest = copies.remove(copies.len() - 1);
+        let _ = std::fs::remove_file(oldest);
+    }
+    Ok(())
+}
+
+/// The catalog copies in a mirror folder, newest first.
+pub fn list_copies(mirror: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(mirror.join(COPIES_DIR)) else {
+        return Vec::new();
+    };
+    let mut copies: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("catalog-") && n.ends_with(".db.zst"))
+        })
+        .collect();
+    copies.sort();
+    copies.reverse();
+    copies
+}
+
+/// What `recover` did.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RecoverReport {
+    /// The copy the catalog was rebuilt from.
+    pub from: PathBuf,
+    /// When that copy was taken (RFC 3339).
+    pub copy_time: String,
+    /// Its newest snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_snapshot: Option<String>,
+    /// Where the broken catalog was moved, if there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken_catalog_moved_to: Option<PathBuf>,
+    /// Copies tried before it that were unusable, with why.
+    pub skipped: Vec<String>,
+}
+
+/// Rebuilds `REPO/catalog.db` from the newest sound copy found in `mirrors` (folders;
+/// default: the `mirror-*` folders inside the repository). The caller holds the
+/// repository lock. Everything changed after that copy is lost from the catalog (its
+/// chunks stay until the gc sweep this asks for).
+pub fn recover(repo_path: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<RecoverReport> {
+    let mirrors: Vec<PathBuf> = if mirrors.is_empty() {
+        default_mirrors(repo_path)
+    } else {
+        mirrors.to_vec()
+    };
+    let mut candidates: Vec<(PathBuf, PathBuf)> = Vec::new(); // (copy, its mirror)
+    for m in &mirrors {
+        candidates.extend(list_copies(m).into_iter().map(|c| (c, m.clone())));
+    }
+    candidates.sort_by(|a, b| b.0.file_name().cmp(&a.0.file_name()));
+    if candidates.is_empty() {
+        return Err(Error::NotFound(format!(
+            "catalog copies in {} (give the mirror folders with --mirror)",
+            mirrors
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let staging = repo_path.join("catalog.db.recovering");
+    let mut skipped = Vec::new();
+    for (copy, mirror) in candidates {
+        let _ = std::fs::remove_file(&staging);
+        let attempt = (|| -> Result<catalog::CopyInfo> {
+            let bytes =
+                std::fs::read(&copy).map_err(Error::io_with(format!("reading {}", copy.display())))?;
+            let plain = zstd::stream::decode_all(&bytes[..]).map_err(|e| {
+                Error::CorruptCatalog(format!("{}: does not decompress: {e}", copy.display()))
+            })?;
+            std::fs::write(&staging, plain)
+                .map_err(Error::io_with(format!("writing {}", staging.display())))?;
+            let info = catalog::inspect(&staging)?;
+            if let Some((id, _)) = crate::store::read_identity(&mirror)? {
+                if id != info.repo_id {
+                    return Err(Error::ForeignMirror {
+                        path: mirror.clone(),
+                        other: info.repo_id.to_string(),
+                    });
+                }
+            }
+            Ok(info)
+        })();
+        let info = match attempt {
+            Ok(info) => info,
+            Err(e) => {
+                skipped.push(format!("{}: {e}", copy.display()));
+                continue;
+            }
+        };
+        let db = repo_path.join(CATALOG_FILE);
+        let mut moved = None;
+        if db.exists() {
+            let aside = repo_path.join(format!("catalog.db.broken-{now_ns}"));
+            std::fs::rename(&db, &aside).map_err(Error::io_with(format!("moving {} aside", db.display())))?;
+            moved = Some(aside);
+        }
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(repo_path.join(format!("{CATALOG_FILE}{suffix}")));
+        }
+        std::fs::rename(&staging, &db).map_err(Error::io_with(format!("installing {}", db.display())))?;
+        repo::mark_sweep_needed(repo_path)?;
+        let taken = copy
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("catalog-"))
+            .and_then(|n| n.strip_suffix(".db.zst"))
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0);
+        return Ok(RecoverReport {
+            from: copy,
+            copy_time: chrono::DateTime::from_timestamp_nanos(taken)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            newest_snapshot: info.newest_snapshot.map(|(n, _)| n),
+            broken_catalog_moved_to: moved,
+            skipped,
+        });
+    }
+    let _ = std::fs::remove_file(&staging);
+    Err(Error::CorruptCatalog(format!(
+        "no usable catalog copy: {}",
+        skipped.join("; ")
+    )))
+}
+
+fn default_mirrors(repo: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(repo) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("MIRROR").is_file())
+        .collect();
+    found.sort();
+    found
+}
