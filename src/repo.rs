@@ -314,7 +314,17 @@ pub fn open_mirrors(records: &[MirrorRecord], repo_id: RepoId) -> Result<MirrorS
     let stores = records
         .iter()
         .map(|m| {
-            let store = DirStore::open(&m.path, repo_id, m.id).map(|s| Box::new(s) as Box<dyn ObjectStore>);
+            // A mirror being filled is trusted neither for reads nor for dedup.
+            let store = if m.state == "filling" {
+                Err(Error::MirrorUnusable {
+                    id: m.id,
+                    path: m.path.clone(),
+                    reason: "incomplete: finish filling it with `snapfs mirror add` on the same folder"
+                        .into(),
+                })
+            } else {
+                DirStore::open(&m.path, repo_id, m.id).map(|s| Box::new(s) as Box<dyn ObjectStore>)
+            };
             (m.id, store)
         })
         .collect();

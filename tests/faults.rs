@@ -445,3 +445,47 @@ fn recover_copies(mirror: &Path) -> Vec<PathBuf> {
     v.reverse();
     v
 }
+
+#[test]
+fn mirror_add_fills_a_new_mirror_and_remove_keeps_one_complete() {
+    let (tmp, repo, files) = repo_with_files();
+    let extra = tmp.path().join("usb");
+    let out = snapfs_ok(&repo, &["mirror", "add", extra.to_str().unwrap()]);
+    assert!(out.contains("is complete"), "{out}");
+    let status: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
+    assert_eq!(status["mirrors"].as_array().unwrap().len(), 3);
+    assert_eq!(status["mirrors"][2]["state"], "complete");
+    assert_eq!(status["mirrors"][2]["chunks"], status["chunks"]);
+    assert_eq!(objects(&extra).len(), objects(&repo.join("mirror-0")).len());
+    // Remove the two originals (files left in place, then deleted): the new one carries all.
+    snapfs_ok(
+        &repo,
+        &["mirror", "remove", repo.join("mirror-0").to_str().unwrap()],
+    );
+    snapfs_ok(
+        &repo,
+        &["mirror", "remove", repo.join("mirror-1").to_str().unwrap()],
+    );
+    snapfs_fails(
+        &repo,
+        &["mirror", "remove", extra.to_str().unwrap()],
+        &["no complete mirror"],
+    );
+    fs::remove_dir_all(repo.join("mirror-0")).unwrap();
+    fs::remove_dir_all(repo.join("mirror-1")).unwrap();
+    assert!(snapfs_ok(&repo, &["check", "--read-data"]).contains("no problems found"));
+    snapfs_ok(&repo, &["snapshot"]);
+    let restored = tmp.path().join("restored");
+    snapfs_ok(&repo, &["restore", "@latest", "/", restored.to_str().unwrap()]);
+    for (name, data) in &files {
+        assert_eq!(&fs::read(restored.join(name)).unwrap(), data);
+    }
+    // A folder of another repository is refused and left alone.
+    let (_tmp2, other) = temp_repo();
+    snapfs_ok(&other, &["init"]);
+    snapfs_fails(
+        &repo,
+        &["mirror", "add", other.join("mirror-0").to_str().unwrap()],
+        &["another repository"],
+    );
+}

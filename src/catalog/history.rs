@@ -451,3 +451,70 @@ fn rollback_rows(
         .map_err(sql_err("rolling back"))? as u64;
     Ok(changed)
 }
+
+impl Catalog {
+    /// Records a new mirror at `path` in state `filling`; returns its id (the lowest
+    /// never used, below 64).
+    pub fn add_mirror(&mut self, path: &std::path::Path, now_ns: i64) -> Result<crate::types::MirrorId> {
+        let next: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(mirror_id), -1) + 1 FROM mirrors", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql_err("choosing a mirror id"))?;
+        if next >= 64 {
+            return Err(Error::InvalidArgument(
+                "a repository has at most 64 mirrors".into(),
+            ));
+        }
+        self.conn
+            .execute(
+                "INSERT INTO mirrors (mirror_id, path, state, added_ns) VALUES (?1, ?2, 'filling', ?3)",
+                params![next, path.to_string_lossy(), now_ns],
+            )
+            .map_err(sql_err("recording a mirror"))?;
+        Ok(crate::types::MirrorId(next as u32))
+    }
+
+    /// Sets a mirror's state (`complete` or `filling`).
+    pub fn set_mirror_state(&mut self, id: crate::types::MirrorId, state: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE mirrors SET state = ?2 WHERE mirror_id = ?1",
+                params![id.0, state],
+            )
+            .map_err(sql_err("updating a mirror"))?;
+        Ok(())
+    }
+
+    /// Forgets a mirror: its row, and its bit in every chunk.
+    pub fn remove_mirror(&mut self, id: crate::types::MirrorId) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting mirror removal"))?;
+        tx.execute("DELETE FROM mirrors WHERE mirror_id = ?1", params![id.0])
+            .map_err(sql_err("removing a mirror"))?;
+        tx.execute("UPDATE chunks SET mirrors = mirrors & ~(1 << ?1)", params![id.0])
+            .map_err(sql_err("removing a mirror"))?;
+        tx.commit().map_err(sql_err("committing mirror removal"))
+    }
+
+    /// Records that mirror `id` holds (durably) each of `chunks`.
+    pub fn mark_chunks_in_mirror(&mut self, chunks: &[ChunkId], id: crate::types::MirrorId) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting a mirror update"))?;
+        {
+            let mut stmt = tx
+                .prepare("UPDATE chunks SET mirrors = mirrors | (1 << ?2) WHERE chunk_id = ?1")
+                .map_err(sql_err("updating chunk mirrors"))?;
+            for c in chunks {
+                stmt.execute(params![&c.0[..], id.0])
+                    .map_err(sql_err("updating chunk mirrors"))?;
+            }
+        }
+        tx.commit().map_err(sql_err("committing a mirror update"))
+    }
+}

@@ -9,6 +9,7 @@ mod forget;
 mod gc;
 mod import;
 mod init;
+mod mirror;
 mod mount;
 mod recover;
 mod remote;
@@ -57,6 +58,7 @@ pub enum Command {
     Scrub(scrub::Args),
     Check(check::Args),
     Recover(recover::Args),
+    Mirror(mirror::Args),
 }
 
 /// Runs the parsed command.
@@ -85,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scrub(args) => scrub::run(&repo, args),
         Command::Check(args) => check::run(&repo, args),
         Command::Recover(args) => recover::run(&repo, args),
+        Command::Mirror(args) => mirror::run(&repo, args),
     }
 }
 

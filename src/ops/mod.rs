@@ -7,6 +7,7 @@
 pub mod check;
 pub mod history;
 pub mod import;
+pub mod mirrors;
 pub mod recover;
 pub mod restore;
 pub mod retention;
