@@ -476,3 +476,58 @@ fn rollback_of_one_folder_leaves_the_rest_alone() {
     );
     m.umount();
 }
+
+#[test]
+fn gc_while_a_writer_streams_into_the_mount_loses_nothing() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    let root = m.path("");
+    // The writer waits for gc round n before its file 20·n, so gc surely runs while
+    // it streams (not only before or after).
+    let rounds_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = rounds_done.clone();
+    let writer = std::thread::spawn(move || {
+        let mut written = Vec::new();
+        for i in 0..80u64 {
+            while seen.load(std::sync::atomic::Ordering::SeqCst) < (i / 20) as usize {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let data = random_bytes(500 + i, 300_000 + (i as usize % 7) * 10_000);
+            let path = root.join(format!("stream-{i:03}"));
+            fs::write(&path, &data).unwrap();
+            // Rewrite some files, so their old chunks become garbage while gc runs.
+            if i % 3 == 0 {
+                let again = random_bytes(900 + i, data.len());
+                fs::write(&path, &again).unwrap();
+                written.push((path, again));
+            } else {
+                written.push((path, data));
+            }
+        }
+        written
+    });
+    let mut rounds = 0;
+    while !writer.is_finished() {
+        let s = snapshot(&repo, None);
+        snapfs_ok(&repo, &["forget", &s]);
+        let gc: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["gc", "--json"])).unwrap();
+        assert_eq!(gc["dry_run"], false);
+        rounds += 1;
+        rounds_done.store(rounds, std::sync::atomic::Ordering::SeqCst);
+    }
+    let written = writer.join().unwrap();
+    snapfs_ok(&repo, &["gc"]);
+    assert!(rounds >= 3, "gc ran while the writer streamed ({rounds} rounds)");
+    for (path, data) in &written {
+        assert_eq!(&fs::read(path).unwrap(), data, "{}", path.display());
+    }
+    m.umount();
+    let m = Mount::new(&repo, &mnt);
+    for (path, data) in &written {
+        let rel = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(&fs::read(m.path(rel)).unwrap(), data, "{rel} after remount");
+    }
+    m.umount();
+    assert!(snapfs_ok(&repo, &["check", "--read-data"]).contains("no problems found"));
+}

@@ -678,8 +678,11 @@ impl Fs {
     /// write time, not only at the next commit). The free space is re-read every
     /// 100 ms at most.
     fn check_space(&self, incoming: u64) -> Result<()> {
+        let reserve = 2 * self.settings.chunker.max_size as u64 + (1 << 20);
         let mut cached = self.free_space.lock().unwrap_or_else(|p| p.into_inner());
-        if cached.0.elapsed() > Duration::from_millis(100) {
+        // A fresh reading when the last is old, or when it would say no (space may
+        // have been freed since, e.g. by gc).
+        if cached.0.elapsed() > Duration::from_millis(100) || cached.1 < reserve + incoming {
             let free = self
                 .mirror_paths
                 .iter()
@@ -689,7 +692,6 @@ impl Fs {
                 .unwrap_or(u64::MAX);
             *cached = (std::time::Instant::now(), free);
         }
-        let reserve = 2 * self.settings.chunker.max_size as u64 + (1 << 20);
         if cached.1 < reserve + incoming {
             return Err(Error::io(
                 "writing: a mirror's disk is full; forget snapshots and run snapfs gc to free space",

@@ -44,6 +44,13 @@ pub fn save_copies(repo: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<usiz
 }
 
 fn save_one(mirror: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    // Only into a mirror that is there: never recreate a lost mirror's folder.
+    if !mirror.join("MIRROR").is_file() {
+        return Err(Error::NotFound(format!(
+            "mirror {} (no MIRROR file)",
+            mirror.display()
+        )));
+    }
     let dir = mirror.join(COPIES_DIR);
     std::fs::create_dir_all(&dir).map_err(Error::io_with(format!("creating {}", dir.display())))?;
     let tmp = dir.join(format!(".tmp-{name}"));
