@@ -263,6 +263,32 @@ fn garbage_table_collects_unreferenced_chunks() {
     assert_eq!(cat.chunk(&chunk(3)).unwrap().unwrap().refs, 0);
 }
 
+#[test]
+fn a_chunk_recorded_but_never_referenced_is_garbage_and_a_referenced_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = new_catalog(&dir.path().join("catalog.db"));
+    let tx = cat.write().unwrap();
+    tx.add_chunk(&chunk(4), 10, 10, 1).unwrap();
+    tx.add_chunk(&chunk(5), 10, 10, 1).unwrap();
+    let f = tx.create_inode(&file(FileKind::File)).unwrap().id;
+    tx.link(InodeId::ROOT, b"f", f).unwrap();
+    tx.set_extents(
+        f,
+        0,
+        10,
+        &[Extent {
+            offset: 0,
+            length: 10,
+            chunk: chunk(5),
+            chunk_offset: 0,
+        }],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let garbage: Vec<ChunkId> = cat.garbage().unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(garbage, vec![chunk(4)]);
+}
+
 // ---------------------------------------------------------------------------------
 // Property test: the catalog against a model of every generation.
 

@@ -475,6 +475,16 @@ impl<'c> Txn<'c> {
             mirrors as i64
         ])
         .map_err(sql_err("recording a chunk"))?;
+        // Unreferenced until an extent names it (the insert trigger then takes it out
+        // again): if none ever does, gc finds it here.
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO chunk_garbage (chunk_id)
+                 SELECT chunk_id FROM chunks WHERE chunk_id = ?1 AND refs = 0",
+            )
+            .map_err(sql_err("preparing garbage note"))?
+            .execute(params![&id.0[..]])
+            .map_err(sql_err("noting an unreferenced chunk"))?;
         Ok(())
     }
 
