@@ -68,6 +68,35 @@ impl MountHandle {
     }
 }
 
+impl MountHandle {
+    /// A handle that tells the kernel to drop what it caches of live inodes and names.
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator {
+            notifier: self.session.notifier(),
+        }
+    }
+}
+
+/// Drops kernel caches of the live tree after it changed behind the kernel's back
+/// (a rollback). Failures (e.g. the kernel never cached that inode) are ignored.
+pub struct Invalidator {
+    notifier: fuser::Notifier,
+}
+
+impl Invalidator {
+    /// Forget the attributes and cached pages of `ino`.
+    pub fn inode(&self, ino: Ino) {
+        let _ = self.notifier.inval_inode(INodeNo(ino.0), 0, 0);
+    }
+
+    /// Forget the name `name` in folder `parent` (it now points elsewhere or nowhere).
+    pub fn entry(&self, parent: Ino, name: &[u8]) {
+        let _ = self
+            .notifier
+            .inval_entry(INodeNo(parent.0), OsStr::from_bytes(name));
+    }
+}
+
 /// Mounts `fs` at `mountpoint` and serves it from background threads.
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path, options: &MountOptions) -> Result<MountHandle> {
     let mut config = Config::default();

@@ -213,7 +213,6 @@ fn rollback_under_a_shell_in_the_tree_and_undo() {
         .and_then(|l| l.split_whitespace().next())
         .expect("rollback names its safety snapshot")
         .to_string();
-    std::thread::sleep(Duration::from_millis(1100)); // the live entry TTL
     shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let seen = shell.wait_with_output().unwrap();
     let seen = String::from_utf8_lossy(&seen.stdout);
@@ -231,7 +230,6 @@ fn rollback_under_a_shell_in_the_tree_and_undo() {
 
     // Undo.
     snapfs_ok(&repo, &["rollback", &safety]);
-    std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(fs::read(m.path("work/notes")).unwrap(), b"broken");
     assert_eq!(fs::read(m.path("work/junk")).unwrap(), b"junk");
     m.umount();
@@ -454,7 +452,6 @@ fn rollback_of_one_folder_leaves_the_rest_alone() {
     fs::write(m.path("b"), b"b2").unwrap();
     snapfs_fails(&repo, &["rollback", &s, "/never"], &["/never did not exist in"]);
     snapfs_ok(&repo, &["rollback", &s, "/a"]);
-    std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(fs::read(m.path("a/deep/x")).unwrap(), b"x1");
     assert_eq!(fs::read(m.path("a/y")).unwrap(), b"y1");
     assert!(!m.path("a/newdir").exists());

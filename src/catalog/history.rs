@@ -7,7 +7,7 @@
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::{sql_err, Catalog, ChunkInfo};
+use super::{sql_err, Catalog, ChunkInfo, RollbackChanges};
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, GenId, InodeId};
 
@@ -68,19 +68,19 @@ impl Catalog {
     /// Makes the live tree exactly what snapshot `gen` shows, in one transaction. The
     /// caller takes a safety snapshot first, so that no live row is younger than the
     /// live generation (every live row was frozen with it).
-    pub fn rollback_to(&mut self, gen: GenId) -> Result<u64> {
+    pub fn rollback_to(&mut self, gen: GenId) -> Result<RollbackChanges> {
         let live = self.live;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err("starting rollback"))?;
-        let mut changed = 0u64;
+        let mut changes = RollbackChanges::default();
         for (table, _) in VERSIONED {
-            changed += rollback_rows(&tx, table, live, gen, "")?;
+            changes.rows += rollback_rows(&tx, table, live, gen, "", &mut changes)?;
         }
         tx.commit().map_err(sql_err("committing rollback"))?;
         self.touched = true;
-        Ok(changed)
+        Ok(changes)
     }
 
     /// Makes the name `name` in live folder `parent`, and everything below it, what
@@ -94,7 +94,7 @@ impl Catalog {
         name: &[u8],
         inodes: &[InodeId],
         dirs: &[InodeId],
-    ) -> Result<u64> {
+    ) -> Result<RollbackChanges> {
         let live = self.live;
         let tx = self
             .conn
@@ -115,7 +115,7 @@ impl Catalog {
                     .map_err(sql_err("preparing rollback"))?;
             }
         }
-        let mut changed = 0u64;
+        let mut changes = RollbackChanges::default();
         for (table, column) in VERSIONED {
             let set = if table == "dir_entries" {
                 "rb_dirs"
@@ -123,11 +123,11 @@ impl Catalog {
                 "rb_inodes"
             };
             let filter = format!("AND {column} IN (SELECT id FROM temp.{set})");
-            changed += rollback_rows(&tx, table, live, gen, &filter)?;
+            changes.rows += rollback_rows(&tx, table, live, gen, &filter, &mut changes)?;
         }
         // The name of the subtree's root in its (unchanged) parent.
         let parent_filter = format!("AND parent_id = {} AND name = x'{}'", parent.0, hex(name));
-        changed += rollback_rows(&tx, "dir_entries", live, gen, &parent_filter)?;
+        changes.rows += rollback_rows(&tx, "dir_entries", live, gen, &parent_filter, &mut changes)?;
         // The parent counts its subfolders' "..".
         let subdirs: i64 = tx
             .query_row(
@@ -170,10 +170,11 @@ impl Catalog {
                 params![parent.0, live.0, GenId::OPEN.0, subdirs + 2],
             )
             .map_err(sql_err("recounting links"))?;
+            changes.inodes.insert(parent);
         }
         tx.commit().map_err(sql_err("committing rollback"))?;
         self.touched = true;
-        Ok(changed)
+        Ok(changes)
     }
 
     /// Stored bytes (per mirror) of the chunks that only snapshot `gen` references
@@ -416,7 +417,37 @@ fn rollback_rows(
     live: GenId,
     gen: GenId,
     filter: &str,
+    changes: &mut RollbackChanges,
 ) -> Result<u64> {
+    // Note what is about to change, for the kernel caches.
+    let key = if table == "dir_entries" {
+        "parent_id, name"
+    } else {
+        "inode_id, NULL"
+    };
+    {
+        let mut stmt = tx
+            .prepare(&format!(
+                "SELECT {key} FROM {table}
+                 WHERE ((gen_to = ?3 AND gen_from > ?2) OR (gen_from <= ?2 AND gen_to > ?2 AND gen_to <= ?1)) {filter}"
+            ))
+            .map_err(sql_err("rolling back"))?;
+        let rows = stmt
+            .query_map(params![live.0, gen.0, GenId::OPEN.0], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+            })
+            .map_err(sql_err("rolling back"))?;
+        for row in rows {
+            match row.map_err(sql_err("rolling back"))? {
+                (parent, Some(name)) => {
+                    changes.entries.insert((InodeId(parent), name));
+                }
+                (inode, None) => {
+                    changes.inodes.insert(InodeId(inode));
+                }
+            }
+        }
+    }
     let mut changed = tx
         .execute(
             &format!("DELETE FROM {table} WHERE gen_from = ?1 AND gen_to = ?3 AND ?2 = ?2 {filter}"),

@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 
 pub use model::{
     ChunkInfo, ChunkTotals, DirEntry, Extent, FileKind, Generation, InodeAttr, MirrorRecord, NewInode,
-    Settings, TreeTotals,
+    RollbackChanges, Settings, TreeTotals,
 };
 pub use write::Txn;
 

@@ -192,3 +192,14 @@ pub struct ChunkTotals {
     pub plain_bytes: u64,
     pub stored_bytes: u64,
 }
+
+/// What a rollback changed in the live tree, so that kernel caches can be told.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollbackChanges {
+    /// Catalog rows closed, dropped or brought back.
+    pub rows: u64,
+    /// Inodes whose attributes, content or xattrs changed (or that came or went).
+    pub inodes: std::collections::BTreeSet<InodeId>,
+    /// Names (folder, name) that now point elsewhere or nowhere.
+    pub entries: std::collections::BTreeSet<(InodeId, Vec<u8>)>,
+}

@@ -5,18 +5,19 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use snapfs::control::{self, Request};
 use snapfs::fs::{Fs, FsOptions, SnapDir};
-use snapfs::fuse::MountOptions;
+use snapfs::fuse::{Invalidator, MountOptions};
 use snapfs::ops::recover;
 use snapfs::ops::retention::{parse_duration, Policy};
 use snapfs::ops::snapshots::{self, ForgetTarget};
 use snapfs::repo::{self, InitOptions, Repo, RepoLock};
+use snapfs::types::Ino;
 
 /// Log file of a background mount, inside the repository.
 const LOG_FILE: &str = "mount.log";
@@ -243,7 +244,11 @@ fn serve(
     let fs = Arc::new(Fs::new(catalog, store, FsOptions::default())?);
     let mount = snapfs::fuse::mount(fs.clone(), mountpoint, options)?;
     let (handler_fs, handler_repo) = (fs.clone(), repo.to_path_buf());
-    control::serve(repo, Arc::new(move |req| answer(&handler_fs, &handler_repo, req)))?;
+    let invalidator = Arc::new(Mutex::new(mount.invalidator()));
+    control::serve(
+        repo,
+        Arc::new(move |req| answer(&handler_fs, &handler_repo, &invalidator, req)),
+    )?;
     eprintln!(
         "snapfs: serving {} at {} (pid {})",
         repo.display(),
@@ -353,7 +358,12 @@ fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
 }
 
 /// Answers a control request inside the daemon, on its own catalog.
-fn answer(fs: &Fs, repo_path: &Path, req: Request) -> snapfs::Result<serde_json::Value> {
+fn answer(
+    fs: &Fs,
+    repo_path: &Path,
+    invalidator: &Mutex<Invalidator>,
+    req: Request,
+) -> snapfs::Result<serde_json::Value> {
     let json = |v: serde_json::Result<serde_json::Value>| {
         v.map_err(|e| snapfs::Error::InvalidArgument(e.to_string()))
     };
@@ -372,6 +382,14 @@ fn answer(fs: &Fs, repo_path: &Path, req: Request) -> snapfs::Result<serde_json:
             let now = snapfs::ops::now_ns();
             let report =
                 fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, path.as_deref(), dry_run, now))?;
+            // Outside the filesystem lock: the kernel may call back in while it drops.
+            let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
+            for (parent, entry) in &report.changes.entries {
+                inval.entry(Ino::live(*parent), entry);
+            }
+            for inode in &report.changes.inodes {
+                inval.inode(Ino::live(*inode));
+            }
             json(serde_json::to_value(report))
         }
         Request::Gc { dry_run, sweep } => {

@@ -182,6 +182,9 @@ pub struct RollbackReport {
     /// Catalog rows changed.
     pub rows_changed: u64,
     pub dry_run: bool,
+    /// What changed, for the mount to invalidate kernel caches (not reported).
+    #[serde(skip)]
+    pub changes: crate::catalog::RollbackChanges,
 }
 
 /// Makes the live tree (or, with `path`, one file or folder of it) what snapshot
@@ -250,6 +253,7 @@ pub fn rollback(
             safety_snapshot: None,
             rows_changed: 0,
             dry_run,
+            changes: Default::default(),
         });
     }
     let label = match path {
@@ -257,7 +261,7 @@ pub fn rollback(
         None => format!("before rollback to {target_name}"),
     };
     let safety = catalog.snapshot(Some(&label), now_ns)?;
-    let rows_changed = match subtree {
+    let changes = match subtree {
         None => catalog.rollback_to(target.id)?,
         Some((parent, leaf, inodes, dirs)) => {
             catalog.rollback_subtree(target.id, parent, &leaf, &inodes, &dirs)?
@@ -266,8 +270,9 @@ pub fn rollback(
     Ok(RollbackReport {
         target: target_name,
         safety_snapshot: safety.name,
-        rows_changed,
+        rows_changed: changes.rows,
         dry_run,
+        changes,
     })
 }
 
