@@ -190,6 +190,11 @@ fn a_lost_mirror_is_refilled_by_scrub_and_then_carries_everything() {
     let status: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
     assert_eq!(status["mirrors"][1]["state"], "lost", "{status}");
     m.umount();
+    let log = fs::read_to_string(repo.join("mount.log")).unwrap();
+    assert!(
+        log.contains("mirror 1") && log.contains("is lost"),
+        "the log warns: {log}"
+    );
 
     fs::create_dir(repo.join("mirror-1")).unwrap();
     let (code, report) = scrub_json(&repo);

@@ -46,6 +46,10 @@ enum Op {
     Rollback {
         pick: u8,
     },
+    RollbackDir {
+        pick: u8,
+        dir: u8,
+    },
     Forget {
         pick: u8,
     },
@@ -62,6 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..6).prop_map(|file| Op::Unlink { file }),
         2 => Just(Op::Snapshot),
         1 => any::<u8>().prop_map(|pick| Op::Rollback { pick }),
+        1 => (any::<u8>(), 0u8..2).prop_map(|(pick, dir)| Op::RollbackDir { pick, dir }),
         1 => any::<u8>().prop_map(|pick| Op::Forget { pick }),
         1 => Just(Op::Gc),
         1 => Just(Op::Reopen),
@@ -229,7 +234,7 @@ fn apply(fs: &Fs, model: &mut Tree, op: &Op) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn snapshots_stay_exact_through_random_operations(ops in proptest::collection::vec(op(), 1..60)) {
@@ -253,6 +258,29 @@ proptest! {
                     let report = fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, None, false, step as i64 * 1_000_000_000 + 7)).unwrap();
                     snaps.push((report.safety_snapshot.unwrap(), model.clone()));
                     model = tree;
+                }
+                Op::RollbackDir { pick, dir } => {
+                    if snaps.is_empty() { continue; }
+                    let (name, tree) = snaps[*pick as usize % snaps.len()].clone();
+                    let prefix = format!("d{dir}");
+                    let result = fs.with_catalog(|cat, _| {
+                        snapshots::rollback(cat, &name, Some(&prefix), false, step as i64 * 1_000_000_000 + 9)
+                    });
+                    match result {
+                        Ok(report) => {
+                            prop_assert!(tree.contains_key(&prefix), "{} rolled back though {} lacks it", prefix, name);
+                            snaps.push((report.safety_snapshot.unwrap(), model.clone()));
+                            let inside = |k: &String| *k == prefix || k.starts_with(&format!("{prefix}/"));
+                            model.retain(|k, _| !inside(k));
+                            model.extend(tree.iter().filter(|(k, _)| inside(k)).map(|(k, v)| (k.clone(), v.clone())));
+                        }
+                        Err(e) => {
+                            let text = e.to_string();
+                            let expected = (!tree.contains_key(&prefix) && text.contains("did not exist"))
+                                || text.contains("moved or linked across");
+                            prop_assert!(expected, "rollback of {} to {}: {}", prefix, name, text);
+                        }
+                    }
                 }
                 Op::Forget { pick } => {
                     if snaps.is_empty() { continue; }

@@ -260,11 +260,13 @@ fn serve(
     let flusher = {
         let (fs, stop) = (fs.clone(), stop.clone());
         std::thread::spawn(move || {
+            let mut reported = std::collections::BTreeSet::new();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 if let Err(e) = fs.flush_old() {
                     eprintln!("snapfs: warning: committing buffered writes failed: {e}");
                 }
+                warn_lost_mirrors(&fs, &mut reported);
             }
         })
     };
@@ -301,6 +303,21 @@ fn serve(
     let _ = std::fs::remove_file(&running);
     eprintln!("snapfs: unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Logs each mirror this mount has set aside, once.
+fn warn_lost_mirrors(fs: &Fs, reported: &mut std::collections::BTreeSet<u32>) {
+    for m in fs.mirror_status() {
+        if let snapfs::store::MirrorState::Lost { reason } = &m.state {
+            if reported.insert(m.id.0) {
+                eprintln!(
+                    "snapfs: warning: {} is lost ({reason}); reads and writes go on with the other mirrors; \
+                     when it is back, `snapfs scrub` refills it",
+                    m.describe
+                );
+            }
+        }
+    }
 }
 
 /// Every `every`: a snapshot when the tree changed, then the retention policy and gc.

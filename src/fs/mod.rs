@@ -761,6 +761,11 @@ impl Fs {
         })
     }
 
+    /// The mirrors' health as this mount sees it (lost ones with the reason).
+    pub fn mirror_status(&self) -> Vec<crate::store::MirrorStatus> {
+        self.store.status()
+    }
+
     /// The mirror folders, as the catalog records them.
     pub fn mirror_paths(&self) -> &[std::path::PathBuf] {
         &self.mirror_paths

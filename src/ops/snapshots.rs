@@ -230,17 +230,19 @@ pub fn rollback(
                     collect(catalog, gen, root, &mut inodes, &mut dirs)?;
                 }
             }
-            // A file of the snapshot's subtree that now (also) lives outside it would
-            // change there too: refuse rather than surprise.
+            // A file of the subtree that has (had) a name outside it, in the snapshot or
+            // now, would change or vanish there too: refuse rather than surprise.
             for id in &inodes {
-                for (dir, entry) in catalog.names_of(live, *id)? {
-                    let inside = dirs.contains(&dir) || (dir == parent && entry == leaf.as_bytes());
-                    if !inside {
-                        return Err(Error::InvalidArgument(format!(
-                            "{:?} in /{p} was moved or linked out of it since {target_name}; roll back a folder \
-                             that holds both places, or use `snapfs restore`",
-                            String::from_utf8_lossy(&entry)
-                        )));
+                for gen in [target.id, live] {
+                    for (dir, entry) in catalog.names_of(gen, *id)? {
+                        let inside = dirs.contains(&dir) || (dir == parent && entry == leaf.as_bytes());
+                        if !inside {
+                            return Err(Error::InvalidArgument(format!(
+                                "{:?} was moved or linked across /{p} since {target_name}; roll back a folder \
+                                 that holds both places, or use `snapfs restore`",
+                                String::from_utf8_lossy(&entry)
+                            )));
+                        }
                     }
                 }
             }
