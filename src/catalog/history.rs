@@ -7,7 +7,7 @@
 
 use rusqlite::{params, TransactionBehavior};
 
-use super::{sql_err, Catalog, ChunkInfo, RollbackChanges};
+use super::{read, sql_err, Catalog, ChunkInfo, RollbackChanges};
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, GenId, InodeId};
 
@@ -199,39 +199,19 @@ impl Catalog {
     /// that resume), at most `limit`.
     pub fn chunks_after(&self, after: Option<ChunkId>, limit: usize) -> Result<Vec<ChunkInfo>> {
         let start: Vec<u8> = after.map(|a| a.0.to_vec()).unwrap_or_default();
+        let sql = format!(
+            "SELECT {} FROM chunks WHERE chunk_id > ?1 ORDER BY chunk_id LIMIT ?2",
+            read::CHUNK_COLUMNS
+        );
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT chunk_id, plain_size, stored_size, mirrors, refs FROM chunks
-                 WHERE chunk_id > ?1 ORDER BY chunk_id LIMIT ?2",
-            )
+            .prepare_cached(&sql)
             .map_err(sql_err("listing chunks"))?;
         let rows = stmt
-            .query_map(params![start, limit as i64], |r| {
-                let id: Vec<u8> = r.get(0)?;
-                Ok((
-                    id,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
+            .query_map(params![start, limit as i64], read::chunk_from_row)
             .map_err(sql_err("listing chunks"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, plain, stored, mirrors, refs) = row.map_err(sql_err("listing chunks"))?;
-            let id = ChunkId::from_slice(&id)
-                .ok_or_else(|| Error::CorruptCatalog("a chunk row has a malformed id".into()))?;
-            out.push(ChunkInfo {
-                id,
-                plain_size: plain as u64,
-                stored_size: stored as u64,
-                mirrors: mirrors as u64,
-                refs: refs as u64,
-            });
-        }
-        Ok(out)
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("listing chunks"))
     }
 
     /// How many chunks have an id up to and including `id` (scrub progress on resume).
@@ -307,31 +287,10 @@ impl Catalog {
             )
             .map_err(sql_err("listing garbage"))?;
         let rows = stmt
-            .query_map([], |r| {
-                let id: Vec<u8> = r.get(0)?;
-                Ok((
-                    id,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
+            .query_map([], read::chunk_from_row)
             .map_err(sql_err("listing garbage"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, plain, stored, mirrors, refs) = row.map_err(sql_err("listing garbage"))?;
-            let id = ChunkId::from_slice(&id)
-                .ok_or_else(|| Error::CorruptCatalog("a garbage row has a malformed chunk id".into()))?;
-            out.push(ChunkInfo {
-                id,
-                plain_size: plain as u64,
-                stored_size: stored as u64,
-                mirrors: mirrors as u64,
-                refs: refs as u64,
-            });
-        }
-        Ok(out)
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("listing garbage"))
     }
 
     /// Drops the rows of chunks whose objects gc deleted. Refuses (and changes

@@ -7,7 +7,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::model::{DirEntry, Extent, FileKind, InodeAttr};
+use super::model::{ChunkInfo, DirEntry, Extent, FileKind, InodeAttr};
 use super::sql_err;
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, GenId, InodeId};
@@ -225,4 +225,22 @@ pub fn xattrs(conn: &Connection, gen: GenId, inode: InodeId) -> Result<Vec<(Vec<
         .map_err(sql_err("listing xattrs"))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(sql_err("listing xattrs"))
+}
+
+/// Columns of a `chunks` row read by `chunk_from_row`, in its order.
+pub(super) const CHUNK_COLUMNS: &str = "chunk_id, plain_size, stored_size, mirrors, refs";
+
+/// A `chunks` row (selected with `CHUNK_COLUMNS`, possibly with a table prefix).
+pub(super) fn chunk_from_row(row: &Row<'_>) -> rusqlite::Result<ChunkInfo> {
+    let bytes: Vec<u8> = row.get(0)?;
+    let id = ChunkId::from_slice(&bytes).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, "malformed chunk id".into())
+    })?;
+    Ok(ChunkInfo {
+        id,
+        plain_size: row.get::<_, i64>(1)? as u64,
+        stored_size: row.get::<_, i64>(2)? as u64,
+        mirrors: row.get::<_, i64>(3)? as u64,
+        refs: row.get::<_, i64>(4)? as u64,
+    })
 }

@@ -562,18 +562,11 @@ fn check_name(name: &[u8]) -> Result<()> {
 }
 
 pub(super) fn chunk(conn: &Connection, id: &ChunkId) -> Result<Option<ChunkInfo>> {
+    let sql = format!("SELECT {} FROM chunks WHERE chunk_id = ?1", read::CHUNK_COLUMNS);
     let mut stmt = conn
-        .prepare_cached("SELECT plain_size, stored_size, mirrors, refs FROM chunks WHERE chunk_id = ?1")
+        .prepare_cached(&sql)
         .map_err(sql_err("preparing chunk probe"))?;
-    stmt.query_row(params![&id.0[..]], |r| {
-        Ok(ChunkInfo {
-            id: *id,
-            plain_size: r.get::<_, i64>(0)? as u64,
-            stored_size: r.get::<_, i64>(1)? as u64,
-            mirrors: r.get::<_, i64>(2)? as u64,
-            refs: r.get::<_, i64>(3)? as u64,
-        })
-    })
-    .optional()
-    .map_err(sql_err("reading a chunk"))
+    stmt.query_row(params![&id.0[..]], read::chunk_from_row)
+        .optional()
+        .map_err(sql_err("reading a chunk"))
 }
