@@ -494,3 +494,31 @@ fn mirror_add_fills_a_new_mirror_and_remove_keeps_one_complete() {
         &["another repository"],
     );
 }
+
+#[test]
+fn an_interrupted_scrub_continues_where_it_stopped() {
+    let (_tmp, repo, _files) = repo_with_files();
+    let m0 = repo.join("mirror-0");
+    let objs = objects(&m0); // sorted by path: objects/ab/<id>, so by id
+    let total = objs.len();
+    let cursor_at = total / 2;
+    let id_of = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    // As if a scrub had checked every chunk up to the middle one, then stopped.
+    fs::write(repo.join("scrub.cursor"), id_of(&objs[cursor_at])).unwrap();
+    flip_byte(&objs[1]); // before the cursor: not looked at again
+    flip_byte(&objs[total - 2]); // after it
+    let (code, report) = scrub_json(&repo);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["resumed"], true);
+    assert_eq!(report["chunks"].as_u64().unwrap() as usize, total - cursor_at - 1);
+    assert_eq!(report["mirrors"][0]["repaired"], 1);
+    assert!(
+        !repo.join("scrub.cursor").exists(),
+        "a finished scrub forgets its place"
+    );
+    // The next scrub starts over and finds the other one.
+    let (_, again) = scrub_json(&repo);
+    assert_eq!(again["resumed"], false);
+    assert_eq!(again["chunks"].as_u64().unwrap() as usize, total);
+    assert_eq!(again["mirrors"][0]["repaired"], 1);
+}

@@ -1,5 +1,6 @@
 //! `snapfs gc`.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Result;
@@ -29,10 +30,19 @@ pub struct Args {
 }
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
-    let dry_run = args.dry_run;
+    let (dry_run, json) = (args.dry_run, args.json);
     let sweep = args.sweep || snapfs::repo::sweep_needed(repo);
     let result = remote::run(repo, Request::Gc { dry_run, sweep }, "snapfs gc", |r| {
-        let stats = snapshots::gc(&mut r.catalog, &r.store, dry_run, sweep)?;
+        let tty = std::io::stderr().is_terminal() && !json;
+        let stats =
+            snapshots::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
+                if tty && total >= 10_000 {
+                    eprint!("\rgc: deleted {done}/{total} chunks   ");
+                }
+            })?;
+        if tty {
+            eprint!("\r");
+        }
         if sweep && !dry_run {
             snapfs::repo::clear_sweep_needed(&r.path);
         }

@@ -321,6 +321,17 @@ pub struct GcStats {
 /// flight (offline under the lock, or in the daemon with writes committed first), so
 /// an unknown object is never a chunk about to be committed. Stops at the first error.
 pub fn gc(catalog: &mut Catalog, store: &MirrorStore, dry_run: bool, sweep: bool) -> Result<GcStats> {
+    gc_with_progress(catalog, store, dry_run, sweep, &mut |_, _| {})
+}
+
+/// `gc`, calling `progress(chunks deleted, chunks to delete)` after each batch.
+pub fn gc_with_progress(
+    catalog: &mut Catalog,
+    store: &MirrorStore,
+    dry_run: bool,
+    sweep: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<GcStats> {
     let garbage = catalog.garbage()?;
     let mut stats = GcStats {
         chunks: garbage.len() as u64,
@@ -333,11 +344,14 @@ pub fn gc(catalog: &mut Catalog, store: &MirrorStore, dry_run: bool, sweep: bool
         // Rows first, then objects: a crash in between leaves unknown objects, which a
         // sweep removes; the other order could leave rows naming deleted objects.
         let ids: Vec<_> = garbage.iter().map(|c| c.id).collect();
+        let mut done = 0u64;
         for batch in ids.chunks(1000) {
             catalog.drop_chunks(batch)?;
             for id in batch {
                 store.remove(id)?;
             }
+            done += batch.len() as u64;
+            progress(done, ids.len() as u64);
         }
     }
     if sweep {
