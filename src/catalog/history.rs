@@ -5,7 +5,7 @@
 //! Every operation is one transaction. The row rules of schema.sql hold throughout:
 //! a retained generation's view never changes.
 
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
 use super::{read, sql_err, Catalog, ChunkInfo, RollbackChanges};
 use crate::error::{Error, Result};
@@ -42,10 +42,7 @@ impl Catalog {
     /// Forgets `gens` in one transaction and returns the stored bytes of all garbage
     /// afterwards. With `dry_run` the transaction is rolled back: nothing changes.
     pub fn measure_forget(&mut self, gens: &[GenId], dry_run: bool) -> Result<u64> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting forget"))?;
+        let tx = self.begin()?;
         for gen in gens {
             forget_in(&tx, *gen)?;
         }
@@ -70,10 +67,7 @@ impl Catalog {
     /// live generation (every live row was frozen with it).
     pub fn rollback_to(&mut self, gen: GenId) -> Result<RollbackChanges> {
         let live = self.live;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting rollback"))?;
+        let tx = self.begin()?;
         let mut changes = RollbackChanges::default();
         for (table, _) in VERSIONED {
             changes.rows += rollback_rows(&tx, table, live, gen, "", &mut changes)?;
@@ -96,10 +90,7 @@ impl Catalog {
         dirs: &[InodeId],
     ) -> Result<RollbackChanges> {
         let live = self.live;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting rollback"))?;
+        let tx = self.begin()?;
         tx.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS rb_inodes (id INTEGER PRIMARY KEY);
              CREATE TEMP TABLE IF NOT EXISTS rb_dirs (id INTEGER PRIMARY KEY);
@@ -296,10 +287,7 @@ impl Catalog {
     /// Drops the rows of chunks whose objects gc deleted. Refuses (and changes
     /// nothing) if any of them is referenced again.
     pub fn drop_chunks(&mut self, ids: &[ChunkId]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting chunk removal"))?;
+        let tx = self.begin()?;
         for id in ids {
             let refs: i64 = tx
                 .query_row(
@@ -479,10 +467,7 @@ impl Catalog {
 
     /// Forgets a mirror: its row, and its bit in every chunk.
     pub fn remove_mirror(&mut self, id: crate::types::MirrorId) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting mirror removal"))?;
+        let tx = self.begin()?;
         tx.execute("DELETE FROM mirrors WHERE mirror_id = ?1", params![id.0])
             .map_err(sql_err("removing a mirror"))?;
         tx.execute("UPDATE chunks SET mirrors = mirrors & ~(1 << ?1)", params![id.0])
@@ -492,10 +477,7 @@ impl Catalog {
 
     /// Records that mirror `id` holds (durably) each of `chunks`.
     pub fn mark_chunks_in_mirror(&mut self, chunks: &[ChunkId], id: crate::types::MirrorId) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting a mirror update"))?;
+        let tx = self.begin()?;
         {
             let mut stmt = tx
                 .prepare("UPDATE chunks SET mirrors = mirrors | (1 << ?2) WHERE chunk_id = ?1")

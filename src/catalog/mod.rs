@@ -71,6 +71,10 @@ pub struct Catalog {
     /// Whether a write transaction started since the last freeze (or since open:
     /// assumed yes). Lets scheduled snapshots skip an unchanged tree.
     touched: bool,
+    /// Group commit: write transactions become savepoints of one open transaction,
+    /// committed by `commit_batch` (see `set_batching`).
+    batching: bool,
+    batch_open: bool,
 }
 
 impl Catalog {
@@ -211,6 +215,8 @@ impl Catalog {
             max_extent: 0,
             read_only,
             touched: true,
+            batching: false,
+            batch_open: false,
         };
         catalog.refresh()?;
         Ok(catalog)
@@ -326,10 +332,7 @@ impl Catalog {
     /// O(1): two row writes, whatever the size of the tree. Durable on return.
     pub fn freeze(&mut self, name: &str, label: Option<&str>, now_ns: i64) -> Result<GenId> {
         let frozen = self.live;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting a snapshot"))?;
+        let tx = self.begin()?;
         let taken: Option<i64> = tx
             .query_row(
                 "SELECT gen_id FROM generations WHERE name = ?1",
@@ -355,6 +358,40 @@ impl Catalog {
         self.live = GenId(frozen.0 + 1);
         self.touched = false;
         Ok(frozen)
+    }
+
+    /// Turns group commit on or off. On, each `write()` transaction is a savepoint of
+    /// one open transaction that `commit_batch` commits: many small changes (a
+    /// metadata storm) cost one commit. Work that needs its own transaction commits
+    /// the batch first. Readers in other processes see a batch once committed.
+    pub fn set_batching(&mut self, on: bool) -> Result<()> {
+        if !on {
+            self.commit_batch()?;
+        }
+        self.batching = on;
+        Ok(())
+    }
+
+    /// Commits the open batch, if any. On failure it is rolled back and the error
+    /// returned: its changes are lost, never half-applied.
+    pub fn commit_batch(&mut self) -> Result<()> {
+        if !self.batch_open {
+            return Ok(());
+        }
+        self.batch_open = false;
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(sql_err("committing a batch")(e));
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction of its own (after committing the open batch).
+    fn begin(&mut self) -> Result<rusqlite::Transaction<'_>> {
+        self.commit_batch()?;
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting a catalog transaction"))
     }
 
     /// Takes a snapshot: freezes the live generation under the name
@@ -387,12 +424,23 @@ impl Catalog {
         if self.read_only {
             return Err(Error::ReadOnly("catalog opened read-only".into()));
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql_err("starting a catalog transaction"))?;
         self.touched = true;
-        Ok(Txn::new(tx, self.live, self.max_extent))
+        let (live, max_extent) = (self.live, self.max_extent);
+        if self.batching {
+            if !self.batch_open {
+                self.conn
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .map_err(sql_err("starting a batch"))?;
+                self.batch_open = true;
+            }
+            let sp = self
+                .conn
+                .savepoint()
+                .map_err(sql_err("starting a catalog transaction"))?;
+            return Ok(Txn::new(write::Inner::InBatch(sp), live, max_extent));
+        }
+        let tx = self.begin()?;
+        Ok(Txn::new(write::Inner::Own(tx), live, max_extent))
     }
 
     /// The attributes of `id` as `gen` sees them.
@@ -537,6 +585,7 @@ impl Catalog {
     /// Makes every committed transaction durable: on return, a power loss cannot undo
     /// them (one fsync of the WAL, through a durable empty commit).
     pub fn sync(&mut self) -> Result<()> {
+        self.commit_batch()?;
         self.conn
             .execute_batch("PRAGMA synchronous = FULL")
             .map_err(sql_err("syncing the catalog"))?;

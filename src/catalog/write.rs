@@ -5,7 +5,7 @@
 //! a row born in the live generation is changed in place. Frozen generations therefore
 //! never change. Link counts are kept here, so every caller gets them right.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Savepoint, Transaction};
 
 use super::model::{ChunkInfo, Extent, FileKind, InodeAttr, NewInode};
 use super::read;
@@ -16,13 +16,29 @@ use crate::types::{ChunkId, GenId, InodeId};
 /// One write transaction on the live generation. Reads through it see its own changes.
 /// Dropping it without `commit` rolls everything back.
 pub struct Txn<'c> {
-    tx: Transaction<'c>,
+    tx: Inner<'c>,
     live: GenId,
     max_extent: u64,
 }
 
+/// A transaction of its own, or a savepoint inside the catalog's open batch.
+pub(super) enum Inner<'c> {
+    Own(Transaction<'c>),
+    InBatch(Savepoint<'c>),
+}
+
+impl std::ops::Deref for Inner<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            Inner::Own(t) => t,
+            Inner::InBatch(s) => s,
+        }
+    }
+}
+
 impl<'c> Txn<'c> {
-    pub(super) fn new(tx: Transaction<'c>, live: GenId, max_extent: u64) -> Txn<'c> {
+    pub(super) fn new(tx: Inner<'c>, live: GenId, max_extent: u64) -> Txn<'c> {
         Txn { tx, live, max_extent }
     }
 
@@ -32,8 +48,12 @@ impl<'c> Txn<'c> {
     }
 
     /// Makes every change durable and visible, atomically.
+    /// (In a batch, it becomes part of the batch, which the catalog commits as one.)
     pub fn commit(self) -> Result<()> {
-        self.tx.commit().map_err(sql_err("committing"))
+        match self.tx {
+            Inner::Own(t) => t.commit().map_err(sql_err("committing")),
+            Inner::InBatch(s) => s.commit().map_err(sql_err("committing")),
+        }
     }
 
     // ---- reads (live generation, including this transaction's changes) ----

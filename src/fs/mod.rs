@@ -163,6 +163,9 @@ impl Fs {
     pub fn new(catalog: Catalog, store: Arc<MirrorStore>, options: FsOptions) -> Result<Fs> {
         let settings = catalog.settings()?;
         catalog.set_durable_commits(false)?;
+        let mut catalog = catalog;
+        // Metadata storms (untar, git checkout) cost one commit per tick, not per file.
+        catalog.set_batching(true)?;
         let mirror_paths = catalog.mirrors()?.into_iter().map(|m| m.path).collect();
         let sink = ChunkSink::new(store.clone(), settings.chunker, settings.zstd_level).with_writers(2, 32);
         let mut state = State {
@@ -587,7 +590,8 @@ impl Fs {
         if due {
             self.flush_locked(&mut st, None)?;
         }
-        Ok(())
+        // The batch of metadata changes since the last tick.
+        st.catalog.commit_batch()
     }
 
     /// Makes `ino`'s data and metadata (and everything committed before) durable.
