@@ -121,12 +121,32 @@ pub enum FrameError {
 /// plaintext; otherwise (and with `None`, or if zstd fails) the payload is raw.
 /// Lengths above `u32::MAX` are a caller bug: the chunker never produces them.
 pub fn encode(plain: &[u8], zstd_level: Option<i32>) -> EncodedChunk {
+    encode_with_id(ChunkId::of(plain), plain, zstd_level)
+}
+
+/// Bytes of a chunk's start that are compressed first to see whether the whole is
+/// worth compressing.
+const SAMPLE_LEN: usize = 4096;
+
+/// True when compressing `plain` may pay: small chunks are always tried; for larger
+/// ones a sample of the start must shrink by at least 3%. Random data (media,
+/// archives, encrypted files) then costs one 4 KiB trial instead of a full one.
+fn worth_compressing(plain: &[u8], level: i32) -> bool {
+    if plain.len() <= 4 * SAMPLE_LEN {
+        return true;
+    }
+    let sample = &plain[..SAMPLE_LEN];
+    zstd::bulk::compress(sample, level).is_ok_and(|c| c.len() * 100 < sample.len() * 97)
+}
+
+/// `encode` for a chunk whose id (BLAKE3 of `plain`) the caller already has.
+pub fn encode_with_id(id: ChunkId, plain: &[u8], zstd_level: Option<i32>) -> EncodedChunk {
     debug_assert!(plain.len() <= MAX_PLAIN_LEN as usize);
-    let id = ChunkId::of(plain);
     // Invariant: chunks come from the chunker (<= 16 MiB); saturate rather than panic,
     // decode then rejects the frame instead of returning wrong bytes.
     let plain_len = u32::try_from(plain.len()).unwrap_or(u32::MAX);
     let compressed = zstd_level
+        .filter(|level| worth_compressing(plain, *level))
         .and_then(|level| zstd::bulk::compress(plain, level).ok())
         .filter(|c| c.len() < plain.len());
     let (codec, payload): (Codec, &[u8]) = match &compressed {

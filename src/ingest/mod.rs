@@ -142,7 +142,7 @@ impl ChunkSink {
             self.pending.insert(id, entry);
             return Ok(id);
         }
-        let encoded = codec::encode(plain, self.zstd_level);
+        let encoded = codec::encode_with_id(id, plain, self.zstd_level);
         let written = self.store.put_to(&id, &encoded.frame, missing)?;
         self.stats.stored_bytes += encoded.frame.len() as u64;
         let mirrors = MirrorSet(held.0 | written.0);

@@ -130,7 +130,7 @@ fn work(store: &MirrorStore, zstd_level: Option<i32>, receiver: &Mutex<Receiver<
             rx.recv()
         };
         let Ok(job) = job else { return };
-        let encoded = codec::encode(&job.plain, zstd_level);
+        let encoded = codec::encode_with_id(job.id, &job.plain, zstd_level);
         let result = store.put_to(&job.id, &encoded.frame, job.targets);
         let mut progress = shared.lock();
         match result {
