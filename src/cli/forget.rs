@@ -69,9 +69,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Pin a snapshot against forget.
-///
-/// Example: snapfs hold @latest
+/// A snapshot to hold or release.
 #[derive(clap::Args, Debug)]
 pub struct HoldArgs {
     /// The snapshot

@@ -10,7 +10,9 @@ use snapfs::repo::Repo;
 
 use super::human_bytes;
 
-/// Change the set of mirror folders.
+/// Change the set of mirror folders (the repository must be unmounted).
+///
+/// Example: snapfs mirror add /mnt/usb/snapfs
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]

@@ -5,6 +5,7 @@
 
 mod check;
 mod diff;
+mod docs;
 mod forget;
 mod gc;
 mod import;
@@ -50,7 +51,13 @@ pub enum Command {
     Restore(restore::Args),
     Rollback(rollback::Args),
     Forget(forget::Args),
+    /// Pin a snapshot against forget and retention.
+    ///
+    /// Example: snapfs hold @latest
     Hold(forget::HoldArgs),
+    /// Unpin a snapshot held with `snapfs hold`.
+    ///
+    /// Example: snapfs release @2026-01-31T142500Z
     Release(forget::HoldArgs),
     Gc(gc::Args),
     Diff(diff::Args),
@@ -59,10 +66,17 @@ pub enum Command {
     Check(check::Args),
     Recover(recover::Args),
     Mirror(mirror::Args),
+    Completions(docs::CompletionsArgs),
+    Manpage(docs::ManpageArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Manpage(args) => return docs::manpage(args),
+        _ => {}
+    }
     let repo = match cli.repo {
         Some(r) => r,
         None => snapfs::repo::default_repo_path()
@@ -88,6 +102,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(&repo, args),
         Command::Recover(args) => recover::run(&repo, args),
         Command::Mirror(args) => mirror::run(&repo, args),
+        Command::Completions(_) | Command::Manpage(_) => Ok(()),
     }
 }
 
