@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = cli::Cli::parse_from(cli::args_from(std::env::args_os().collect()));
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -528,3 +528,61 @@ fn gc_while_a_writer_streams_into_the_mount_loses_nothing() {
     m.umount();
     assert!(snapfs_ok(&repo, &["check", "--read-data"]).contains("no problems found"));
 }
+
+#[test]
+fn an_fstab_style_mount_through_mount_fuse3_works_and_plain_umount_keeps_everything() {
+    require_fuse!();
+    if !rustix::process::geteuid().is_root() || !Path::new("/sbin/mount.fuse3").exists() {
+        eprintln!("SKIPPED: needs root and mount.fuse3 (package fuse3)");
+        return;
+    }
+    let (tmp, repo, mnt) = setup();
+    // mount.fuse3 runs `snapfs SOURCE MOUNTPOINT -o …` from PATH: put this build first.
+    let bin = tmp.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_snapfs"), bin.join("snapfs")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    // mount(8) runs mount.fuse3 for an fstab line of type fuse.snapfs (or fuse with a
+    // snapfs# source); call it the same way, with this build on its PATH (mount(8)
+    // itself resets PATH).
+    for source in [
+        repo.to_str().unwrap().to_string(),
+        format!("snapfs#{}", repo.display()),
+    ] {
+        let fstype = if source.starts_with("snapfs#") {
+            "fuse"
+        } else {
+            "fuse.snapfs"
+        };
+        let mut helper = Command::new("/sbin/mount.fuse3");
+        helper
+            .arg(&source)
+            .arg(&mnt)
+            .args(["-o", "rw,nodev,noatime"])
+            .env("PATH", &path);
+        if fstype == "fuse.snapfs" {
+            helper.args(["-t", "snapfs"]);
+        }
+        let out = helper.output().unwrap();
+        assert!(
+            out.status.success(),
+            "mount -t {fstype} {source}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = Mount::adopt(&repo, &mnt);
+        let name = format!("{fstype}.txt");
+        fs::write(m.path(&name), fstype.as_bytes()).unwrap();
+        let out = Command::new("umount").arg(&mnt).output().unwrap();
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(wait_daemon_exit(&repo, Duration::from_secs(30)));
+        drop(m);
+    }
+    let m = Mount::new(&repo, &mnt);
+    assert_eq!(fs::read(m.path("fuse.snapfs.txt")).unwrap(), b"fuse.snapfs");
+    assert_eq!(fs::read(m.path("fuse.txt")).unwrap(), b"fuse");
+    m.umount();
+}

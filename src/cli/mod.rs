@@ -70,6 +70,33 @@ pub enum Command {
     Manpage(docs::ManpageArgs),
 }
 
+/// The command line, with the form `mount.fuse3` uses (for `/etc/fstab` lines such
+/// as `snapfs#/home/me/.snapfs /home/me/versioned fuse.snapfs defaults 0 0`):
+/// `snapfs SOURCE MOUNTPOINT [-o OPTIONS]` becomes
+/// `snapfs --repo SOURCE mount MOUNTPOINT [-o OPTIONS]`.
+pub fn args_from(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let known: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    let helper_form = args.len() >= 3
+        && args[1..3].iter().all(|a| !a.to_string_lossy().starts_with('-'))
+        && !known.iter().any(|k| args[1].to_string_lossy() == k.as_str());
+    if !helper_form {
+        return args;
+    }
+    let mut out = vec![
+        args[0].clone(),
+        "--repo".into(),
+        args[1].clone(),
+        "mount".into(),
+        args[2].clone(),
+    ];
+    out.extend(args[3..].iter().cloned());
+    out
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {

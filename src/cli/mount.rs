@@ -97,8 +97,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     for o in &args.options {
         match o.as_str() {
             "allow_other" => options.allow_other = true,
-            "" | "rw" | "defaults" => {}
-            other => bail!("unknown mount option {other:?}; known: allow_other"),
+            // What mount(8) and fstab pass along; the kernel or the helper handles them.
+            "" | "rw" | "defaults" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+            | "noatime" | "relatime" | "strictatime" | "auto" | "noauto" | "user" | "nouser" | "users"
+            | "nofail" | "_netdev" | "async" | "sync" => {}
+            o if o.starts_with("x-") || o.starts_with("comment=") => {}
+            "ro" => bail!("snapfs mounts the live tree read-write; snapshots are the read-only views"),
+            other => bail!("unknown mount option {other:?}; known: allow_other (and the usual rw, nodev, …)"),
         }
     }
     let every = args.every.as_deref().map(parse_duration).transpose()?;
