@@ -448,7 +448,11 @@ impl Catalog {
         self.conn
             .execute(
                 "INSERT INTO mirrors (mirror_id, path, state, added_ns) VALUES (?1, ?2, 'filling', ?3)",
-                params![next, path.to_string_lossy(), now_ns],
+                params![
+                    next,
+                    path.strip_prefix(&self.dir).unwrap_or(path).to_string_lossy(),
+                    now_ns
+                ],
             )
             .map_err(sql_err("recording a mirror"))?;
         Ok(crate::types::MirrorId(next as u32))

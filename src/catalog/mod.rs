@@ -75,6 +75,9 @@ pub struct Catalog {
     /// committed by `commit_batch` (see `set_batching`).
     batching: bool,
     batch_open: bool,
+    /// The folder of catalog.db (the repository), against which mirror paths
+    /// recorded relative (mirrors inside the repository) are resolved.
+    dir: PathBuf,
 }
 
 impl Catalog {
@@ -123,7 +126,11 @@ impl Catalog {
         for (i, mirror) in new.mirrors.iter().enumerate() {
             tx.execute(
                 "INSERT INTO mirrors (mirror_id, path, state, added_ns) VALUES (?1, ?2, 'complete', ?3)",
-                params![i as i64, mirror.to_string_lossy(), s.created_ns],
+                params![
+                    i as i64,
+                    stored_mirror_path(path, mirror).to_string_lossy(),
+                    s.created_ns
+                ],
             )
             .map_err(sql_err("recording mirrors"))?;
         }
@@ -146,7 +153,7 @@ impl Catalog {
         )
         .map_err(sql_err("creating the root folder"))?;
         tx.commit().map_err(sql_err("committing the new catalog"))?;
-        Catalog::from_conn(conn, false)
+        Catalog::from_conn(conn, path, false)
     }
 
     /// Opens an existing catalog for reading and writing. The caller holds the
@@ -205,10 +212,10 @@ impl Catalog {
                 supported: SCHEMA_VERSION,
             });
         }
-        Catalog::from_conn(conn, read_only)
+        Catalog::from_conn(conn, path, read_only)
     }
 
-    fn from_conn(conn: Connection, read_only: bool) -> Result<Catalog> {
+    fn from_conn(conn: Connection, path: &Path, read_only: bool) -> Result<Catalog> {
         let mut catalog = Catalog {
             conn,
             live: GenId(0),
@@ -217,6 +224,8 @@ impl Catalog {
             touched: true,
             batching: false,
             batch_open: false,
+            dir: std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+                .unwrap_or_else(|_| path.parent().map(Path::to_path_buf).unwrap_or_default()),
         };
         catalog.refresh()?;
         Ok(catalog)
@@ -498,7 +507,7 @@ impl Catalog {
             .query_map([], |row| {
                 Ok(MirrorRecord {
                     id: MirrorId(row.get(0)?),
-                    path: PathBuf::from(row.get::<_, String>(1)?),
+                    path: self.dir.join(row.get::<_, String>(1)?),
                     state: row.get(2)?,
                 })
             })
@@ -686,6 +695,17 @@ pub fn inspect(path: &Path) -> Result<CopyInfo> {
         repo_id: catalog.settings()?.repo_id,
         newest_snapshot,
     })
+}
+
+/// How a mirror path is recorded: relative to the repository folder when it lies
+/// inside it (so a repository can be moved or copied whole), else absolute.
+pub(crate) fn stored_mirror_path(db: &Path, mirror: &Path) -> PathBuf {
+    let repo = db.parent().unwrap_or(Path::new(""));
+    let repo_abs = std::path::absolute(repo).unwrap_or_else(|_| repo.to_path_buf());
+    mirror
+        .strip_prefix(&repo_abs)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| mirror.to_path_buf())
 }
 
 /// The snapshot name for an instant: `@YYYY-MM-DDTHHMMSSZ` in UTC (sortable, no colons).
