@@ -39,6 +39,8 @@ pub enum Request {
     Gc { dry_run: bool, sweep: bool },
     /// Pin or unpin a snapshot.
     Hold { name: String, held: bool },
+    /// Commit buffered writes, so that readers in other processes see them.
+    Commit,
 }
 
 /// The mount's answer: a JSON result, or an error message.

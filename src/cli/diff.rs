@@ -38,6 +38,7 @@ pub struct LogArgs {
 }
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
+    super::remote::commit_pending(repo)?;
     let catalog = snapfs::repo::open_catalog_read_only(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
     let a = snapshots::resolve(&catalog, &args.a)?;
@@ -80,6 +81,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
 }
 
 pub fn log(repo: &Path, args: LogArgs) -> Result<()> {
+    super::remote::commit_pending(repo)?;
     let catalog = snapfs::repo::open_catalog_read_only(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
     let versions = history::log(&catalog, &args.path)?;

@@ -422,6 +422,10 @@ fn answer(
             }
             json(serde_json::to_value(stats))
         }
+        Request::Commit => {
+            fs.commit()?;
+            Ok(serde_json::Value::Null)
+        }
         Request::Hold { name, held } => json(serde_json::to_value(
             fs.with_catalog(|cat, _| snapshots::hold(cat, &name, held))?,
         )),

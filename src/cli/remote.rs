@@ -25,3 +25,10 @@ pub fn run<T: Serialize>(
         Repo::open(repo, holder).with_context(|| format!("cannot open repository {}", repo.display()))?;
     Ok(serde_json::to_value(direct(&mut handle)?)?)
 }
+
+/// When a mount serves `repo`, asks it to commit buffered writes first, so that a
+/// read-only command sees the newest state. Without a mount there is nothing to do.
+pub fn commit_pending(repo: &Path) -> Result<()> {
+    control::request(repo, &Request::Commit)?;
+    Ok(())
+}

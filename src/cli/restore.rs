@@ -28,6 +28,7 @@ pub struct Args {
 }
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
+    super::remote::commit_pending(repo)?;
     let catalog = snapfs::repo::open_catalog_read_only(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
     let settings = catalog.settings()?;

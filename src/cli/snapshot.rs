@@ -47,6 +47,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
 }
 
 pub fn list(repo: &Path, args: ListArgs) -> Result<()> {
+    super::remote::commit_pending(repo)?;
     let catalog = snapfs::repo::open_catalog_read_only(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
     let snaps: Vec<SnapshotInfo> = snapshots::list(&catalog)?;

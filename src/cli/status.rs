@@ -17,6 +17,7 @@ pub struct Args {
 }
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
+    super::remote::commit_pending(repo)?;
     let report = snapfs::ops::status::status(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
     if args.json {

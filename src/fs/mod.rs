@@ -583,6 +583,14 @@ impl Fs {
         self.flush_locked(&mut st, ino)
     }
 
+    /// Commits every buffered write and the metadata batch (not durably: that is
+    /// `fsync`), so that other processes reading the catalog see them.
+    pub fn commit(&self) -> Result<()> {
+        let mut st = self.lock();
+        self.flush_locked(&mut st, None)?;
+        st.catalog.commit_batch()
+    }
+
     /// Commits buffered writes older than `FsOptions::flush_after` (the flusher's tick).
     pub fn flush_old(&self) -> Result<()> {
         let mut st = self.lock();
