@@ -1,6 +1,5 @@
 //! `snapfs gc`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Result;
@@ -33,16 +32,16 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     let (dry_run, json) = (args.dry_run, args.json);
     let sweep = args.sweep || snapfs::repo::sweep_needed(repo);
     let result = remote::run(repo, Request::Gc { dry_run, sweep }, "snapfs gc", |r| {
-        let tty = std::io::stderr().is_terminal() && !json;
+        let bar = if json {
+            super::progress::Progress::hidden()
+        } else {
+            super::progress::Progress::new("gc", "chunks")
+        };
         let stats =
             snapshots::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
-                if tty && total >= 10_000 {
-                    eprint!("\rgc: deleted {done}/{total} chunks   ");
-                }
+                bar.set(done, total)
             })?;
-        if tty {
-            eprint!("\r");
-        }
+        bar.finish();
         if sweep && !dry_run {
             snapfs::repo::clear_sweep_needed(&r.path);
         }

@@ -25,12 +25,13 @@ pub struct Args {
 pub fn run(repo: &Path, args: Args) -> Result<()> {
     let mut handle = Repo::open(repo, &format!("import {}", args.src.display()))
         .with_context(|| format!("cannot open repository {}", repo.display()))?;
+    let bar = super::progress::Progress::spinner("importing", "entries");
     let stats = snapfs::ops::import::import(
         &mut handle,
         &args.src,
         &args.to,
         snapfs::ops::now_ns(),
-        &mut |_| {},
+        &mut |s| bar.set(s.files + s.dirs + s.symlinks + s.specials + s.hard_links, 0),
     )
     .with_context(|| {
         format!(
@@ -38,6 +39,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             args.src.display()
         )
     })?;
+    bar.finish();
     println!(
         "imported {} files, {} folders, {} symlinks, {} special files, {} extra hard links",
         stats.files, stats.dirs, stats.symlinks, stats.specials, stats.hard_links

@@ -1,6 +1,5 @@
 //! `snapfs mirror add` and `snapfs mirror remove`.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -49,16 +48,12 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         .with_context(|| format!("cannot open repository {}", repo.display()))?;
     match args.action {
         Action::Add { dir } => {
-            let tty = std::io::stderr().is_terminal();
+            let bar = super::progress::Progress::new("filling the mirror", "chunks");
             let report = mirrors::add(&mut handle, &dir, snapfs::ops::now_ns(), &mut |done, total| {
-                if tty {
-                    eprint!("\rfilling {}: {done}/{total} chunks   ", dir.display());
-                }
+                bar.set(done, total)
             })
             .with_context(|| format!("cannot add mirror {}", dir.display()))?;
-            if tty {
-                eprintln!();
-            }
+            bar.finish();
             println!(
                 "mirror {} at {} is complete: {} chunks, {} copied ({})",
                 report.mirror,

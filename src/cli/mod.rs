@@ -12,6 +12,7 @@ mod import;
 mod init;
 mod mirror;
 mod mount;
+mod progress;
 mod recover;
 mod remote;
 mod restore;
@@ -34,6 +35,14 @@ pub struct Cli {
     /// Repository folder [default: $SNAPFS_REPO, else $XDG_DATA_HOME/snapfs, else ~/.local/share/snapfs]
     #[arg(long, global = true, value_name = "DIR")]
     pub repo: Option<PathBuf>,
+
+    /// No progress bars and fewer messages
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// More detail in the log (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 
     #[command(subcommand)]
     pub command: Command,
@@ -99,6 +108,7 @@ pub fn args_from(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    progress::configure(cli.quiet, cli.verbose);
     match cli.command {
         Command::Completions(args) => return docs::completions(args),
         Command::Manpage(args) => return docs::manpage(args),

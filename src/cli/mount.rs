@@ -144,6 +144,9 @@ fn spawn_daemon(repo: &Path, mountpoint: &Path, args: &Args) -> Result<()> {
     cmd.arg("--repo").arg(repo).arg("mount").arg(mountpoint).arg("-f");
     cmd.arg("--threads").arg(args.threads.to_string());
     cmd.arg("--snapdir").arg(&args.snapdir);
+    for _ in 0..super::progress::verbose() {
+        cmd.arg("-v");
+    }
     if let Some(every) = &args.every {
         cmd.arg("--every").arg(every);
     }
@@ -386,6 +389,9 @@ fn answer(
     invalidator: &Mutex<Invalidator>,
     req: Request,
 ) -> snapfs::Result<serde_json::Value> {
+    if super::progress::verbose() > 0 {
+        eprintln!("snapfs: control request {req:?}");
+    }
     let json = |v: serde_json::Result<serde_json::Value>| {
         v.map_err(|e| snapfs::Error::InvalidArgument(e.to_string()))
     };

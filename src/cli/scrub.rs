@@ -1,6 +1,5 @@
 //! `snapfs scrub`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -23,22 +22,13 @@ pub struct Args {
 pub fn run(repo: &Path, args: Args) -> Result<()> {
     let catalog = snapfs::repo::open_catalog_read_only(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
-    let tty = std::io::stderr().is_terminal() && !args.json;
-    let start = std::time::Instant::now();
-    let report = scrub::scrub(repo, &catalog, &mut |done, total| {
-        if tty && total > 0 {
-            let secs = start.elapsed().as_secs_f64();
-            let eta = if done > 0 {
-                secs / done as f64 * (total - done.min(total)) as f64
-            } else {
-                0.0
-            };
-            eprint!("\rscrubbed {done}/{total} chunks, about {eta:.0} s left   ");
-        }
-    })?;
-    if tty {
-        eprintln!();
-    }
+    let bar = if args.json {
+        super::progress::Progress::hidden()
+    } else {
+        super::progress::Progress::new("scrub", "chunks")
+    };
+    let report = scrub::scrub(repo, &catalog, &mut |done, total| bar.set(done, total))?;
+    bar.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
