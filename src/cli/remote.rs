@@ -28,7 +28,13 @@ pub fn run<T: Serialize>(
 
 /// When a mount serves `repo`, asks it to commit buffered writes first, so that a
 /// read-only command sees the newest state. Without a mount there is nothing to do.
+/// A failure (a full disk) is only a warning: the command then reads what is
+/// committed, which is exactly what it must still be able to do then.
 pub fn commit_pending(repo: &Path) -> Result<()> {
-    control::request(repo, &Request::Commit)?;
+    if let Err(e) = control::request(repo, &Request::Commit) {
+        eprintln!(
+            "snapfs: warning: the mount could not commit its latest writes ({e}); showing what is committed"
+        );
+    }
     Ok(())
 }
