@@ -220,6 +220,13 @@ fn reply_entry(reply: ReplyEntry, result: Result<Node>) {
     }
 }
 
+fn reply_data(reply: ReplyData, result: Result<Vec<u8>>) {
+    match result {
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
     match result {
         Ok(()) => reply.ok(),
@@ -302,10 +309,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, n: INodeNo, reply: ReplyData) {
-        match self.fs.readlink_node(ino(n)) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_data(reply, self.fs.readlink_node(ino(n)));
     }
 
     fn mknod(
@@ -425,10 +429,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read_node(ino(n), offset, size as usize) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_data(reply, self.fs.read_node(ino(n), offset, size as usize));
     }
 
     fn write(

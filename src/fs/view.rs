@@ -72,10 +72,7 @@ impl Fs {
             }),
             (View::Snapshot(gen), id) => {
                 let st = self.lock();
-                let attr = st
-                    .catalog
-                    .inode(gen, id)?
-                    .ok_or_else(|| Error::NotFound(format!("inode {id}")))?;
+                let attr = inode_in(&st, gen, id)?;
                 Ok(Node { ino, attr })
             }
         }
@@ -98,23 +95,22 @@ impl Fs {
                     });
                 }
                 drop(st);
+                let attr = self.lookup(InodeId::ROOT, name)?;
                 Ok(Node {
-                    ino: Ino::live(InodeId::ROOT),
-                    attr: self.lookup(InodeId::ROOT, name)?,
-                }
-                .relabel())
+                    ino: Ino::live(attr.id),
+                    attr,
+                })
             }
-            (View::Live, id) => Ok(Node {
-                ino: Ino::ROOT,
-                attr: self.lookup(id, name)?,
+            (View::Live, id) => {
+                let attr = self.lookup(id, name)?;
+                Ok(Node {
+                    ino: Ino::live(attr.id),
+                    attr,
+                })
             }
-            .relabel()),
             (View::Snapshot(gen), id) => {
                 let st = self.lock();
-                let dir = st
-                    .catalog
-                    .inode(gen, id)?
-                    .ok_or_else(|| Error::NotFound(format!("inode {id}")))?;
+                let dir = inode_in(&st, gen, id)?;
                 if dir.kind != FileKind::Dir {
                     return Err(Error::NotDir(String::from_utf8_lossy(name).into_owned()));
                 }
@@ -122,10 +118,7 @@ impl Fs {
                     .catalog
                     .lookup(gen, id, name)?
                     .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-                let attr = st
-                    .catalog
-                    .inode(gen, child)?
-                    .ok_or_else(|| Error::NotFound(format!("inode {child}")))?;
+                let attr = inode_in(&st, gen, child)?;
                 Ok(Node {
                     ino: Ino::snapshot(gen, child),
                     attr,
@@ -176,10 +169,7 @@ impl Fs {
                     .readdir(gen, id)?
                     .into_iter()
                     .map(|e| {
-                        let attr = st
-                            .catalog
-                            .inode(gen, e.inode)?
-                            .ok_or_else(|| Error::NotFound(format!("inode {}", e.inode)))?;
+                        let attr = inode_in(&st, gen, e.inode)?;
                         Ok((
                             e.name,
                             Node {
@@ -208,10 +198,7 @@ impl Fs {
             (View::Live, id) => self.read(id, offset, len),
             (View::Snapshot(gen), id) => {
                 let st = self.lock();
-                let attr = st
-                    .catalog
-                    .inode(gen, id)?
-                    .ok_or_else(|| Error::NotFound(format!("inode {id}")))?;
+                let attr = inode_in(&st, gen, id)?;
                 if attr.kind == FileKind::Dir {
                     return Err(Error::IsDir(format!("inode {id}")));
                 }
@@ -336,15 +323,11 @@ impl Fs {
     }
 }
 
-impl Node {
-    /// Gives a live lookup result its own inode number (lookups return the child's
-    /// attributes with the parent's view).
-    fn relabel(self) -> Node {
-        Node {
-            ino: Ino::live(self.attr.id),
-            attr: self.attr,
-        }
-    }
+/// The attributes of `id` in generation `gen`; NotFound when that view lacks it.
+fn inode_in(st: &State, gen: GenId, id: InodeId) -> Result<InodeAttr> {
+    st.catalog
+        .inode(gen, id)?
+        .ok_or_else(|| Error::NotFound(format!("inode {id}")))
 }
 
 /// The generation of the snapshot called `name`, if there is one.
