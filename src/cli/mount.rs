@@ -91,7 +91,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     let mut options = MountOptions {
         snapdir,
         threads: args.threads,
-        fs_name: format!("snapfs:{}", repo.display()),
+        fs_name: format!("snapfs:{}", std::path::absolute(repo)?.display()),
         ..Default::default()
     };
     for o in &args.options {
@@ -215,20 +215,21 @@ fn spawn_daemon(repo: &Path, mountpoint: &Path, args: &Args) -> Result<()> {
 
 /// True when /proc/self/mountinfo lists a snapfs FUSE mount at `mountpoint`.
 fn is_mounted(mountpoint: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = mountpoint.to_string_lossy();
-    info.lines().any(|line| {
+    mounted_source(mountpoint).is_some()
+}
+
+/// The source column of the snapfs mount at `mountpoint` ("snapfs:/path/to/repo"),
+/// from /proc/self/mountinfo; `None` when there is no snapfs mount there.
+fn mounted_source(mountpoint: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = mountpoint.to_string_lossy().replace(' ', "\\040");
+    info.lines().find_map(|line| {
         // "id parent dev root MOUNTPOINT opts… - FSTYPE SOURCE superopts"
-        let Some((head, tail)) = line.split_once(" - ") else {
-            return false;
-        };
+        let (head, tail) = line.split_once(" - ")?;
         let mut tail = tail.split(' ');
-        let (fstype, source) = (tail.next().unwrap_or(""), tail.next().unwrap_or(""));
-        head.split(' ').nth(4) == Some(target.as_ref())
-            && fstype.starts_with("fuse")
-            && source.starts_with("snapfs")
+        let (fstype, source) = (tail.next()?, tail.next()?);
+        let here = head.split(' ').nth(4) == Some(target.as_str()) && fstype.starts_with("fuse");
+        (here && source.starts_with("snapfs")).then(|| source.replace("\\040", " "))
     })
 }
 
@@ -440,9 +441,15 @@ fn answer(
 
 pub fn umount(repo: &Path, args: UmountArgs) -> Result<()> {
     let mountpoint = std::path::absolute(&args.mountpoint)?;
-    if !is_mounted(&mountpoint) {
+    let Some(source) = mounted_source(&mountpoint) else {
         bail!("{} is not a snapfs mount", mountpoint.display());
-    }
+    };
+    // The mount names its repository; wait on that one, whatever --repo says.
+    let served = source
+        .strip_prefix("snapfs:")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let repo = served.as_deref().unwrap_or(repo);
     snapfs::fuse::unmount(&mountpoint)?;
     // The daemon commits everything, then exits and frees the lock.
     let deadline = Instant::now() + Duration::from_secs(120);
