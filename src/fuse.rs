@@ -22,9 +22,10 @@ use crate::error::{Error, Result};
 use crate::fs::{Allocate, Caller, Fs, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir};
 use crate::types::{Ino, InodeId};
 
-/// Attribute and entry TTL of the live tree: short, since only this daemon changes it
-/// but a rollback must be seen soon.
-const LIVE_TTL: Duration = Duration::from_secs(1);
+/// Attribute and entry TTL of the live tree. Only this daemon changes the live tree,
+/// through the kernel (which updates or drops what it cached), except for rollback,
+/// which invalidates what it changed explicitly; so the kernel may cache for a while.
+const LIVE_TTL: Duration = Duration::from_secs(10);
 
 /// TTL inside snapshots, which never change (a forgotten one stops resolving).
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
