@@ -136,7 +136,25 @@ fn worth_compressing(plain: &[u8], level: i32) -> bool {
         return true;
     }
     let sample = &plain[..SAMPLE_LEN];
-    zstd::bulk::compress(sample, level).is_ok_and(|c| c.len() * 100 < sample.len() * 97)
+    compress(sample, level).is_some_and(|c| c.len() * 100 < sample.len() * 97)
+}
+
+thread_local! {
+    /// One zstd context per thread and level, reused: creating one per chunk costs
+    /// more than compressing a small chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd-compresses `data` at `level` with this thread's context.
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        slot.as_mut().and_then(|(_, c)| c.compress(data).ok())
+    })
 }
 
 /// `encode` for a chunk whose id (BLAKE3 of `plain`) the caller already has.
@@ -147,7 +165,7 @@ pub fn encode_with_id(id: ChunkId, plain: &[u8], zstd_level: Option<i32>) -> Enc
     let plain_len = u32::try_from(plain.len()).unwrap_or(u32::MAX);
     let compressed = zstd_level
         .filter(|level| worth_compressing(plain, *level))
-        .and_then(|level| zstd::bulk::compress(plain, level).ok())
+        .and_then(|level| compress(plain, level))
         .filter(|c| c.len() < plain.len());
     let (codec, payload): (Codec, &[u8]) = match &compressed {
         Some(c) => (Codec::Zstd, c),
