@@ -362,21 +362,7 @@ impl Fs {
         }
         let after = txn.unlink(parent, name)?;
         touch_dir(&txn, parent, now)?;
-        let gone = if dir { after.nlink <= 1 } else { after.nlink == 0 };
-        if gone && st.open.get(&id).copied().unwrap_or(0) == 0 {
-            txn.remove_inode(id)?;
-            st.dirty.remove(&id);
-        } else {
-            if gone {
-                st.orphans.insert(id);
-            }
-            let mut attr = txn.expect_inode(id)?;
-            if dir {
-                attr.nlink = 0;
-            }
-            attr.ctime_ns = now;
-            txn.set_inode(&attr)?;
-        }
+        name_removed(&txn, &after, now, &st.open, &mut st.dirty, &mut st.orphans)?;
         txn.commit()
     }
 
@@ -434,26 +420,7 @@ impl Fs {
                     }
                 }
                 if let Some(replaced) = txn.rename(parent, name, new_parent, new_name)? {
-                    let dir = replaced.kind == FileKind::Dir;
-                    let gone = if dir {
-                        replaced.nlink <= 1
-                    } else {
-                        replaced.nlink == 0
-                    };
-                    if gone && st.open.get(&replaced.id).copied().unwrap_or(0) == 0 {
-                        txn.remove_inode(replaced.id)?;
-                        st.dirty.remove(&replaced.id);
-                    } else {
-                        if gone {
-                            st.orphans.insert(replaced.id);
-                        }
-                        let mut a = txn.expect_inode(replaced.id)?;
-                        a.ctime_ns = now;
-                        if dir {
-                            a.nlink = 0;
-                        }
-                        txn.set_inode(&a)?;
-                    }
+                    name_removed(&txn, &replaced, now, &st.open, &mut st.dirty, &mut st.orphans)?;
                 }
                 let mut a = txn.expect_inode(src)?;
                 a.ctime_ns = now;
@@ -801,6 +768,35 @@ fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
         attr.ctime_ns = d.mtime_ns();
     }
     Ok(attr)
+}
+
+/// After a name of `after.id` went away (unlink, rmdir, or replaced by rename):
+/// with no name left (a folder: only its own "."), the inode is removed, or kept as
+/// an orphan until its last open handle closes; otherwise its ctime changes.
+fn name_removed(
+    txn: &crate::catalog::Txn<'_>,
+    after: &InodeAttr,
+    now: i64,
+    open: &HashMap<InodeId, u32>,
+    dirty: &mut HashMap<InodeId, DirtyFile>,
+    orphans: &mut HashSet<InodeId>,
+) -> Result<()> {
+    let dir = after.kind == FileKind::Dir;
+    let gone = if dir { after.nlink <= 1 } else { after.nlink == 0 };
+    if gone && open.get(&after.id).copied().unwrap_or(0) == 0 {
+        txn.remove_inode(after.id)?;
+        dirty.remove(&after.id);
+        return Ok(());
+    }
+    if gone {
+        orphans.insert(after.id);
+    }
+    let mut attr = txn.expect_inode(after.id)?;
+    if dir {
+        attr.nlink = 0;
+    }
+    attr.ctime_ns = now;
+    txn.set_inode(&attr)
 }
 
 /// Sets a folder's mtime and ctime to `now` (its entries changed).

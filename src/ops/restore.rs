@@ -23,17 +23,6 @@ pub struct RestoreStats {
     pub bytes: u64,
 }
 
-/// The inode at `path` ("/a/b", "a/b" or "/" for the root) in generation `gen`.
-pub fn resolve_path(catalog: &Catalog, gen: GenId, path: &str) -> Result<InodeId> {
-    let mut id = InodeId::ROOT;
-    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
-        id = catalog
-            .lookup(gen, id, part.as_bytes())?
-            .ok_or_else(|| Error::NotFound(path.to_string()))?;
-    }
-    Ok(id)
-}
-
 /// Copies `path` of generation `gen` to `dest`, which must not exist yet.
 pub fn restore(
     catalog: &Catalog,
@@ -48,7 +37,7 @@ pub fn restore(
             dest.display()
         )));
     }
-    let root = resolve_path(catalog, gen, path)?;
+    let root = super::history::find(catalog, gen, path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
     let mut restorer = Restorer {
         catalog,
         store,
