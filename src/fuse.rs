@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 use crate::fs::{Allocate, Caller, Fs, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir};
 use crate::types::{Ino, InodeId};
 
+/// The log target of the FUSE library, so that the command line can set its level
+/// without naming the library.
+pub const LIBRARY_LOG_TARGET: &str = "fuser";
+
 /// Attribute and entry TTL of the live tree. Only this daemon changes the live tree,
 /// through the kernel (which updates or drops what it cached), except for rollback,
 /// which invalidates what it changed explicitly; so the kernel may cache for a while.

@@ -10,6 +10,7 @@ mod forget;
 mod gc;
 mod import;
 mod init;
+mod logging;
 mod mirror;
 mod mount;
 mod progress;
@@ -109,6 +110,9 @@ pub fn args_from(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     progress::configure(cli.quiet, cli.verbose);
+    let daemon_log = matches!(&cli.command, Command::Mount(a) if a.foreground)
+        && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    logging::init(cli.quiet, cli.verbose, daemon_log);
     match cli.command {
         Command::Completions(args) => return docs::completions(args),
         Command::Manpage(args) => return docs::manpage(args),

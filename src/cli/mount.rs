@@ -183,7 +183,7 @@ fn spawn_daemon(repo: &Path, mountpoint: &Path, args: &Args) -> Result<()> {
             let line = text
                 .lines()
                 .rev()
-                .find_map(|l| l.strip_prefix("snapfs: error: "))
+                .find_map(|l| l.split_once("snapfs: error: ").map(|(_, message)| message))
                 .map(str::to_string)
                 .unwrap_or_else(|| {
                     format!(
@@ -258,8 +258,8 @@ fn serve(
         repo,
         Arc::new(move |req| answer(&handler_fs, &handler_repo, &invalidator, req)),
     )?;
-    eprintln!(
-        "snapfs: serving {} at {} (pid {})",
+    log::info!(
+        "serving {} at {} (pid {})",
         repo.display(),
         mountpoint.display(),
         std::process::id()
@@ -273,7 +273,7 @@ fn serve(
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 if let Err(e) = fs.flush_old() {
-                    eprintln!("snapfs: warning: committing buffered writes failed: {e}");
+                    log::warn!("committing buffered writes failed: {e}");
                 }
                 warn_lost_mirrors(&fs, &mut reported);
             }
@@ -293,9 +293,9 @@ fn serve(
     let unmount_at = mountpoint.to_path_buf();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            eprintln!("snapfs: signal {sig}: unmounting");
+            log::info!("signal {sig}: unmounting");
             if let Err(e) = snapfs::fuse::unmount(&unmount_at) {
-                eprintln!("snapfs: error: {e}");
+                log::error!("{e}");
             }
         }
     });
@@ -305,12 +305,12 @@ fn serve(
     let _ = flusher.join();
     fs.fsync(None).context("committing buffered writes at unmount")?;
     if let Err(e) = recover::save_copies(repo, fs.mirror_paths(), snapfs::ops::now_ns()) {
-        eprintln!("snapfs: warning: could not save a catalog copy at unmount: {e}");
+        log::warn!("could not save a catalog copy at unmount: {e}");
     }
     let _ = std::fs::remove_file(control::socket_path(repo));
     served?;
     let _ = std::fs::remove_file(&running);
-    eprintln!("snapfs: unmounted {}", mountpoint.display());
+    log::info!("unmounted {}", mountpoint.display());
     Ok(())
 }
 
@@ -319,8 +319,8 @@ fn warn_lost_mirrors(fs: &Fs, reported: &mut std::collections::BTreeSet<u32>) {
     for m in fs.mirror_status() {
         if let snapfs::store::MirrorState::Lost { reason } = &m.state {
             if reported.insert(m.id.0) {
-                eprintln!(
-                    "snapfs: warning: {} is lost ({reason}); reads and writes go on with the other mirrors; \
+                log::warn!(
+                    "{} is lost ({reason}); reads and writes go on with the other mirrors; \
                      when it is back, `snapfs scrub` refills it",
                     m.describe
                 );
@@ -340,12 +340,12 @@ fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, s
         next += every;
         match fs.snapshot_if_changed(Some("scheduled")) {
             Ok(Some(g)) => {
-                eprintln!("snapfs: scheduled snapshot {}", g.name.unwrap_or_default());
+                log::info!("scheduled snapshot {}", g.name.unwrap_or_default());
                 copy_catalog_in_background(fs, repo);
             }
             Ok(None) => continue,
             Err(e) => {
-                eprintln!("snapfs: warning: scheduled snapshot failed: {e}");
+                log::warn!("scheduled snapshot failed: {e}");
                 continue;
             }
         }
@@ -360,14 +360,14 @@ fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, s
         });
         match pruned {
             Ok((forgotten, freed)) if !forgotten.is_empty() => {
-                eprintln!(
-                    "snapfs: retention forgot {} snapshots, freed {} bytes",
+                log::info!(
+                    "retention forgot {} snapshots, freed {} bytes",
                     forgotten.len(),
                     freed.bytes
                 )
             }
             Ok(_) => {}
-            Err(e) => eprintln!("snapfs: warning: retention failed: {e}"),
+            Err(e) => log::warn!("retention failed: {e}"),
         }
     }
 }
@@ -378,7 +378,7 @@ fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
     let (repo, mirrors) = (repo.to_path_buf(), fs.mirror_paths().to_vec());
     std::thread::spawn(move || {
         if let Err(e) = recover::save_copies(&repo, &mirrors, snapfs::ops::now_ns()) {
-            eprintln!("snapfs: warning: could not save a catalog copy: {e}");
+            log::warn!("could not save a catalog copy: {e}");
         }
     });
 }
@@ -390,9 +390,7 @@ fn answer(
     invalidator: &Mutex<Invalidator>,
     req: Request,
 ) -> snapfs::Result<serde_json::Value> {
-    if super::progress::verbose() > 0 {
-        eprintln!("snapfs: control request {req:?}");
-    }
+    log::debug!("control request {req:?}");
     let json = |v: serde_json::Result<serde_json::Value>| {
         v.map_err(|e| snapfs::Error::InvalidArgument(e.to_string()))
     };

@@ -47,6 +47,25 @@ impl Progress {
         Progress(Some(bar))
     }
 
+    /// A bar counting bytes, with throughput; the total comes with the first update.
+    pub fn bytes(what: &str) -> Progress {
+        if quiet() || !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = ProgressBar::new(0);
+        let template =
+            format!("{what} [{{bar:30}}] {{bytes}}/{{total_bytes}}, {{binary_bytes_per_sec}}, ETA {{eta}}");
+        if let Ok(style) = ProgressStyle::with_template(&template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Progress(Some(bar))
+    }
+
+    /// True when the bar is drawn (so work that only serves the bar can be skipped).
+    pub fn is_visible(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// A spinner for work of unknown size, counting `unit`.
     pub fn spinner(what: &str, unit: &str) -> Progress {
         if quiet() || !std::io::stderr().is_terminal() {

@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use snapfs::ops::recover;
 use snapfs::repo::RepoLock;
 
+use super::progress::Progress;
+
 /// Rebuild a lost or corrupt catalog.db from the newest good copy in the mirrors
 /// (copies are taken at every snapshot and clean unmount).
 ///
@@ -38,8 +40,17 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     }
     let _lock =
         RepoLock::acquire(repo, "recover").with_context(|| format!("cannot lock {}", repo.display()))?;
-    let report = recover::recover(repo, &args.mirrors, snapfs::ops::now_ns())
-        .with_context(|| format!("cannot recover the catalog of {}", repo.display()))?;
+    let bar = if args.json {
+        Progress::hidden()
+    } else {
+        Progress::new("trying catalog copies", "copies")
+    };
+    let report =
+        recover::recover_with_progress(repo, &args.mirrors, snapfs::ops::now_ns(), &mut |tried, found| {
+            bar.set(tried, found)
+        });
+    bar.finish();
+    let report = report.with_context(|| format!("cannot recover the catalog of {}", repo.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -32,9 +32,7 @@ pub fn run<T: Serialize>(
 /// committed, which is exactly what it must still be able to do then.
 pub fn commit_pending(repo: &Path) -> Result<()> {
     if let Err(e) = control::request(repo, &Request::Commit) {
-        eprintln!(
-            "snapfs: warning: the mount could not commit its latest writes ({e}); showing what is committed"
-        );
+        log::warn!("the mount could not commit its latest writes ({e}); showing what is committed");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use snapfs::ops::{restore, snapshots};
 use snapfs::repo::open_mirrors;
 
 use super::human_bytes;
+use super::progress::Progress;
 
 /// Copy a file or folder out of a snapshot (modes, times, xattrs, links, holes kept).
 ///
@@ -39,13 +40,24 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         Some(d) => d,
         None => PathBuf::from(last_part(&args.path)),
     };
-    let stats = restore::restore(&catalog, &store, gen.id, &args.path, &dest).with_context(|| {
+    let context = || {
         format!(
             "cannot restore {} from {}",
             args.path,
             gen.name.clone().unwrap_or_default()
         )
-    })?;
+    };
+    let bar = Progress::bytes("restoring");
+    let total = if bar.is_visible() {
+        restore::restore_size(&catalog, gen.id, &args.path).with_context(context)?
+    } else {
+        0
+    };
+    let stats = restore::restore_with_progress(&catalog, &store, gen.id, &args.path, &dest, &mut |done| {
+        bar.set(done, total)
+    });
+    bar.finish();
+    let stats = stats.with_context(context)?;
     println!(
         "restored {} to {}: {} files, {} folders, {} symlinks, {}",
         args.path,

@@ -577,7 +577,14 @@ impl Fs {
     }
 
     fn flush_locked(&self, st: &mut State, ino: Option<InodeId>) -> Result<()> {
+        let (started, files) = (std::time::Instant::now(), st.dirty.len());
         let result = write::flush(st, ino);
+        if files > 0 {
+            log::trace!(
+                "flushed buffered writes ({files} open files) in {:?}",
+                started.elapsed()
+            );
+        }
         if result.is_err() {
             self.commit_failed
                 .store(true, std::sync::atomic::Ordering::Relaxed);

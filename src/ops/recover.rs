@@ -107,6 +107,16 @@ pub struct RecoverReport {
 /// repository lock. Everything changed after that copy is lost from the catalog (its
 /// chunks stay until the gc sweep this asks for).
 pub fn recover(repo_path: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<RecoverReport> {
+    recover_with_progress(repo_path, mirrors, now_ns, &mut |_, _| {})
+}
+
+/// `recover`, calling `progress(copies tried, copies found)` before each copy is tried.
+pub fn recover_with_progress(
+    repo_path: &Path,
+    mirrors: &[PathBuf],
+    now_ns: i64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RecoverReport> {
     let mirrors: Vec<PathBuf> = if mirrors.is_empty() {
         default_mirrors(repo_path)
     } else {
@@ -117,9 +127,16 @@ pub fn recover(repo_path: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<Rec
         candidates.extend(list_copies(m).into_iter().map(|c| (c, m.clone())));
     }
     candidates.sort_by(|a, b| b.0.file_name().cmp(&a.0.file_name()));
+    if mirrors.is_empty() {
+        return Err(Error::NotFound(format!(
+            "a mirror folder in {} (name the mirror folders that hold catalog copies with --mirror DIR)",
+            repo_path.display()
+        )));
+    }
     if candidates.is_empty() {
         return Err(Error::NotFound(format!(
-            "catalog copies in {} (give the mirror folders with --mirror)",
+            "a catalog copy in {} (copies are made at each snapshot and clean unmount; name other \
+             mirror folders with --mirror DIR)",
             mirrors
                 .iter()
                 .map(|m| m.display().to_string())
@@ -129,7 +146,9 @@ pub fn recover(repo_path: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<Rec
     }
     let staging = repo_path.join("catalog.db.recovering");
     let mut skipped = Vec::new();
-    for (copy, mirror) in candidates {
+    let found = candidates.len() as u64;
+    for (tried, (copy, mirror)) in candidates.into_iter().enumerate() {
+        progress(tried as u64, found);
         let _ = std::fs::remove_file(&staging);
         let attempt = (|| -> Result<catalog::CopyInfo> {
             let bytes =

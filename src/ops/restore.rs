@@ -31,19 +31,50 @@ pub fn restore(
     path: &str,
     dest: &Path,
 ) -> Result<RestoreStats> {
+    restore_with_progress(catalog, store, gen, path, dest, &mut |_| {})
+}
+
+/// The bytes of file data a restore of `path` writes (each hard-linked file once):
+/// the total for a progress bar.
+pub fn restore_size(catalog: &Catalog, gen: GenId, path: &str) -> Result<u64> {
+    let root = super::history::find(catalog, gen, path)?.ok_or_else(|| not_in_snapshot(path))?;
+    let (mut total, mut seen, mut todo) = (0, std::collections::HashSet::new(), vec![root]);
+    while let Some(id) = todo.pop() {
+        let Some(attr) = catalog.inode(gen, id)? else {
+            continue;
+        };
+        match attr.kind {
+            FileKind::Dir => todo.extend(catalog.readdir(gen, id)?.into_iter().map(|e| e.inode)),
+            FileKind::File if seen.insert(id) => total += attr.size,
+            _ => {}
+        }
+    }
+    Ok(total)
+}
+
+/// `restore`, calling `progress(bytes written so far)` after each chunk.
+pub fn restore_with_progress(
+    catalog: &Catalog,
+    store: &MirrorStore,
+    gen: GenId,
+    path: &str,
+    dest: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreStats> {
     if dest.symlink_metadata().is_ok() {
         return Err(Error::Exists(format!(
             "{} (restore never overwrites; choose another destination)",
             dest.display()
         )));
     }
-    let root = super::history::find(catalog, gen, path)?.ok_or_else(|| Error::NotFound(path.to_string()))?;
+    let root = super::history::find(catalog, gen, path)?.ok_or_else(|| not_in_snapshot(path))?;
     let mut restorer = Restorer {
         catalog,
         store,
         gen,
         links: HashMap::new(),
         stats: RestoreStats::default(),
+        progress,
     };
     restorer.copy(root, dest)?;
     Ok(restorer.stats)
@@ -55,6 +86,7 @@ struct Restorer<'a> {
     gen: GenId,
     links: HashMap<InodeId, PathBuf>,
     stats: RestoreStats,
+    progress: &'a mut dyn FnMut(u64),
 }
 
 impl Restorer<'_> {
@@ -90,6 +122,7 @@ impl Restorer<'_> {
                     file.write_all_at(bytes, e.offset)
                         .map_err(Error::io_with(ctx("writing")))?;
                     self.stats.bytes += e.length;
+                    (self.progress)(self.stats.bytes);
                 }
                 file.set_len(attr.size).map_err(Error::io_with(ctx("sizing")))?;
                 self.stats.files += 1;
@@ -155,4 +188,11 @@ impl Restorer<'_> {
         )
         .map_err(|e| Error::io(ctx("setting times of"), e.into()))
     }
+}
+
+/// The error for a path the snapshot does not have.
+fn not_in_snapshot(path: &str) -> Error {
+    Error::NotFound(format!(
+        "{path} in this snapshot (`snapfs log {path}` lists the snapshots that have it)"
+    ))
 }

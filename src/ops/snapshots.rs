@@ -371,5 +371,12 @@ pub fn gc_with_progress(
             }
         }
     }
+    log::debug!(
+        "gc{}: {} unreferenced chunks ({} stored bytes), {} unknown objects",
+        if dry_run { " (dry run)" } else { "" },
+        stats.chunks,
+        stats.bytes,
+        stats.orphans
+    );
     Ok(stats)
 }

@@ -79,6 +79,7 @@ impl Slot {
     fn mark_lost(&self, reason: String) {
         let mut state = self.state();
         if *state == MirrorState::Healthy {
+            log::debug!("{} set aside: {reason}", self.describe);
             *state = MirrorState::Lost { reason };
         }
     }
@@ -320,9 +321,15 @@ impl MirrorStore {
             match store.put(id, &frame).and_then(|()| store.sync()) {
                 Ok(()) => {
                     slot.heals.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "{}: chunk {id} was missing or bad; rewrote it from a good copy",
+                        slot.describe
+                    );
                 }
                 // A full disk is not the mirror's fault; the copy stays bad for scrub.
-                Err(e) if is_caller_error(&e) => {}
+                Err(e) if is_caller_error(&e) => {
+                    log::warn!("{}: could not repair chunk {id}: {e}", slot.describe);
+                }
                 Err(e) => slot.mark_lost(format!("repairing chunk {id}: {e}")),
             }
         }
