@@ -50,7 +50,7 @@ pub enum Error {
     #[error("{} already holds a snapfs repository; use it, or choose another --repo", path.display())]
     RepositoryExists { path: PathBuf },
     /// Another process holds the repository's writer lock.
-    #[error("repository {} is in use by process {pid}{}", path.display(), .holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    #[error("repository {} is in use by process {pid}{}", path.display(), locked_advice(.holder.as_deref()))]
     Locked {
         path: PathBuf,
         pid: u32,
@@ -119,6 +119,17 @@ pub enum Error {
     /// An extended attribute is absent.
     #[error("no such extended attribute")]
     NoXattr,
+}
+
+/// What `Error::Locked` adds after the pid: what the holder is doing, and what to do.
+fn locked_advice(holder: Option<&str>) -> String {
+    match holder {
+        Some(h) => match h.strip_prefix("mounted at ") {
+            Some(mountpoint) => format!(" ({h}); unmount it first (snapfs umount {mountpoint})"),
+            None => format!(" ({h}); try again when it has finished"),
+        },
+        None => "; try again when it has finished".into(),
+    }
 }
 
 impl Error {

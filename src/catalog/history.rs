@@ -21,14 +21,31 @@ const VERSIONED: [(&str, &str); 4] = [
 ];
 
 impl Catalog {
-    /// Pins (`true`) or unpins snapshot `gen` against forget.
+    /// Pins (`true`) or unpins snapshot `gen` against forget. Pinning a held snapshot
+    /// again changes nothing; unpinning one that is not held is refused (most likely
+    /// the wrong name was given).
     pub fn set_held(&mut self, gen: GenId, held: bool) -> Result<()> {
-        self.conn
+        let changed = self
+            .conn
             .execute(
-                "UPDATE generations SET held = ?2 WHERE gen_id = ?1 AND frozen_ns IS NOT NULL",
+                "UPDATE generations SET held = ?2 WHERE gen_id = ?1 AND frozen_ns IS NOT NULL AND held != ?2",
                 params![gen.0, held as i64],
             )
             .map_err(sql_err("holding a snapshot"))?;
+        if changed == 0 && !held {
+            let name: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT name FROM generations WHERE gen_id = ?1",
+                    params![gen.0],
+                    |r| r.get(0),
+                )
+                .map_err(sql_err("finding the snapshot to release"))?;
+            let name = name.unwrap_or_else(|| "the live tree".into());
+            return Err(Error::InvalidArgument(format!(
+                "{name} is not held, so there is nothing to release (`snapfs list` marks held snapshots)"
+            )));
+        }
         Ok(())
     }
 

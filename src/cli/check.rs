@@ -46,7 +46,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         }
     }
     if !report.problems.is_empty() {
-        return Err(DamageFound(format!("check found {} problems", report.problems.len())).into());
+        let n = report.problems.len();
+        return Err(DamageFound(format!(
+            "check found {n} problem{} (listed in its report); `snapfs scrub` repairs copies from good \
+             mirrors and names the files it cannot save, `snapfs recover` rebuilds a broken catalog",
+            if n == 1 { "" } else { "s" }
+        ))
+        .into());
     }
     Ok(())
 }

@@ -59,16 +59,22 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         }
     }
     if report.damaged() {
-        return Err(DamageFound(format!(
-            "scrub found damage it could not repair: {} chunks lost{}",
-            report.unrepairable.len(),
-            if report.mirrors.iter().any(|m| m.problem.is_some()) {
-                ", and a mirror is unusable"
-            } else {
-                ""
-            }
-        ))
-        .into());
+        let lost = report.unrepairable.len();
+        let mirror_problem = report.mirrors.iter().any(|m| m.problem.is_some());
+        let mut message = String::from("scrub found damage it could not repair:");
+        if lost > 0 {
+            message += &format!(
+                " {lost} chunk{} lost; the report names the files that used them (replace those from \
+                 another copy)",
+                if lost == 1 { "" } else { "s" }
+            );
+        }
+        if mirror_problem {
+            message += if lost > 0 { "; and" } else { "" };
+            message += " a mirror is unusable (its problem is in the report): make the folder \
+                        readable and writable again, then rerun snapfs scrub";
+        }
+        return Err(DamageFound(message).into());
     }
     Ok(())
 }

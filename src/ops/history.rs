@@ -92,7 +92,9 @@ fn walk(catalog: &Catalog, gen: GenId, root: InodeId, root_path: &str) -> Result
 pub fn diff(catalog: &Catalog, a: GenId, b: GenId, path: &str) -> Result<Vec<Change>> {
     let (ra, rb) = (find(catalog, a, path)?, find(catalog, b, path)?);
     if ra.is_none() && rb.is_none() {
-        return Err(Error::NotFound(format!("{path} in either view")));
+        return Err(Error::NotFound(format!(
+            "{path} in either view (`snapfs log {path}` lists the snapshots that have it)"
+        )));
     }
     let old = match ra {
         Some(r) => walk(catalog, a, r, path)?,
