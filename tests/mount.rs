@@ -1514,6 +1514,37 @@ fn plain_fusermount_u_after_unsynced_writes_loses_nothing() {
 // 10. POSIX details programs rely on
 
 #[test]
+fn a_reader_sees_appends_made_through_a_write_only_handle() {
+    // Write-only handles bypass the page cache (direct I/O); a reader holding the file
+    // open with cached pages, as `tail -f` does, must still see every append, including
+    // the part that lands in the last, partly cached page.
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    fs::write(m.path("log"), b"first line\n").unwrap();
+    let reader = File::open(m.path("log")).unwrap();
+    assert_eq!(bytes_at_fd(&reader, 0, 11), b"first line\n");
+    let mut appender = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    let mut expected = b"first line\n".to_vec();
+    for i in 0..200 {
+        let line = format!("line {i} {}\n", "x".repeat(i * 7 % 300));
+        appender.write_all(line.as_bytes()).unwrap();
+        expected.extend_from_slice(line.as_bytes());
+        let len = reader.metadata().unwrap().len() as usize;
+        assert_eq!(len, expected.len(), "size after append {i}");
+        assert!(
+            bytes_at_fd(&reader, 0, len) == expected,
+            "content after append {i}"
+        );
+    }
+    drop((reader, appender));
+    m.umount();
+    let m = Mount::new(&repo, &mnt);
+    assert!(fs::read(m.path("log")).unwrap() == expected);
+    m.umount();
+}
+
+#[test]
 fn unlinked_file_stays_readable_and_writable_until_closed() {
     require_fuse!();
     let (_tmp, repo, mnt) = setup();
