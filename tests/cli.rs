@@ -202,9 +202,9 @@ fn import_refuses_names_that_already_exist() {
 #[test]
 fn bad_init_options_are_refused() {
     let (_tmp, repo) = temp_repo();
-    snapfs_fails(&repo, &["init", "--chunk-size", "64K:16K:256K"], &["chunk"]);
-    snapfs_fails(&repo, &["init", "--compression", "99"], &["compression level 99"]);
-    snapfs_fails(&repo, &["init", "--compression", "fast"], &["--compression"]);
+    snapfs_usage_error(&repo, &["init", "--chunk-size", "64K:16K:256K"], &["chunk"]);
+    snapfs_usage_error(&repo, &["init", "--compression", "99"], &["compression level 99"]);
+    snapfs_usage_error(&repo, &["init", "--compression", "fast"], &["--compression"]);
     assert!(!repo.exists());
 }
 

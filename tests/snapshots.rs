@@ -339,7 +339,7 @@ fn bad_snapshot_requests_fail_clearly_and_change_nothing() {
     );
     snapfs_fails(&repo, &["restore", "@2020-01-01T000000Z", "/x"], &["not found"]);
     snapfs_fails(&repo, &["forget", "yesterday"], &["not a snapshot name"]);
-    snapfs_fails(&repo, &["forget"], &["nothing to forget"]);
+    snapfs_usage_error(&repo, &["forget"], &["nothing to forget"]);
     snapfs_fails(
         &repo,
         &["restore", &s, "/no/such/path", "/tmp/snapfs-never"],

@@ -56,7 +56,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     };
     let path = next.map(String::as_str).unwrap_or("/");
     if let Some(extra) = rest.next() {
-        anyhow::bail!("unexpected argument {extra:?}: diff takes @A [@B] [PATH]");
+        return Err(super::usage(format!(
+            "unexpected argument {extra:?}: diff takes @A [@B] [PATH]"
+        )));
     }
     let changes = history::diff(&catalog, a.id, b.id, path)?;
     if args.json {

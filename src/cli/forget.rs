@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use snapfs::control::Request;
 use snapfs::ops::retention::{parse_duration, Policy};
@@ -42,7 +42,12 @@ impl PolicyArgs {
             keep_daily: self.keep_daily,
             keep_weekly: self.keep_weekly,
             keep_monthly: self.keep_monthly,
-            keep_within_secs: self.keep_within.as_deref().map(parse_duration).transpose()?,
+            keep_within_secs: self
+                .keep_within
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| super::usage(format!("--keep-within: {e}")))?,
         })
     }
 }
@@ -82,11 +87,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     let target = match (args.names.is_empty(), policy.is_empty()) {
         (false, true) => ForgetTarget::Names(args.names.clone()),
         (true, false) => ForgetTarget::Policy(policy),
-        (false, false) => bail!("give snapshot names or a --keep policy, not both"),
-        (true, true) => bail!(
-            "nothing to forget: name snapshots, or give a policy (--keep-last, --keep-hourly, --keep-daily, \
-             --keep-weekly, --keep-monthly, --keep-within); an empty policy is refused"
-        ),
+        (false, false) => return Err(super::usage("give snapshot names or a --keep policy, not both")),
+        (true, true) => {
+            return Err(super::usage(
+                "nothing to forget: name snapshots, or give a policy (--keep-last, --keep-hourly, \
+                 --keep-daily, --keep-weekly, --keep-monthly, --keep-within); an empty policy is refused",
+            ))
+        }
     };
     let dry_run = args.dry_run;
     let request = Request::Forget {

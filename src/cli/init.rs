@@ -26,7 +26,7 @@ pub struct Args {
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
     let params = snapfs::chunker::ChunkerParams::parse_sizes(&args.chunk_size, 0)
-        .with_context(|| format!("bad --chunk-size {:?}", args.chunk_size))?;
+        .map_err(|e| super::usage(format!("bad --chunk-size {:?}: {e}", args.chunk_size)))?;
     let zstd_level = parse_compression(&args.compression)?;
     let options = InitOptions {
         mirrors: args.mirrors,
@@ -48,8 +48,13 @@ pub(crate) fn parse_compression(s: &str) -> Result<Option<i32>> {
     if s.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    let level: i32 = s
-        .parse()
-        .map_err(|_| anyhow::anyhow!("bad --compression {s:?}: give a zstd level 1-22 or none"))?;
-    Ok(Some(level))
+    match s.parse::<i32>() {
+        Ok(level) if (1..=22).contains(&level) => Ok(Some(level)),
+        Ok(level) => Err(super::usage(format!(
+            "compression level {level} is out of range; use 1 to 22, or none"
+        ))),
+        Err(_) => Err(super::usage(format!(
+            "bad --compression {s:?}: give a zstd level 1-22 or none"
+        ))),
+    }
 }

@@ -163,6 +163,27 @@ impl std::error::Error for DamageFound {}
 /// Exit code for damage found.
 pub const EXIT_DAMAGE: u8 = 3;
 
+/// An error in the command line that the parser could not see (a bad value, options
+/// that do not go together): exit code 2, like the parser's own errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A `UsageError` saying `message`.
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Exit code for usage errors.
+pub const EXIT_USAGE: u8 = 2;
+
 /// Bytes as a short human figure ("1.5 GiB").
 pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -68,15 +68,23 @@ pub struct UmountArgs {
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
     let mountpoint = std::path::absolute(&args.mountpoint)?;
+    if !mountpoint.exists() {
+        bail!(
+            "mount point {} does not exist; create it first (mkdir -p {})",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
     if !mountpoint.is_dir() {
         bail!(
-            "mount point {} does not exist or is not a folder; create it first",
+            "mount point {} is not a folder; mount on a folder",
             mountpoint.display()
         );
     }
     if is_mounted(&mountpoint) {
         bail!(
-            "{} is already a snapfs mount; unmount it first (snapfs umount)",
+            "{} is already a snapfs mount; unmount it first (snapfs umount {})",
+            mountpoint.display(),
             mountpoint.display()
         );
     }
@@ -86,7 +94,11 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     let snapdir = match args.snapdir.as_str() {
         "visible" => SnapDir::Visible,
         "hidden" => SnapDir::Hidden,
-        other => bail!("--snapdir {other:?}: use visible or hidden"),
+        other => {
+            return Err(super::usage(format!(
+                "--snapdir {other:?}: use visible or hidden"
+            )))
+        }
     };
     let mut options = MountOptions {
         snapdir,
@@ -102,14 +114,29 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             | "noatime" | "relatime" | "strictatime" | "auto" | "noauto" | "user" | "nouser" | "users"
             | "nofail" | "_netdev" | "async" | "sync" => {}
             o if o.starts_with("x-") || o.starts_with("comment=") => {}
-            "ro" => bail!("snapfs mounts the live tree read-write; snapshots are the read-only views"),
-            other => bail!("unknown mount option {other:?}; known: allow_other (and the usual rw, nodev, …)"),
+            "ro" => {
+                return Err(super::usage(
+                    "snapfs mounts the live tree read-write; snapshots are the read-only views (drop ro)",
+                ))
+            }
+            other => {
+                return Err(super::usage(format!(
+                    "unknown mount option {other:?}; known: allow_other (and the usual rw, nodev, …)"
+                )))
+            }
         }
     }
-    let every = args.every.as_deref().map(parse_duration).transpose()?;
+    let every = args
+        .every
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| super::usage(format!("--every: {e}")))?;
     let policy = args.policy.policy()?;
     if every.is_none() && !policy.is_empty() {
-        bail!("--keep-… applies to scheduled snapshots: give --every too");
+        return Err(super::usage(
+            "--keep-… applies to scheduled snapshots: give --every too",
+        ));
     }
     if !repo::exists(repo) {
         drop(

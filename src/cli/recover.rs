@@ -38,7 +38,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             repo.display()
         );
     }
-    let _lock =
+    let lock_file = repo.join(snapfs::repo::LOCK_FILE);
+    let lock_was_there = lock_file.exists();
+    let lock =
         RepoLock::acquire(repo, "recover").with_context(|| format!("cannot lock {}", repo.display()))?;
     let bar = if args.json {
         Progress::hidden()
@@ -50,6 +52,11 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             bar.set(tried, found)
         });
     bar.finish();
+    if report.is_err() && !lock_was_there {
+        // A failed recover in a folder that was no repository leaves it as it was.
+        drop(lock);
+        let _ = std::fs::remove_file(&lock_file);
+    }
     let report = report.with_context(|| format!("cannot recover the catalog of {}", repo.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -32,12 +32,21 @@ pub fn snapfs_ok(repo: &Path, args: &[&str]) -> String {
 /// Runs snapfs, asserts it fails with exit code 1 and a one-line error that contains
 /// every one of `needles`; returns the message.
 pub fn snapfs_fails(repo: &Path, args: &[&str], needles: &[&str]) -> String {
+    snapfs_fails_with(1, repo, args, needles)
+}
+
+/// Like `snapfs_fails`, for a command line that is wrong: exit code 2.
+pub fn snapfs_usage_error(repo: &Path, args: &[&str], needles: &[&str]) -> String {
+    snapfs_fails_with(2, repo, args, needles)
+}
+
+fn snapfs_fails_with(code: i32, repo: &Path, args: &[&str], needles: &[&str]) -> String {
     let out = snapfs(repo, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "snapfs {args:?} should fail with 1; stderr: {stderr}"
+        Some(code),
+        "snapfs {args:?} should fail with {code}; stderr: {stderr}"
     );
     assert_eq!(
         stderr.trim_end().lines().count(),
