@@ -109,9 +109,21 @@ struct State {
     open: HashMap<InodeId, u32>,
     /// Inodes whose last name is gone while still open: removed at the last release.
     orphans: HashSet<InodeId>,
-    /// Where the last read of each file ended, to spot sequential readers.
-    read_ends: HashMap<InodeId, u64>,
+    /// Where the last read of each file ended and how far read-ahead was asked for,
+    /// to spot sequential readers.
+    read_ends: HashMap<InodeId, ReadPosition>,
 }
+
+/// A file's last read and read-ahead, for `Fs::read`.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadPosition {
+    end: u64,
+    prefetched_to: u64,
+}
+
+/// How far from the last read a read may start and still count as sequential: the
+/// kernel's own read-ahead sends several reads at once, which arrive out of order.
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
 
 impl State {
     fn sink_store(&self) -> Arc<MirrorStore> {
@@ -517,20 +529,30 @@ impl Fs {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
         let end = offset.saturating_add(len as u64);
-        let sequential = st.read_ends.insert(ino, end) == Some(offset);
-        let ahead = if sequential {
-            self.options.readahead_bytes
-        } else {
-            0
+        let live = st.catalog.live();
+        let extents = st.catalog.extents(live, ino, offset, end)?;
+        // A sequential reader gets the next `readahead_bytes` loaded in the background,
+        // asked for in steps of half that, so most reads query only their own range.
+        let last = st.read_ends.get(&ino).copied();
+        let sequential = last.is_some_and(|p| offset.abs_diff(p.end) <= SEQUENTIAL_SLACK);
+        let mut position = ReadPosition {
+            end: end.max(last.map_or(0, |p| p.end)),
+            prefetched_to: last.map_or(0, |p| p.prefetched_to),
         };
-        let extents = st
-            .catalog
-            .extents(st.catalog.live(), ino, offset, end.saturating_add(ahead))?;
-        drop(st);
-        if sequential {
-            let later = extents.iter().filter(|e| e.end() > end).map(|e| e.chunk);
-            self.prefetcher.prefetch(&self.cache, later);
+        let ahead = self.options.readahead_bytes;
+        let mut later = Vec::new();
+        if sequential && position.prefetched_to < end.saturating_add(ahead / 2) {
+            let from = position.prefetched_to.max(end);
+            let to = end.saturating_add(ahead);
+            later = st.catalog.extents(live, ino, from, to)?;
+            position.prefetched_to = to;
         }
+        st.read_ends.insert(ino, position);
+        drop(st);
+        self.prefetcher.prefetch(
+            &self.cache,
+            later.iter().filter(|e| e.end() > end).map(|e| e.chunk),
+        );
         read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)
     }
 

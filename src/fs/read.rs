@@ -2,21 +2,30 @@
 //! through a small cache of decoded chunks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::catalog::{Catalog, Extent, InodeAttr};
 use crate::error::{Error, Result};
 use crate::store::MirrorStore;
 use crate::types::{ChunkId, GenId};
 
-/// The cached plaintexts and their load order (oldest first).
-type CacheMap = (HashMap<ChunkId, Arc<Vec<u8>>>, VecDeque<ChunkId>);
+/// A chunk in the cache: loaded, or being loaded by some thread.
+enum Slot {
+    Ready(Arc<Vec<u8>>),
+    Loading,
+}
+
+/// The cached chunks and the load order of the ready ones (oldest first).
+type CacheMap = (HashMap<ChunkId, Slot>, VecDeque<ChunkId>);
 
 /// Decoded, verified chunk plaintexts, the most recently loaded kept (FIFO eviction).
-/// Chunks never change under their id, so a cached copy is never stale.
+/// Chunks never change under their id, so a cached copy is never stale. A chunk is
+/// loaded once: a reader that wants a chunk a read-ahead thread is loading waits for
+/// it instead of reading it from disk a second time.
 pub struct ChunkCache {
     capacity: usize,
     inner: Mutex<CacheMap>,
+    loaded: Condvar,
 }
 
 impl ChunkCache {
@@ -25,37 +34,73 @@ impl ChunkCache {
         ChunkCache {
             capacity,
             inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            loaded: Condvar::new(),
         }
     }
 
     /// The plaintext of `id`, from the cache or read and verified from the mirrors.
     pub fn get(&self, store: &MirrorStore, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self.lock().0.get(id) {
-            return Ok(hit.clone());
+        if self.capacity == 0 {
+            return Ok(Arc::new(store.get_verified(id)?));
         }
-        let plain = Arc::new(store.get_verified(id)?);
-        if self.capacity > 0 {
-            let mut guard = self.lock();
-            let (map, order) = &mut *guard;
-            if map.insert(*id, plain.clone()).is_none() {
-                order.push_back(*id);
+        let mut guard = self.lock();
+        loop {
+            match guard.0.get(id) {
+                Some(Slot::Ready(plain)) => return Ok(plain.clone()),
+                Some(Slot::Loading) => {
+                    guard = self.loaded.wait(guard).unwrap_or_else(|p| p.into_inner());
+                }
+                None => break,
             }
-            while order.len() > self.capacity {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
+        }
+        guard.0.insert(*id, Slot::Loading);
+        drop(guard);
+        let unwinding = Unloading { cache: self, id };
+        let loaded = store.get_verified(id).map(Arc::new);
+        std::mem::forget(unwinding);
+        let mut guard = self.lock();
+        let (map, order) = &mut *guard;
+        match &loaded {
+            Ok(plain) => {
+                map.insert(*id, Slot::Ready(plain.clone()));
+                order.push_back(*id);
+                while order.len() > self.capacity {
+                    if let Some(old) = order.pop_front() {
+                        map.remove(&old);
+                    }
                 }
             }
+            // Waiters then load it themselves, and see the error themselves.
+            Err(_) => {
+                map.remove(id);
+            }
         }
-        Ok(plain)
+        drop(guard);
+        self.loaded.notify_all();
+        loaded
     }
 
-    /// True when `id` is cached.
+    /// True when `id` is cached or being loaded.
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.lock().0.contains_key(id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Takes a `Loading` slot back out should its loader panic, so that waiters load the
+/// chunk themselves instead of waiting forever.
+struct Unloading<'a> {
+    cache: &'a ChunkCache,
+    id: &'a ChunkId,
+}
+
+impl Drop for Unloading<'_> {
+    fn drop(&mut self) {
+        self.cache.lock().0.remove(self.id);
+        self.cache.loaded.notify_all();
     }
 }
 
@@ -161,4 +206,88 @@ pub fn read_at(
     let end = offset.saturating_add(len as u64);
     let extents = catalog.extents(gen, attr.id, offset, end)?;
     read_extents(store, &ChunkCache::new(0), attr, &extents, offset, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::store::{MemoryStore, ObjectStore};
+    use crate::types::MirrorId;
+
+    /// A memory store that counts reads and makes each one slow, so that concurrent
+    /// readers of one chunk overlap.
+    struct SlowCountingStore {
+        inner: MemoryStore,
+        gets: Arc<AtomicU64>,
+    }
+
+    impl ObjectStore for SlowCountingStore {
+        fn describe(&self) -> String {
+            "slow counting store".into()
+        }
+        fn put(&self, id: &ChunkId, frame: &[u8]) -> Result<()> {
+            self.inner.put(id, frame)
+        }
+        fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            self.inner.get_frame(id)
+        }
+        fn contains(&self, id: &ChunkId) -> Result<bool> {
+            self.inner.contains(id)
+        }
+        fn remove(&self, id: &ChunkId) -> Result<()> {
+            self.inner.remove(id)
+        }
+        fn list(&self) -> Result<Vec<ChunkId>> {
+            self.inner.list()
+        }
+        fn sync(&self) -> Result<()> {
+            self.inner.sync()
+        }
+    }
+
+    #[test]
+    fn a_chunk_wanted_by_many_readers_at_once_is_read_once() {
+        let gets = Arc::new(AtomicU64::new(0));
+        let store = SlowCountingStore {
+            inner: MemoryStore::new(),
+            gets: gets.clone(),
+        };
+        let plain = vec![7u8; 100_000];
+        let frame = crate::codec::encode(&plain, Some(3));
+        store.put(&frame.id, &frame.frame).unwrap();
+        let id = frame.id;
+        let store =
+            MirrorStore::new(vec![(MirrorId(0), Ok(Box::new(store) as Box<dyn ObjectStore>))]).unwrap();
+        let cache = ChunkCache::new(16);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| assert_eq!(*cache.get(&store, &id).unwrap(), plain));
+            }
+        });
+        assert_eq!(gets.load(Ordering::SeqCst), 1, "one read from the store");
+        // Cached from now on.
+        assert_eq!(*cache.get(&store, &id).unwrap(), plain);
+        assert_eq!(gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_failed_load_lets_every_waiter_see_the_error() {
+        let store = MirrorStore::new(vec![(
+            MirrorId(0),
+            Ok(Box::new(MemoryStore::new()) as Box<dyn ObjectStore>),
+        )])
+        .unwrap();
+        let cache = ChunkCache::new(16);
+        let id = ChunkId::of(b"never stored");
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| assert!(cache.get(&store, &id).is_err()));
+            }
+        });
+        assert!(!cache.contains(&id), "nothing is left loading");
+    }
 }
