@@ -139,6 +139,14 @@ seq_write() { # SRC DEST → MB/s, fsync included
     rate "$(awk -v b="$BYTES" 'BEGIN { print b / 1e6 }')" "$s" "$e"
 }
 
+warm_read() { # FILE → MB/s, read again right after a read (page cache warm)
+    local s e
+    s=$(now)
+    dd if="$1" of=/dev/null bs=1M status=none
+    e=$(now)
+    rate "$(awk -v b="$BYTES" 'BEGIN { print b / 1e6 }')" "$s" "$e"
+}
+
 cold_read() { # FILE → MB/s
     local s e
     drop_caches "$1" "$REPO"
@@ -197,6 +205,13 @@ for kind in random text; do
     reset_peak
     m=$(cold_read "$MNT/$kind")
     record "cold sequential read $SIZE, $kind" MB/s "$p" "$m" "$(peak_mib)"
+    if [ "$kind" = random ]; then
+        log "warm re-read, $kind…"
+        p=$(warm_read "$PLAIN/$kind")
+        reset_peak
+        m=$(warm_read "$MNT/$kind")
+        record "re-read $SIZE (page cache warm), $kind" MB/s "$p" "$m" "$(peak_mib)"
+    fi
     rm -f "$PLAIN/$kind" "$MNT/$kind"
 done
 

@@ -1514,6 +1514,73 @@ fn plain_fusermount_u_after_unsynced_writes_loses_nothing() {
 // 10. POSIX details programs rely on
 
 #[test]
+fn cached_pages_of_a_live_file_follow_every_kind_of_change() {
+    // Live files keep their cached pages from one open to the next; each kind of
+    // change must still show on the next read: a write through another handle, a
+    // truncate, a punched hole, copy_file_range into it, and a rollback.
+    require_fuse!();
+    use rustix::fs::{fallocate, FallocateFlags};
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    let path = m.path("cached");
+    let mut model = random_bytes(40, 3 * MIB as usize);
+    fs::write(&path, &model).unwrap();
+    let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
+    let read_all = || fs::read(&path).unwrap();
+    assert!(read_all() == model, "first read fills the cache");
+
+    let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    f.write_all_at(b"written through another handle", MIB + 17)
+        .unwrap();
+    model[(MIB + 17) as usize..(MIB + 17) as usize + 30].copy_from_slice(b"written through another handle");
+    drop(f);
+    assert!(read_all() == model, "after a write through a read-write handle");
+
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(b"and a write-only one", 5).unwrap();
+    model[5..25].copy_from_slice(b"and a write-only one");
+    drop(f);
+    assert!(read_all() == model, "after a write through a write-only handle");
+
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(2 * MIB + 5).unwrap();
+    model.truncate((2 * MIB + 5) as usize);
+    fallocate(
+        &f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        4096,
+        8192,
+    )
+    .unwrap();
+    model[4096..4096 + 8192].fill(0);
+    drop(f);
+    assert!(read_all() == model, "after a truncate and a punched hole");
+
+    let other = random_bytes(41, MIB as usize);
+    fs::write(m.path("other"), &other).unwrap();
+    let (src, dst) = (
+        File::open(m.path("other")).unwrap(),
+        OpenOptions::new().write(true).open(&path).unwrap(),
+    );
+    let (mut from, mut to) = (0u64, MIB / 2);
+    while from < MIB {
+        let left = (MIB - from) as usize;
+        let n = rustix::fs::copy_file_range(&src, Some(&mut from), &dst, Some(&mut to), left).unwrap();
+        assert!(n > 0);
+    }
+    model[(MIB / 2) as usize..(MIB / 2 + MIB) as usize].copy_from_slice(&other);
+    drop((src, dst));
+    assert!(read_all() == model, "after copy_file_range into it");
+
+    snapfs_ok(&repo, &["rollback", &snap]);
+    assert!(
+        read_all() == random_bytes(40, 3 * MIB as usize),
+        "after a rollback"
+    );
+    m.umount();
+}
+
+#[test]
 fn a_reader_sees_appends_made_through_a_write_only_handle() {
     // Write-only handles bypass the page cache (direct I/O); a reader holding the file
     // open with cached pages, as `tail -f` does, must still see every append, including
