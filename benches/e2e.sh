@@ -139,8 +139,9 @@ seq_write() { # SRC DEST → MB/s, fsync included
     rate "$(awk -v b="$BYTES" 'BEGIN { print b / 1e6 }')" "$s" "$e"
 }
 
-warm_read() { # FILE → MB/s, read again right after a read (page cache warm)
+warm_read() { # FILE → MB/s of a second read, right after a first (page cache warm)
     local s e
+    dd if="$1" of=/dev/null bs=1M status=none
     s=$(now)
     dd if="$1" of=/dev/null bs=1M status=none
     e=$(now)
