@@ -131,6 +131,24 @@ record() {
     ROWS+=("| $name | $plain $unit | $mount $unit | $ratio | $peak |")
 }
 
+# probe DIR SECONDS → "p99 worst" in ms of `ls DIR` + `stat DIR/probe`, every 10 ms:
+# how long a user waits for a listing while something else writes.
+probe() {
+    python3 - "$1" "$2" <<'EOF'
+import os, sys, time
+top, secs = sys.argv[1], float(sys.argv[2])
+lat, end = [], time.time() + secs
+while time.time() < end:
+    t = time.perf_counter()
+    os.listdir(top)
+    os.stat(os.path.join(top, "probe"))
+    lat.append((time.perf_counter() - t) * 1e3)
+    time.sleep(0.01)
+lat.sort()
+print("%.1f %.1f" % (lat[int(len(lat) * 0.99)], lat[-1]))
+EOF
+}
+
 seq_write() { # SRC DEST → MB/s, fsync included
     local s e
     s=$(now)
@@ -197,10 +215,27 @@ for kind in random text; do
     src=$DATA/random.bin
     [ "$kind" = text ] && src=$DATA/text.txt
     log "sequential write, $kind…"
-    p=$(seq_write "$src" "$PLAIN/$kind")
-    reset_peak
-    m=$(seq_write "$src" "$MNT/$kind")
+    if [ "$kind" = random ]; then
+        # A listing probe runs beside the write, for its first 10 seconds.
+        touch "$PLAIN/probe" "$MNT/probe"
+        probe "$PLAIN" 10 >"$WORK/probe.plain" &
+        p=$(seq_write "$src" "$PLAIN/$kind")
+        wait
+        reset_peak
+        probe "$MNT" 10 >"$WORK/probe.mount" &
+        m=$(seq_write "$src" "$MNT/$kind")
+        wait
+    else
+        p=$(seq_write "$src" "$PLAIN/$kind")
+        reset_peak
+        m=$(seq_write "$src" "$MNT/$kind")
+    fi
     record "sequential write $SIZE, $kind" MB/s "$p" "$m" "$(peak_mib)"
+    if [ "$kind" = random ]; then
+        read -r pp pw <"$WORK/probe.plain"
+        read -r mp mw <"$WORK/probe.mount"
+        ROWS+=("| ls+stat latency during that write, p99 / worst | $pp / $pw ms | $mp / $mw ms | - | - |")
+    fi
     log "cold sequential read, $kind…"
     p=$(cold_read "$PLAIN/$kind")
     reset_peak
