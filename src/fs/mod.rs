@@ -26,7 +26,7 @@ pub use view::{Node, SnapDir};
 use crate::catalog::{Catalog, DirEntry, FileKind, InodeAttr, NewInode, Settings};
 use crate::error::{Error, Result};
 use crate::ingest::ChunkSink;
-use crate::store::MirrorStore;
+use crate::store::{MirrorStore, ObjectStore};
 use crate::types::InodeId;
 use write::DirtyFile;
 
@@ -149,6 +149,8 @@ pub struct Fs {
     /// Set when a commit failed after chunks reached the mirrors: they are unknown
     /// objects now, for gc to sweep.
     commit_failed: std::sync::atomic::AtomicBool,
+    /// File data was written since the last sync outside the lock.
+    chunks_written: std::sync::atomic::AtomicBool,
 }
 
 fn now_ns() -> i64 {
@@ -207,6 +209,7 @@ impl Fs {
             options,
             free_space: Mutex::new((std::time::Instant::now() - Duration::from_secs(60), u64::MAX)),
             commit_failed: std::sync::atomic::AtomicBool::new(false),
+            chunks_written: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -563,6 +566,8 @@ impl Fs {
         let mut st = self.lock();
         let st = &mut *st;
         write::write(st, ino, offset, data)?;
+        self.chunks_written
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(data.len())
     }
 
@@ -575,14 +580,14 @@ impl Fs {
     /// Commits every buffered write and the metadata batch (not durably: that is
     /// `fsync`), so that other processes reading the catalog see them.
     pub fn commit(&self) -> Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_after_presync();
         self.flush_locked(&mut st, None)?;
         st.catalog.commit_batch()
     }
 
     /// Commits buffered writes older than `FsOptions::flush_after` (the flusher's tick).
     pub fn flush_old(&self) -> Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_after_presync();
         let due = st.dirty.values().any(|d| d.age() >= self.options.flush_after);
         if due {
             self.flush_locked(&mut st, None)?;
@@ -593,9 +598,30 @@ impl Fs {
 
     /// Makes `ino`'s data and metadata (and everything committed before) durable.
     pub fn fsync(&self, ino: Option<InodeId>) -> Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_after_presync();
         self.flush_locked(&mut st, ino)?;
         st.catalog.sync()
+    }
+
+    /// The lock, taken after syncing the mirrors without it when chunks were written
+    /// since the last time: a commit must sync the mirrors under the lock before it
+    /// commits, and that sync then finds little left to write back, so other requests
+    /// wait that much less (DESIGN §6). A failure here is handed to the sink, so the
+    /// commit fails as if its own sync had failed (a writeback error is reported once).
+    fn lock_after_presync(&self) -> MutexGuard<'_, State> {
+        let failed = if self
+            .chunks_written
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.store.sync().err()
+        } else {
+            None
+        };
+        let mut st = self.lock();
+        if let Some(e) = failed {
+            st.sink.sync_failed(e);
+        }
+        st
     }
 
     fn flush_locked(&self, st: &mut State, ino: Option<InodeId>) -> Result<()> {

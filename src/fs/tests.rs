@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::*;
 use crate::catalog::{NewCatalog, Settings};
 use crate::chunker::ChunkerParams;
-use crate::store::{MemoryStore, MirrorStore, ObjectStore};
+use crate::store::{FaultStore, MemoryStore, MirrorStore, ObjectStore};
 use crate::types::{Ino, MirrorId, RepoId};
 
 const ME: Caller = Caller { uid: 1000, gid: 1000 };
@@ -17,6 +17,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_over(Box::new(MemoryStore::new()))
+}
+
+/// A filesystem over one mirror, `mirror`.
+fn fixture_over(mirror: Box<dyn ObjectStore>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::create(
         &dir.path().join("catalog.db"),
@@ -39,10 +44,7 @@ fn fixture() -> Fixture {
         },
     )
     .unwrap();
-    let stores: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(
-        MirrorId(0),
-        Ok(Box::new(MemoryStore::new()) as Box<dyn ObjectStore>),
-    )];
+    let stores: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(mirror))];
     let store = Arc::new(MirrorStore::new(stores).unwrap());
     let fs = Fs::new(catalog, store.clone(), FsOptions::default()).unwrap();
     Fixture { _dir: dir, fs, store }
@@ -454,4 +456,38 @@ fn a_new_fs_drops_inodes_left_nameless_by_a_crash() {
     .unwrap();
     assert_eq!(fs.getattr(orphan).unwrap_err().errno(), libc::ENOENT);
     assert_eq!(fs.getattr(InodeId::ROOT).unwrap().kind, FileKind::Dir);
+}
+
+#[test]
+fn a_failed_sync_made_before_taking_the_lock_fails_the_commit() {
+    // fsync syncs the mirrors before it takes the lock, then again under it before
+    // committing. A writeback error is reported only once, so when the first sync
+    // fails the commit must fail too, even though the second sync succeeds.
+    let mirror = Arc::new(FaultStore::new());
+    let f = fixture_over(Box::new(mirror.clone()));
+    let caller = Caller { uid: 0, gid: 0 };
+    let file =
+        f.fs.create(caller, InodeId::ROOT, b"f", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    f.fs.write(file, 0, &random(1, 100_000)).unwrap();
+    mirror.fail_sync_at(1, libc::ENOSPC);
+    let err = f.fs.fsync(None).unwrap_err();
+    assert_eq!(err.errno(), libc::ENOSPC, "{err}");
+    assert_eq!(
+        mirror.syncs(),
+        1,
+        "the commit stopped at the failure it was told of"
+    );
+    assert_eq!(
+        f.fs.getattr(file).unwrap().size,
+        0,
+        "nothing of the failed run was committed"
+    );
+
+    // The next write and fsync work normally.
+    let data = random(2, 100_000);
+    f.fs.write(file, 0, &data).unwrap();
+    f.fs.fsync(None).unwrap();
+    assert_eq!(f.fs.read(file, 0, data.len()).unwrap(), data);
 }

@@ -16,7 +16,7 @@ use pool::WriterPool;
 use crate::catalog::{Catalog, ChunkInfo, Extent, Txn};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::codec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{MirrorSet, MirrorStore, ObjectStore};
 use crate::types::ChunkId;
 
@@ -73,6 +73,9 @@ pub struct ChunkSink {
     params: ChunkerParams,
     zstd_level: Option<i32>,
     pending: HashMap<ChunkId, Pending>,
+    /// A sync of the mirrors made outside `sync` (see `sync_failed`) failed: the next
+    /// `sync` fails with this error as if it had failed itself.
+    failed_sync: Option<Error>,
     stats: IngestStats,
     /// Compresses and writes chunks in the background when present.
     pool: Option<WriterPool>,
@@ -86,6 +89,7 @@ impl ChunkSink {
             params,
             zstd_level,
             pending: HashMap::new(),
+            failed_sync: None,
             stats: IngestStats::default(),
             pool: None,
         }
@@ -239,6 +243,13 @@ impl ChunkSink {
         self.pending.clear();
     }
 
+    /// Notes that a sync of this sink's mirrors made by someone else (to shorten the
+    /// sync a commit makes) failed: the chunks pending now may not be durable, so the
+    /// next `sync` fails with `error`.
+    pub fn sync_failed(&mut self, error: Error) {
+        self.failed_sync.get_or_insert(error);
+    }
+
     /// True when chunks were put since the last `sync`.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -259,8 +270,15 @@ impl ChunkSink {
     /// its mirrors (one sync per mirror), and takes a mirror lost meanwhile out of the
     /// rows in `txn`. Commit `txn` only after this returns (DESIGN.md §2.1).
     pub fn sync(&mut self, txn: &Txn<'_>) -> Result<()> {
+        let failed = self.failed_sync.take();
         if self.pending.is_empty() {
             return Ok(());
+        }
+        if let Some(e) = failed {
+            // A writeback error is reported once, to whoever syncs first: the chunks
+            // pending then cannot be trusted, even if a later sync succeeds.
+            self.abandon();
+            return Err(e);
         }
         self.record(txn)?;
         if let Err(e) = self.store.sync() {
