@@ -318,6 +318,11 @@ impl Chunker {
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
+
+    /// The bytes pushed but not emitted yet, the stream's last `buffered()` bytes.
+    pub fn buffered_bytes(&self) -> &[u8] {
+        &self.buf
+    }
 }
 
 /// Chunks everything `reader` yields, with memory bounded by about twice `max_size`;

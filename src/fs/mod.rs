@@ -517,21 +517,16 @@ impl Fs {
         Ok(())
     }
 
-    /// Reads up to `len` bytes of `ino` at `offset`; buffered writes are committed
-    /// first so the read sees them.
+    /// Reads up to `len` bytes of `ino` at `offset`, buffered writes included (laid
+    /// over the committed bytes, without committing them).
     pub fn read(&self, ino: InodeId, offset: u64, len: usize) -> Result<Vec<u8>> {
         let mut st = self.lock();
-        if st.dirty.contains_key(&ino) {
-            self.flush_locked(&mut st, Some(ino))?;
-        }
-        let attr = st
-            .catalog
-            .inode(st.catalog.live(), ino)?
-            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+        let attr = attr_of(&st, ino)?;
         if attr.kind == FileKind::Dir {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
         let end = offset.saturating_add(len as u64);
+        let overlay = write::overlay(&mut st, ino, offset, end)?;
         let live = st.catalog.live();
         let extents = st.catalog.extents(live, ino, offset, end)?;
         // A sequential reader gets the next `readahead_bytes` loaded in the background,
@@ -556,7 +551,15 @@ impl Fs {
             &self.cache,
             later.iter().filter(|e| e.end() > end).map(|e| e.chunk),
         );
-        read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)
+        let mut out = read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)?;
+        if let Some(run) = overlay {
+            read::lay_over(&self.store, &self.cache, &attr, &run.extents, offset, &mut out)?;
+            let from = run.tail_offset.saturating_sub(offset) as usize;
+            if let Some(dest) = out.get_mut(from..from + run.tail.len()) {
+                dest.copy_from_slice(&run.tail);
+            }
+        }
+        Ok(out)
     }
 
     /// Writes `data` at `offset` into `ino`. Buffered: durable after `fsync`, visible

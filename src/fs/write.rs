@@ -87,6 +87,50 @@ fn old_bytes(st: &State, attr: &InodeAttr, from: u64, to: u64) -> Result<Vec<u8>
     Ok(bytes)
 }
 
+/// What a read of `[from, to)` of a file with a buffered run lays over the committed
+/// bytes: the run's chunks in that range, and the part of the run's tail (pushed, not
+/// yet cut into a chunk) in it, starting at `tail_offset`.
+pub(super) struct RunOverlay {
+    pub(super) extents: Vec<Extent>,
+    pub(super) tail_offset: u64,
+    pub(super) tail: Vec<u8>,
+}
+
+/// The overlay of `ino`'s buffered run on `[from, to)`, or `None` when it has none.
+/// Reading a file just written then needs no commit (and no sync of the mirrors): the
+/// run's chunks are read back from the mirrors once written, durable or not.
+pub(super) fn overlay(st: &mut State, ino: InodeId, from: u64, to: u64) -> Result<Option<RunOverlay>> {
+    if !st.dirty.contains_key(&ino) {
+        return Ok(None);
+    }
+    st.sink.wait_written()?;
+    let Some(d) = st.dirty.get(&ino) else {
+        return Ok(None);
+    };
+    let extents = d
+        .extents
+        .iter()
+        .filter(|e| e.offset < to && e.end() > from)
+        .cloned()
+        .collect();
+    let (lo, hi) = (from.max(d.emitted_to), to.min(d.end));
+    let tail = if lo < hi {
+        let buffered = d.chunker.buffered_bytes();
+        let base = d.emitted_to;
+        buffered
+            .get((lo - base) as usize..(hi - base) as usize)
+            .ok_or_else(|| Error::CorruptCatalog("buffered run shorter than its length".into()))?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(Some(RunOverlay {
+        extents,
+        tail_offset: lo,
+        tail,
+    }))
+}
+
 /// Buffers `data` at `offset` of file `ino`.
 pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> Result<()> {
     let now = super::now_ns();

@@ -214,6 +214,12 @@ impl ChunkSink {
         self.params
     }
 
+    /// Waits until every chunk put so far is written to its mirrors (not yet durable:
+    /// that is `sync`), so that it can be read back.
+    pub fn wait_written(&mut self) -> Result<()> {
+        self.wait_writers()
+    }
+
     /// Waits for the writer threads and takes in what they wrote.
     fn wait_writers(&mut self) -> Result<()> {
         let Some(pool) = &self.pool else { return Ok(()) };
