@@ -453,8 +453,10 @@ impl Fs {
     pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Result<InodeAttr> {
         let mut st = self.lock();
         let now = now_ns();
-        // Buffered writes land first, so the size and times set here stay set.
-        if st.dirty.contains_key(&ino) {
+        // A size change cuts or extends what buffered writes wrote, so they land first.
+        // Other changes leave them buffered (no commit, no sync: `cp -p` sets times and
+        // owners right after writing); the run keeps the times set here for its commit.
+        if set.size.is_some() && st.dirty.contains_key(&ino) {
             self.flush_locked(&mut st, Some(ino))?;
         }
         let txn = st.catalog.write()?;
@@ -487,6 +489,9 @@ impl Fs {
         attr.ctime_ns = now;
         txn.set_inode(&attr)?;
         txn.commit()?;
+        if let Some(d) = st.dirty.get_mut(&ino) {
+            d.attributes_changed(set.mtime.map(resolve), now);
+        }
         attr_of(&st, ino)
     }
 
@@ -823,7 +828,7 @@ fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
     if let Some(d) = st.dirty.get(&ino) {
         attr.size = attr.size.max(d.end());
         attr.mtime_ns = d.mtime_ns();
-        attr.ctime_ns = d.mtime_ns();
+        attr.ctime_ns = d.ctime_ns();
     }
     Ok(attr)
 }

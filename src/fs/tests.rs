@@ -528,3 +528,44 @@ fn reading_a_file_just_written_commits_and_syncs_nothing() {
     assert!(mirror.syncs() > synced);
     assert_eq!(f.fs.read(file, 0, 400_000).unwrap(), model);
 }
+
+#[test]
+fn times_and_modes_set_on_a_file_just_written_stay_set_without_a_commit() {
+    // What `cp -p` does: write, then set owner, mode and times. The run stays
+    // buffered, and its commit keeps the times set after it.
+    let mirror = Arc::new(FaultStore::new());
+    let f = fixture_over(Box::new(mirror.clone()));
+    let caller = Caller { uid: 0, gid: 0 };
+    let file =
+        f.fs.create(caller, InodeId::ROOT, b"f", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    let data = random(6, 90_000);
+    f.fs.write(file, 0, &data).unwrap();
+    let synced = mirror.syncs();
+    let set = SetAttr {
+        mode: Some(0o600),
+        uid: Some(1000),
+        mtime: Some(SetTime::At(1_000_000_000_123)),
+        atime: Some(SetTime::At(2_000_000_000_000)),
+        ..Default::default()
+    };
+    let attr = f.fs.setattr(file, &set).unwrap();
+    assert_eq!(mirror.syncs(), synced, "no commit for an attribute change");
+    assert_eq!((attr.mode, attr.uid, attr.size), (0o600, 1000, 90_000));
+    assert_eq!(attr.mtime_ns, 1_000_000_000_123);
+    assert!(
+        attr.ctime_ns > 1_000_000_000_123,
+        "ctime is the time of the change"
+    );
+    f.fs.fsync(None).unwrap();
+    let attr = f.fs.getattr(file).unwrap();
+    assert_eq!((attr.mode, attr.uid, attr.size), (0o600, 1000, 90_000));
+    assert_eq!(attr.mtime_ns, 1_000_000_000_123, "the commit kept the time set");
+    assert_eq!(attr.atime_ns, 2_000_000_000_000);
+    assert_eq!(f.fs.read(file, 0, 100_000).unwrap(), data);
+
+    // A later write moves mtime again, as POSIX says.
+    f.fs.write(file, 90_000, b"more").unwrap();
+    assert!(f.fs.getattr(file).unwrap().mtime_ns > 1_000_000_000_123);
+}

@@ -23,6 +23,7 @@ pub(super) struct DirtyFile {
     extents: Vec<Extent>,
     emitted_to: u64,
     mtime_ns: i64,
+    ctime_ns: i64,
     since: Instant,
 }
 
@@ -32,9 +33,23 @@ impl DirtyFile {
         self.end
     }
 
-    /// Time of the last write.
+    /// Time of the last write, or the one set since.
     pub(super) fn mtime_ns(&self) -> i64 {
         self.mtime_ns
+    }
+
+    /// Time of the last write or attribute change.
+    pub(super) fn ctime_ns(&self) -> i64 {
+        self.ctime_ns
+    }
+
+    /// Notes an attribute change at `now` made while the run is buffered, which sets
+    /// the modification time to `mtime` if given, so the commit keeps both.
+    pub(super) fn attributes_changed(&mut self, mtime: Option<i64>, now: i64) {
+        if let Some(t) = mtime {
+            self.mtime_ns = t;
+        }
+        self.ctime_ns = now;
     }
 
     /// How long the run has been buffered.
@@ -137,6 +152,7 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
     if let Some(d) = st.dirty.get_mut(&ino) {
         if d.end == offset {
             d.mtime_ns = now;
+            d.ctime_ns = now;
             return push(st, ino, data);
         }
         flush(st, Some(ino))?;
@@ -177,6 +193,7 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
             extents: Vec::new(),
             emitted_to: start,
             mtime_ns: now,
+            ctime_ns: now,
             since: Instant::now(),
         },
     );
@@ -242,7 +259,7 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
             txn.set_extents(*id, d.start, d.end, &d.extents)?;
             attr.size = attr.size.max(*user_end);
             attr.mtime_ns = d.mtime_ns;
-            attr.ctime_ns = d.mtime_ns;
+            attr.ctime_ns = d.ctime_ns;
             txn.set_inode(&attr)?;
         }
         sink.sync(&txn)?;
