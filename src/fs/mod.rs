@@ -531,9 +531,12 @@ impl Fs {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
         let end = offset.saturating_add(len as u64);
-        let overlay = write::overlay(&mut st, ino, offset, end)?;
+        let buffered = write::buffered_view(&mut st, ino, offset, end)?;
         let live = st.catalog.live();
-        let extents = st.catalog.extents(live, ino, offset, end)?;
+        let (extents, tail) = match buffered {
+            Some(view) => (view.extents, Some((view.tail_offset, view.tail))),
+            None => (st.catalog.extents(live, ino, offset, end)?, None),
+        };
         // A sequential reader gets the next `readahead_bytes` loaded in the background,
         // asked for in steps of half that, so most reads query only their own range.
         let last = st.read_ends.get(&ino).copied();
@@ -557,12 +560,11 @@ impl Fs {
             later.iter().filter(|e| e.end() > end).map(|e| e.chunk),
         );
         let mut out = read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)?;
-        if let Some(run) = overlay {
-            read::lay_over(&self.store, &self.cache, &attr, &run.extents, offset, &mut out)?;
-            let from = run.tail_offset.saturating_sub(offset) as usize;
-            if let Some(dest) = out.get_mut(from..from + run.tail.len()) {
-                dest.copy_from_slice(&run.tail);
-            }
+        if let Some((tail_offset, tail)) = tail.filter(|(_, t)| !t.is_empty()) {
+            let from = (tail_offset - offset) as usize;
+            out.get_mut(from..from + tail.len())
+                .ok_or_else(|| Error::CorruptCatalog(format!("buffered tail of inode {ino} past its size")))?
+                .copy_from_slice(&tail);
         }
         Ok(out)
     }
@@ -826,7 +828,7 @@ fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
         .inode(st.catalog.live(), ino)?
         .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
     if let Some(d) = st.dirty.get(&ino) {
-        attr.size = attr.size.max(d.end());
+        attr.size = attr.size.max(d.size_at_least());
         attr.mtime_ns = d.mtime_ns();
         attr.ctime_ns = d.ctime_ns();
     }

@@ -193,35 +193,6 @@ pub fn read_extents(
     Ok(out)
 }
 
-/// Copies the bytes of `extents` into `out`, which holds the file's bytes from
-/// `offset` on (each extent clipped to `out`): newer bytes laid over older ones.
-pub fn lay_over(
-    store: &MirrorStore,
-    cache: &ChunkCache,
-    attr: &InodeAttr,
-    extents: &[Extent],
-    offset: u64,
-    out: &mut [u8],
-) -> Result<()> {
-    let end = offset + out.len() as u64;
-    for e in extents {
-        let (from, to) = (e.offset.max(offset), e.end().min(end));
-        if from >= to {
-            continue;
-        }
-        let plain = cache.get(store, &e.chunk)?;
-        let src = (e.chunk_offset + (from - e.offset)) as usize;
-        let bytes = plain.get(src..src + (to - from) as usize).ok_or_else(|| {
-            Error::CorruptCatalog(format!(
-                "buffered extent of inode {} at {} reaches past the end of chunk {}",
-                attr.id, e.offset, e.chunk
-            ))
-        })?;
-        out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(bytes);
-    }
-    Ok(())
-}
-
 /// Reads up to `len` bytes of file `attr` at `offset` as generation `gen` sees it
 /// (uncached; for commands that read once).
 pub fn read_at(

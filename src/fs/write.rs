@@ -2,9 +2,13 @@
 //! the unfinished tail chunk sits in memory; finished chunks go to the mirrors at once
 //! and their extents wait for the next group commit.
 //!
-//! A write that does not continue the buffered run commits it first and starts a new
-//! run at the start of the extent it lands in, so a 4 KiB write into a big file costs
-//! the one or two chunks around it, not the file.
+//! A run starts at the start of the extent its first write lands in, so a 4 KiB write
+//! into a big file costs the one or two chunks around it, not the file. A write that
+//! does not continue the open run seals it (its last chunk finished with the bytes
+//! after it up to the end of the extent it stops in) and opens a new one; sealed runs
+//! wait in memory, as extents only, for the commit, which applies them in order. Until
+//! then every read sees the file as the runs left it (`view_extents`), so random
+//! writes cost no commit and no sync each.
 
 use std::time::{Duration, Instant};
 
@@ -14,23 +18,38 @@ use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::types::InodeId;
 
-/// One file's buffered run of writes: bytes `[start, end)` are being re-chunked.
+/// Sealed runs a file may gather before a write commits them: each costs reads a pass.
+const MAX_SEALED_RUNS: usize = 256;
+
+/// A finished run: bytes `[start, end)` are exactly `extents`, in order.
+#[derive(Debug)]
+struct SealedRun {
+    start: u64,
+    end: u64,
+    extents: Vec<Extent>,
+}
+
+/// One file's buffered writes: the sealed runs, oldest first, and the open run, whose
+/// bytes `[start, end)` are being re-chunked.
 pub(super) struct DirtyFile {
+    sealed: Vec<SealedRun>,
     start: u64,
     end: u64,
     chunker: Chunker,
     /// Chunks cut so far, from `start` onwards.
     extents: Vec<Extent>,
     emitted_to: u64,
+    /// One past the last byte written by the user in any run (the size it implies).
+    user_end: u64,
     mtime_ns: i64,
     ctime_ns: i64,
     since: Instant,
 }
 
 impl DirtyFile {
-    /// One past the last byte written into the run.
-    pub(super) fn end(&self) -> u64 {
-        self.end
+    /// The file size the buffered writes imply, at least.
+    pub(super) fn size_at_least(&self) -> u64 {
+        self.user_end
     }
 
     /// Time of the last write, or the one set since.
@@ -52,10 +71,112 @@ impl DirtyFile {
         self.ctime_ns = now;
     }
 
-    /// How long the run has been buffered.
+    /// How long the writes have been buffered.
     pub(super) fn age(&self) -> Duration {
         self.since.elapsed()
     }
+}
+
+/// Lays `new` (covering `[start, end)`) over `view`, both clipped to `[from, to)`:
+/// extents of `view` inside are dropped, those across the edges are cut.
+fn lay_over(view: &mut Vec<Extent>, start: u64, end: u64, new: &[Extent], from: u64, to: u64) {
+    let (lo, hi) = (start.max(from), end.min(to));
+    if lo >= hi {
+        return;
+    }
+    let mut out = Vec::with_capacity(view.len() + new.len());
+    for e in view.drain(..) {
+        if e.end() <= lo || e.offset >= hi {
+            out.push(e);
+            continue;
+        }
+        if e.offset < lo {
+            out.push(Extent {
+                length: lo - e.offset,
+                ..e
+            });
+        }
+        if e.end() > hi {
+            out.push(Extent {
+                offset: hi,
+                length: e.end() - hi,
+                chunk_offset: e.chunk_offset + (hi - e.offset),
+                ..e
+            });
+        }
+    }
+    for n in new {
+        let (s, t) = (n.offset.max(lo), n.end().min(hi));
+        if s < t {
+            out.push(Extent {
+                offset: s,
+                length: t - s,
+                chunk_offset: n.chunk_offset + (s - n.offset),
+                ..*n
+            });
+        }
+    }
+    out.sort_by_key(|e| e.offset);
+    *view = out;
+}
+
+/// The extents of `ino` over `[from, to)` as its buffered writes leave it: the
+/// committed ones, the sealed runs laid over them in order, and (with `with_open`)
+/// the chunks the open run has cut so far. The open run's uncut tail is not included.
+fn view_extents(st: &State, ino: InodeId, from: u64, to: u64, with_open: bool) -> Result<Vec<Extent>> {
+    let mut view = st.catalog.extents(st.catalog.live(), ino, from, to)?;
+    if let Some(d) = st.dirty.get(&ino) {
+        for run in &d.sealed {
+            lay_over(&mut view, run.start, run.end, &run.extents, from, to);
+        }
+        if with_open {
+            lay_over(&mut view, d.start, d.emitted_to, &d.extents, from, to);
+        }
+    }
+    Ok(view)
+}
+
+/// What a read of `[from, to)` of a file with buffered writes reads: its extents as
+/// the runs leave them, and the open run's uncut tail in that range (from
+/// `tail_offset`). Nothing is committed: the runs' chunks are read back from the
+/// mirrors once the writer threads have written them, durable or not.
+pub(super) struct BufferedView {
+    pub(super) extents: Vec<Extent>,
+    pub(super) tail_offset: u64,
+    pub(super) tail: Vec<u8>,
+}
+
+/// The view of `ino` over `[from, to)`, or `None` when it has no buffered writes.
+pub(super) fn buffered_view(
+    st: &mut State,
+    ino: InodeId,
+    from: u64,
+    to: u64,
+) -> Result<Option<BufferedView>> {
+    if !st.dirty.contains_key(&ino) {
+        return Ok(None);
+    }
+    st.sink.wait_written()?;
+    let extents = view_extents(st, ino, from, to, true)?;
+    let Some(d) = st.dirty.get(&ino) else {
+        return Ok(None);
+    };
+    let (lo, hi) = (from.max(d.emitted_to), to.min(d.end));
+    let tail = if lo < hi {
+        let base = d.emitted_to;
+        d.chunker
+            .buffered_bytes()
+            .get((lo - base) as usize..(hi - base) as usize)
+            .ok_or_else(|| Error::CorruptCatalog("buffered run shorter than its length".into()))?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok(Some(BufferedView {
+        extents,
+        tail_offset: lo,
+        tail,
+    }))
 }
 
 fn push(st: &mut State, ino: InodeId, data: &[u8]) -> Result<()> {
@@ -86,14 +207,23 @@ fn push(st: &mut State, ino: InodeId, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Reads committed bytes `[from, to)` of `attr`.
-fn old_bytes(st: &State, attr: &InodeAttr, from: u64, to: u64) -> Result<Vec<u8>> {
-    let live = st.catalog.live();
-    let extents = st.catalog.extents(live, attr.id, from, to)?;
+/// Bytes `[from, to)` of `ino` as its buffered writes leave them, sealed runs
+/// included (the open run must be empty or sealed); `size` is the file's size.
+fn view_bytes(st: &mut State, ino: InodeId, size: u64, from: u64, to: u64) -> Result<Vec<u8>> {
+    if st.dirty.get(&ino).is_some_and(|d| !d.sealed.is_empty()) {
+        st.sink.wait_written()?;
+    }
+    let extents = view_extents(st, ino, from, to, false)?;
+    let attr = InodeAttr {
+        size,
+        ..st.catalog
+            .inode(st.catalog.live(), ino)?
+            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?
+    };
     let mut bytes = read_extents(
         &st.sink_store(),
         &ChunkCache::new(0),
-        attr,
+        &attr,
         &extents,
         from,
         (to - from) as usize,
@@ -102,60 +232,66 @@ fn old_bytes(st: &State, attr: &InodeAttr, from: u64, to: u64) -> Result<Vec<u8>
     Ok(bytes)
 }
 
-/// What a read of `[from, to)` of a file with a buffered run lays over the committed
-/// bytes: the run's chunks in that range, and the part of the run's tail (pushed, not
-/// yet cut into a chunk) in it, starting at `tail_offset`.
-pub(super) struct RunOverlay {
-    pub(super) extents: Vec<Extent>,
-    pub(super) tail_offset: u64,
-    pub(super) tail: Vec<u8>,
-}
-
-/// The overlay of `ino`'s buffered run on `[from, to)`, or `None` when it has none.
-/// Reading a file just written then needs no commit (and no sync of the mirrors): the
-/// run's chunks are read back from the mirrors once written, durable or not.
-pub(super) fn overlay(st: &mut State, ino: InodeId, from: u64, to: u64) -> Result<Option<RunOverlay>> {
-    if !st.dirty.contains_key(&ino) {
-        return Ok(None);
+/// Finishes the open run of `ino`: re-feeds the bytes after it up to the end of the
+/// extent it stops in (so the old chunk there is replaced whole), cuts its last chunks
+/// and moves it to the sealed runs. `size` is the file's size.
+fn seal(st: &mut State, ino: InodeId, size: u64) -> Result<()> {
+    let Some(end) = st.dirty.get(&ino).map(|d| d.end) else {
+        return Ok(());
+    };
+    if let Some(e) = view_extents(st, ino, end, end + 1, false)?
+        .into_iter()
+        .find(|e| e.offset < end && e.end() > end)
+    {
+        let suffix = view_bytes(st, ino, size, end, e.end())?;
+        push(st, ino, &suffix)?;
     }
-    st.sink.wait_written()?;
-    let Some(d) = st.dirty.get(&ino) else {
-        return Ok(None);
+    let State {
+        catalog, sink, dirty, ..
+    } = st;
+    let Some(d) = dirty.get_mut(&ino) else {
+        return Ok(());
     };
-    let extents = d
-        .extents
-        .iter()
-        .filter(|e| e.offset < to && e.end() > from)
-        .cloned()
-        .collect();
-    let (lo, hi) = (from.max(d.emitted_to), to.min(d.end));
-    let tail = if lo < hi {
-        let buffered = d.chunker.buffered_bytes();
-        let base = d.emitted_to;
-        buffered
-            .get((lo - base) as usize..(hi - base) as usize)
-            .ok_or_else(|| Error::CorruptCatalog("buffered run shorter than its length".into()))?
-            .to_vec()
-    } else {
-        Vec::new()
-    };
-    Ok(Some(RunOverlay {
+    let DirtyFile {
+        chunker,
         extents,
-        tail_offset: lo,
-        tail,
-    }))
+        emitted_to,
+        ..
+    } = d;
+    chunker.finish(&mut |chunk| {
+        let id = sink.put(&*catalog, chunk)?;
+        extents.push(Extent {
+            offset: *emitted_to,
+            length: chunk.len() as u64,
+            chunk: id,
+            chunk_offset: 0,
+        });
+        *emitted_to += chunk.len() as u64;
+        Ok(())
+    })?;
+    if d.end > d.start {
+        let extents = std::mem::take(&mut d.extents);
+        d.sealed.push(SealedRun {
+            start: d.start,
+            end: d.end,
+            extents,
+        });
+    }
+    d.start = d.end;
+    d.emitted_to = d.end;
+    Ok(())
 }
 
 /// Buffers `data` at `offset` of file `ino`.
 pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> Result<()> {
     let now = super::now_ns();
     if let Some(d) = st.dirty.get_mut(&ino) {
+        d.mtime_ns = now;
+        d.ctime_ns = now;
         if d.end == offset {
-            d.mtime_ns = now;
-            d.ctime_ns = now;
+            d.user_end = d.user_end.max(offset + data.len() as u64);
             return push(st, ino, data);
         }
-        flush(st, Some(ino))?;
     }
     let live = st.catalog.live();
     let attr = st
@@ -165,14 +301,19 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
     if attr.kind != FileKind::File {
         return Err(Error::InvalidArgument("not a regular file".into()));
     }
+    let size = attr.size.max(st.dirty.get(&ino).map_or(0, |d| d.user_end));
+    if let Some(d) = st.dirty.get(&ino) {
+        if d.sealed.len() >= MAX_SEALED_RUNS {
+            flush(st, Some(ino))?;
+        } else {
+            seal(st, ino, size)?;
+        }
+    }
     // Start the run at the start of the extent the write lands in (or ends next to),
     // so the chunker sees whole chunks again.
     let mut start = offset;
-    if offset <= attr.size {
-        let probe_from = offset.saturating_sub(1);
-        if let Some(e) = st
-            .catalog
-            .extents(live, ino, probe_from, offset + 1)?
+    if offset <= size {
+        if let Some(e) = view_extents(st, ino, offset.saturating_sub(1), offset + 1, false)?
             .into_iter()
             .find(|e| e.offset < offset && e.end() >= offset)
         {
@@ -180,29 +321,33 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
         }
     }
     let prefix = if start < offset {
-        old_bytes(st, &attr, start, offset)?
+        view_bytes(st, ino, size, start, offset)?
     } else {
         Vec::new()
     };
-    st.dirty.insert(
-        ino,
-        DirtyFile {
-            start,
-            end: start,
-            chunker: Chunker::new(&st.params()),
-            extents: Vec::new(),
-            emitted_to: start,
-            mtime_ns: now,
-            ctime_ns: now,
-            since: Instant::now(),
-        },
-    );
+    let params = st.params();
+    let d = st.dirty.entry(ino).or_insert_with(|| DirtyFile {
+        sealed: Vec::new(),
+        start,
+        end: start,
+        chunker: Chunker::new(&params),
+        extents: Vec::new(),
+        emitted_to: start,
+        user_end: 0,
+        mtime_ns: now,
+        ctime_ns: now,
+        since: Instant::now(),
+    });
+    d.start = start;
+    d.end = start;
+    d.emitted_to = start;
+    d.user_end = d.user_end.max(offset + data.len() as u64);
     push(st, ino, &prefix)?;
     push(st, ino, data)
 }
 
-/// Commits the buffered runs of `ino` (or of every file) in one transaction, after
-/// syncing the mirrors.
+/// Commits the buffered writes of `ino` (or of every file) in one transaction, after
+/// syncing the mirrors: each file's runs in the order they were written.
 pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
     let ids: Vec<InodeId> = match ino {
         Some(i) => st.dirty.contains_key(&i).then_some(i).into_iter().collect(),
@@ -220,44 +365,22 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
             st.dirty.remove(&id);
             continue;
         };
-        // Re-feed the committed bytes after the run up to the end of the extent the
-        // run stops in, so the old chunk there is replaced whole.
-        let end = st.dirty.get(&id).map_or(0, |d| d.end);
-        let user_end = end;
-        if let Some(e) = st
-            .catalog
-            .extents(live, id, end, end + 1)?
-            .into_iter()
-            .find(|e| e.offset < end && e.end() > end)
-        {
-            let suffix = old_bytes(st, &attr, end, e.end())?;
-            push(st, id, &suffix)?;
+        let size = attr.size.max(st.dirty.get(&id).map_or(0, |d| d.user_end));
+        seal(st, id, size)?;
+        if let Some(d) = st.dirty.remove(&id) {
+            finished.push((id, d));
         }
-        let Some(mut d) = st.dirty.remove(&id) else {
-            continue;
-        };
-        let State { catalog, sink, .. } = &mut *st;
-        d.chunker.finish(&mut |chunk| {
-            let cid = sink.put(&*catalog, chunk)?;
-            d.extents.push(Extent {
-                offset: d.emitted_to,
-                length: chunk.len() as u64,
-                chunk: cid,
-                chunk_offset: 0,
-            });
-            d.emitted_to += chunk.len() as u64;
-            Ok(())
-        })?;
-        finished.push((id, d, user_end));
     }
     let State { catalog, sink, .. } = &mut *st;
     let committed = (|| -> Result<()> {
         let txn = catalog.write()?;
         sink.record(&txn)?;
-        for (id, d, user_end) in &finished {
+        for (id, d) in &finished {
             let Some(mut attr) = txn.inode(*id)? else { continue };
-            txn.set_extents(*id, d.start, d.end, &d.extents)?;
-            attr.size = attr.size.max(*user_end);
+            for run in &d.sealed {
+                txn.set_extents(*id, run.start, run.end, &run.extents)?;
+            }
+            attr.size = attr.size.max(d.user_end);
             attr.mtime_ns = d.mtime_ns;
             attr.ctime_ns = d.ctime_ns;
             txn.set_inode(&attr)?;
