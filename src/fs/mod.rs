@@ -7,8 +7,10 @@
 //! kernel. Depends on `catalog`, `store` and `ingest`.
 //!
 //! Concurrency: one mutex guards the catalog and the write buffers. Writes are
-//! buffered per file and committed in groups (by the flusher every second, on
-//! fsync, or before a read needs them), with the mirrors synced before each commit.
+//! buffered per file and committed in groups (by the flusher every second, on fsync,
+//! or before a size change, hole punch or copy needs them), with the mirrors synced
+//! before each commit (once without the lock, then under it). Reads see buffered
+//! writes without committing them (see `write`).
 
 mod read;
 mod space;
