@@ -569,3 +569,51 @@ fn times_and_modes_set_on_a_file_just_written_stay_set_without_a_commit() {
     f.fs.write(file, 90_000, b"more").unwrap();
     assert!(f.fs.getattr(file).unwrap().mtime_ns > 1_000_000_000_123);
 }
+
+#[test]
+fn hundreds_of_random_writes_read_back_exactly_before_and_after_their_commit() {
+    // Each write at a new offset seals a run; past 256 sealed runs the file commits.
+    // Every read in between must see exactly what was written, in order.
+    let f = fixture();
+    let caller = Caller { uid: 0, gid: 0 };
+    let file =
+        f.fs.create(caller, InodeId::ROOT, b"db", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    let mut model = random(7, 400_000);
+    f.fs.write(file, 0, &model).unwrap();
+    f.fs.fsync(None).unwrap();
+    let mut seed = 11u64;
+    for i in 0..600u64 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = (seed >> 33) % 450_000;
+        let len = 1 + (seed >> 13) % 9000;
+        let data = random(i + 100, len as usize);
+        f.fs.write(file, offset, &data).unwrap();
+        let end = (offset + len) as usize;
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[offset as usize..end].copy_from_slice(&data);
+        if i % 50 == 0 || i == 599 {
+            assert_eq!(
+                f.fs.read(file, 0, 500_000).unwrap(),
+                model,
+                "whole file after write {i}"
+            );
+        } else {
+            let from = offset.saturating_sub(3000);
+            let to = (end + 3000).min(model.len());
+            assert_eq!(
+                f.fs.read(file, from, to - from as usize).unwrap(),
+                &model[from as usize..to],
+                "around write {i}"
+            );
+        }
+    }
+    assert_eq!(f.fs.getattr(file).unwrap().size, model.len() as u64);
+    f.fs.fsync(None).unwrap();
+    assert_eq!(f.fs.read(file, 0, 500_000).unwrap(), model, "after the commit");
+}
