@@ -39,8 +39,8 @@ pub struct Args {
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
 
-    /// Request threads
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    /// Request threads (more than cores: each waits on the kernel between requests)
+    #[arg(long, default_value_t = 8, value_name = "N")]
     pub threads: usize,
 
     /// Whether the root lists the @snapshot folders (hidden ones stay reachable by name)
