@@ -207,8 +207,8 @@ fn push(st: &mut State, ino: InodeId, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Bytes `[from, to)` of `ino` as its buffered writes leave them, sealed runs
-/// included (the open run must be empty or sealed); `size` is the file's size.
+/// Bytes `[from, to)` of `ino` as its sealed runs leave them; the open run is left
+/// out, so callers ask only for bytes outside it. `size` is the file's size.
 fn view_bytes(st: &mut State, ino: InodeId, size: u64, from: u64, to: u64) -> Result<Vec<u8>> {
     if st.dirty.get(&ino).is_some_and(|d| !d.sealed.is_empty()) {
         st.sink.wait_written()?;
