@@ -180,6 +180,12 @@ pub(super) fn buffered_view(
 }
 
 fn push(st: &mut State, ino: InodeId, data: &[u8]) -> Result<()> {
+    feed(st, ino, data, false)
+}
+
+/// Feeds `data` to the open run of `ino` and, with `finish`, cuts its last chunks
+/// too: every chunk cut goes to the sink and becomes the run's next extent.
+fn feed(st: &mut State, ino: InodeId, data: &[u8], finish: bool) -> Result<()> {
     let State {
         catalog, sink, dirty, ..
     } = st;
@@ -192,7 +198,7 @@ fn push(st: &mut State, ino: InodeId, data: &[u8]) -> Result<()> {
         emitted_to,
         ..
     } = d;
-    chunker.push(data, &mut |chunk| {
+    let mut emit = |chunk: &[u8]| {
         let id = sink.put(&*catalog, chunk)?;
         extents.push(Extent {
             offset: *emitted_to,
@@ -202,28 +208,27 @@ fn push(st: &mut State, ino: InodeId, data: &[u8]) -> Result<()> {
         });
         *emitted_to += chunk.len() as u64;
         Ok(())
-    })?;
+    };
+    chunker.push(data, &mut emit)?;
+    if finish {
+        chunker.finish(&mut emit)?;
+    }
     d.end += data.len() as u64;
     Ok(())
 }
 
-/// Bytes `[from, to)` of `ino` as its sealed runs leave them; the open run is left
-/// out, so callers ask only for bytes outside it. `size` is the file's size.
-fn view_bytes(st: &mut State, ino: InodeId, size: u64, from: u64, to: u64) -> Result<Vec<u8>> {
-    if st.dirty.get(&ino).is_some_and(|d| !d.sealed.is_empty()) {
+/// Bytes `[from, to)` of file `attr` as its sealed runs leave them; the open run is
+/// left out, so callers ask only for bytes outside it. `attr.size` must be the size
+/// the buffered writes give the file.
+fn view_bytes(st: &mut State, attr: &InodeAttr, from: u64, to: u64) -> Result<Vec<u8>> {
+    if st.dirty.get(&attr.id).is_some_and(|d| !d.sealed.is_empty()) {
         st.sink.wait_written()?;
     }
-    let extents = view_extents(st, ino, from, to, false)?;
-    let attr = InodeAttr {
-        size,
-        ..st.catalog
-            .inode(st.catalog.live(), ino)?
-            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?
-    };
+    let extents = view_extents(st, attr.id, from, to, false)?;
     let mut bytes = read_extents(
         &st.sink_store(),
         &ChunkCache::new(0),
-        &attr,
+        attr,
         &extents,
         from,
         (to - from) as usize,
@@ -234,41 +239,23 @@ fn view_bytes(st: &mut State, ino: InodeId, size: u64, from: u64, to: u64) -> Re
 
 /// Finishes the open run of `ino`: re-feeds the bytes after it up to the end of the
 /// extent it stops in (so the old chunk there is replaced whole), cuts its last chunks
-/// and moves it to the sealed runs. `size` is the file's size.
-fn seal(st: &mut State, ino: InodeId, size: u64) -> Result<()> {
+/// and moves it to the sealed runs. `attr` as for `view_bytes`.
+fn seal(st: &mut State, attr: &InodeAttr) -> Result<()> {
+    let ino = attr.id;
     let Some(end) = st.dirty.get(&ino).map(|d| d.end) else {
         return Ok(());
     };
-    if let Some(e) = view_extents(st, ino, end, end + 1, false)?
+    let suffix = match view_extents(st, ino, end, end + 1, false)?
         .into_iter()
         .find(|e| e.offset < end && e.end() > end)
     {
-        let suffix = view_bytes(st, ino, size, end, e.end())?;
-        push(st, ino, &suffix)?;
-    }
-    let State {
-        catalog, sink, dirty, ..
-    } = st;
-    let Some(d) = dirty.get_mut(&ino) else {
+        Some(e) => view_bytes(st, attr, end, e.end())?,
+        None => Vec::new(),
+    };
+    feed(st, ino, &suffix, true)?;
+    let Some(d) = st.dirty.get_mut(&ino) else {
         return Ok(());
     };
-    let DirtyFile {
-        chunker,
-        extents,
-        emitted_to,
-        ..
-    } = d;
-    chunker.finish(&mut |chunk| {
-        let id = sink.put(&*catalog, chunk)?;
-        extents.push(Extent {
-            offset: *emitted_to,
-            length: chunk.len() as u64,
-            chunk: id,
-            chunk_offset: 0,
-        });
-        *emitted_to += chunk.len() as u64;
-        Ok(())
-    })?;
     if d.end > d.start {
         let extents = std::mem::take(&mut d.extents);
         d.sealed.push(SealedRun {
@@ -302,11 +289,12 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
         return Err(Error::InvalidArgument("not a regular file".into()));
     }
     let size = attr.size.max(st.dirty.get(&ino).map_or(0, |d| d.user_end));
+    let attr = InodeAttr { size, ..attr };
     if let Some(d) = st.dirty.get(&ino) {
         if d.sealed.len() >= MAX_SEALED_RUNS {
             flush(st, Some(ino))?;
         } else {
-            seal(st, ino, size)?;
+            seal(st, &attr)?;
         }
     }
     // Start the run at the start of the extent the write lands in (or ends next to),
@@ -321,7 +309,7 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
         }
     }
     let prefix = if start < offset {
-        view_bytes(st, ino, size, start, offset)?
+        view_bytes(st, &attr, start, offset)?
     } else {
         Vec::new()
     };
@@ -366,7 +354,7 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
             continue;
         };
         let size = attr.size.max(st.dirty.get(&id).map_or(0, |d| d.user_end));
-        seal(st, id, size)?;
+        seal(st, &InodeAttr { size, ..attr })?;
         if let Some(d) = st.dirty.remove(&id) {
             finished.push((id, d));
         }
