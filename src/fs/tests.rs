@@ -465,11 +465,7 @@ fn a_failed_sync_made_before_taking_the_lock_fails_the_commit() {
     // fails the commit must fail too, even though the second sync succeeds.
     let mirror = Arc::new(FaultStore::new());
     let f = fixture_over(Box::new(mirror.clone()));
-    let caller = Caller { uid: 0, gid: 0 };
-    let file =
-        f.fs.create(caller, InodeId::ROOT, b"f", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
+    let file = file(&f, "f");
     f.fs.write(file, 0, &random(1, 100_000)).unwrap();
     mirror.fail_sync_at(1, libc::ENOSPC);
     let err = f.fs.fsync(None).unwrap_err();
@@ -496,11 +492,7 @@ fn a_failed_sync_made_before_taking_the_lock_fails_the_commit() {
 fn reading_a_file_just_written_commits_and_syncs_nothing() {
     let mirror = Arc::new(FaultStore::new());
     let f = fixture_over(Box::new(mirror.clone()));
-    let caller = Caller { uid: 0, gid: 0 };
-    let file =
-        f.fs.create(caller, InodeId::ROOT, b"f", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
+    let file = file(&f, "f");
     let mut model = random(3, 300_000);
     f.fs.write(file, 0, &model).unwrap();
     f.fs.fsync(None).unwrap();
@@ -535,24 +527,20 @@ fn times_and_modes_set_on_a_file_just_written_stay_set_without_a_commit() {
     // buffered, and its commit keeps the times set after it.
     let mirror = Arc::new(FaultStore::new());
     let f = fixture_over(Box::new(mirror.clone()));
-    let caller = Caller { uid: 0, gid: 0 };
-    let file =
-        f.fs.create(caller, InodeId::ROOT, b"f", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
+    let file = file(&f, "f");
     let data = random(6, 90_000);
     f.fs.write(file, 0, &data).unwrap();
     let synced = mirror.syncs();
     let set = SetAttr {
         mode: Some(0o600),
-        uid: Some(1000),
+        uid: Some(2000),
         mtime: Some(SetTime::At(1_000_000_000_123)),
         atime: Some(SetTime::At(2_000_000_000_000)),
         ..Default::default()
     };
     let attr = f.fs.setattr(file, &set).unwrap();
     assert_eq!(mirror.syncs(), synced, "no commit for an attribute change");
-    assert_eq!((attr.mode, attr.uid, attr.size), (0o600, 1000, 90_000));
+    assert_eq!((attr.mode, attr.uid, attr.size), (0o600, 2000, 90_000));
     assert_eq!(attr.mtime_ns, 1_000_000_000_123);
     assert!(
         attr.ctime_ns > 1_000_000_000_123,
@@ -560,7 +548,7 @@ fn times_and_modes_set_on_a_file_just_written_stay_set_without_a_commit() {
     );
     f.fs.fsync(None).unwrap();
     let attr = f.fs.getattr(file).unwrap();
-    assert_eq!((attr.mode, attr.uid, attr.size), (0o600, 1000, 90_000));
+    assert_eq!((attr.mode, attr.uid, attr.size), (0o600, 2000, 90_000));
     assert_eq!(attr.mtime_ns, 1_000_000_000_123, "the commit kept the time set");
     assert_eq!(attr.atime_ns, 2_000_000_000_000);
     assert_eq!(f.fs.read(file, 0, 100_000).unwrap(), data);
@@ -575,11 +563,7 @@ fn hundreds_of_random_writes_read_back_exactly_before_and_after_their_commit() {
     // Each write at a new offset seals a run; past 256 sealed runs the file commits.
     // Every read in between must see exactly what was written, in order.
     let f = fixture();
-    let caller = Caller { uid: 0, gid: 0 };
-    let file =
-        f.fs.create(caller, InodeId::ROOT, b"db", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
+    let file = file(&f, "db");
     let mut model = random(7, 400_000);
     f.fs.write(file, 0, &model).unwrap();
     f.fs.fsync(None).unwrap();
