@@ -261,8 +261,8 @@ impl FuseAdapter {
 /// (sequential writes 15-25% faster here); the kernel drops cached pages of the range
 /// such a write covers, so readers through other handles stay coherent. Handles that
 /// can read keep the pages already cached (see `open`).
-fn open_flags(open_flags: i32) -> FopenFlags {
-    if open_flags & libc::O_ACCMODE == libc::O_WRONLY {
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
         FopenFlags::FOPEN_DIRECT_IO
     } else {
         FopenFlags::FOPEN_KEEP_CACHE

@@ -25,6 +25,11 @@ pub fn verbose() -> u8 {
     VERBOSE.load(Ordering::Relaxed)
 }
 
+/// True when bars are drawn: stderr is a terminal and `-q` was not given.
+fn drawn() -> bool {
+    !quiet() && std::io::stderr().is_terminal()
+}
+
 /// A progress bar for `what`, or nothing when it must not be drawn.
 pub struct Progress(Option<ProgressBar>);
 
@@ -36,7 +41,7 @@ impl Progress {
 
     /// A bar counting `unit` (e.g. "chunks"); the total comes with the first update.
     pub fn new(what: &str, unit: &str) -> Progress {
-        if quiet() || !std::io::stderr().is_terminal() {
+        if !drawn() {
             return Progress(None);
         }
         let bar = ProgressBar::new(0);
@@ -49,7 +54,7 @@ impl Progress {
 
     /// A bar counting bytes, with throughput; the total comes with the first update.
     pub fn bytes(what: &str) -> Progress {
-        if quiet() || !std::io::stderr().is_terminal() {
+        if !drawn() {
             return Progress(None);
         }
         let bar = ProgressBar::new(0);
@@ -68,7 +73,7 @@ impl Progress {
 
     /// A spinner for work of unknown size, counting `unit`.
     pub fn spinner(what: &str, unit: &str) -> Progress {
-        if quiet() || !std::io::stderr().is_terminal() {
+        if !drawn() {
             return Progress(None);
         }
         let bar = ProgressBar::new_spinner();

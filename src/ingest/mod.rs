@@ -214,14 +214,10 @@ impl ChunkSink {
         self.params
     }
 
-    /// Waits until every chunk put so far is written to its mirrors (not yet durable:
-    /// that is `sync`), so that it can be read back.
+    /// Waits for the writer threads and takes in what they wrote: every chunk put so
+    /// far is then written to its mirrors (not yet durable: that is `sync`), so it can
+    /// be read back.
     pub fn wait_written(&mut self) -> Result<()> {
-        self.wait_writers()
-    }
-
-    /// Waits for the writer threads and takes in what they wrote.
-    fn wait_writers(&mut self) -> Result<()> {
         let Some(pool) = &self.pool else { return Ok(()) };
         let written = match pool.wait() {
             Ok(w) => w,
@@ -264,7 +260,7 @@ impl ChunkSink {
     /// Puts the rows of chunks stored since the last `record` into `txn`, so that
     /// extents may reference them. Commit only after `sync`.
     pub fn record(&mut self, txn: &Txn<'_>) -> Result<()> {
-        self.wait_writers()?;
+        self.wait_written()?;
         for (id, p) in self.pending.iter_mut().filter(|(_, p)| !p.recorded) {
             txn.add_chunk(id, p.plain_size, p.stored_size, p.held.0 | p.written.0)?;
             p.recorded = true;
