@@ -149,32 +149,18 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// An error meaning "the repository is damaged" (exit code 3), as opposed to a
 /// command that failed (1) or a usage error (2).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct DamageFound(pub String);
-
-impl std::fmt::Display for DamageFound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DamageFound {}
 
 /// Exit code for damage found.
 pub const EXIT_DAMAGE: u8 = 3;
 
 /// An error in the command line that the parser could not see (a bad value, options
 /// that do not go together): exit code 2, like the parser's own errors.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 /// A `UsageError` saying `message`.
 pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
