@@ -157,6 +157,24 @@ fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     })
 }
 
+thread_local! {
+    /// One zstd decompression context per thread, reused for the same reason.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd-decompresses `data` into at most `capacity` bytes with this thread's context.
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(data, capacity)
+    })
+}
+
 /// `encode` for a chunk whose id (BLAKE3 of `plain`) the caller already has.
 pub fn encode_with_id(id: ChunkId, plain: &[u8], zstd_level: Option<i32>) -> EncodedChunk {
     debug_assert!(plain.len() <= MAX_PLAIN_LEN as usize);
@@ -257,12 +275,11 @@ pub fn decode(id: &ChunkId, frame: &[u8]) -> Result<Vec<u8>, FrameError> {
         Codec::Zstd => {
             // The capacity bounds the output: a payload that expands beyond the declared
             // length fails here instead of allocating without limit.
-            let plain = zstd::bulk::decompress(payload, header.plain_len as usize).map_err(|e| {
-                FrameError::Decompress {
+            let plain =
+                decompress(payload, header.plain_len as usize).map_err(|e| FrameError::Decompress {
                     declared: header.plain_len,
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             if plain.len() != header.plain_len as usize {
                 return Err(FrameError::PlainLengthMismatch {
                     declared: header.plain_len,
