@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{Mode, OFlags};
 
 use crate::error::{Error, Result};
-use crate::store::ObjectStore;
+use crate::store::{direct, ObjectStore};
 use crate::types::{ChunkId, MirrorId, RepoId};
 
 /// Name of the identity file at the top of a mirror folder.
@@ -391,7 +391,7 @@ impl ObjectStore for DirStore {
     }
 
     fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-        match fs::read(self.object_path(id)) {
+        match direct::read_uncached(&self.object_path(id)) {
             Ok(frame) => Ok(Some(frame)),
             Err(e) if is_absent(&e) => Ok(None),
             Err(e) => Err(Error::io(format!("reading chunk {id} in {}", self.describe()), e)),

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::types::{ChunkId, MirrorId};
 
 mod dir;
+mod direct;
 mod fault;
 mod memory;
 mod mirror;
