@@ -88,7 +88,8 @@ pub struct FsOptions {
     pub flush_after: Duration,
     /// Bytes read ahead of a sequential reader.
     pub readahead_bytes: u64,
-    /// Threads that load read-ahead chunks.
+    /// Threads that load read-ahead chunks. Chunk files are read with O_DIRECT, one
+    /// request per thread at a time, so this is the read-ahead's queue depth.
     pub readahead_threads: usize,
 }
 
@@ -98,7 +99,7 @@ impl Default for FsOptions {
             cache_chunks: 256,
             flush_after: Duration::from_secs(1),
             readahead_bytes: 16 << 20,
-            readahead_threads: 6,
+            readahead_threads: 12,
         }
     }
 }
