@@ -3,8 +3,8 @@
 //! A chunk is read once into snapfs's own cache of verified plaintexts and then served
 //! from there or from the kernel's cache of the mounted file; a second copy in the page
 //! cache of the mirror's filesystem only costs CPU (page allocation, accounting, a copy)
-//! and memory. Reading around the page cache roughly halves the CPU time of a cold read
-//! of chunk files on the machines we measured (see README, "Speed").
+//! and memory. Reading around it took a fifth off the mount daemon's CPU time for a
+//! cold read on the machine we measured, at the same throughput (README, Benchmarks).
 //!
 //! Falls back to an ordinary read where the filesystem refuses `O_DIRECT` or a read
 //! comes back short before the end of the file. Safe code only: the aligned buffer is
