@@ -27,7 +27,7 @@ pub use view::{Node, SnapDir};
 
 use crate::catalog::{Catalog, DirEntry, FileKind, InodeAttr, NewInode, Settings};
 use crate::error::{Error, Result};
-use crate::ingest::ChunkSink;
+use crate::ingest::{Backlog, ChunkSink};
 use crate::store::{MirrorStore, ObjectStore};
 use crate::types::InodeId;
 use write::DirtyFile;
@@ -124,6 +124,12 @@ struct ReadPosition {
     prefetched_to: u64,
 }
 
+/// Buffered extents past which the flusher commits a file before `flush_after`: a
+/// commit writes every buffered extent into the catalog while holding the core's
+/// lock, so this bounds how long a big streaming write makes `ls` wait (1,024 extents
+/// are 16-256 MiB of data and about 10 ms of catalog work).
+const COMMIT_EXTENTS: usize = 1024;
+
 /// How far from the last read a read may start and still count as sequential: the
 /// kernel's own read-ahead sends several reads at once, which arrive out of order.
 const SEQUENTIAL_SLACK: u64 = 4 << 20;
@@ -154,7 +160,12 @@ pub struct Fs {
     commit_failed: std::sync::atomic::AtomicBool,
     /// File data was written since the last sync outside the lock.
     chunks_written: std::sync::atomic::AtomicBool,
+    /// The chunk writers' queue: a write waits for room in it before taking the lock.
+    backlog: Option<Backlog>,
 }
+
+/// Chunks the writer threads may have queued (the queue holds at most this many).
+const WRITER_QUEUE: usize = 32;
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -184,7 +195,9 @@ impl Fs {
         // Metadata storms (untar, git checkout) cost one commit per tick, not per file.
         catalog.set_batching(true)?;
         let mirror_paths = catalog.mirrors()?.into_iter().map(|m| m.path).collect();
-        let sink = ChunkSink::new(store.clone(), settings.chunker, settings.zstd_level).with_writers(2, 32);
+        let sink = ChunkSink::new(store.clone(), settings.chunker, settings.zstd_level)
+            .with_writers(2, WRITER_QUEUE);
+        let backlog = sink.backlog();
         let mut state = State {
             catalog,
             sink,
@@ -213,6 +226,7 @@ impl Fs {
             free_space: Mutex::new((std::time::Instant::now() - Duration::from_secs(60), u64::MAX)),
             commit_failed: std::sync::atomic::AtomicBool::new(false),
             chunks_written: std::sync::atomic::AtomicBool::new(false),
+            backlog,
         })
     }
 
@@ -576,6 +590,14 @@ impl Fs {
     /// to reads at once.
     pub fn write(&self, ino: InodeId, offset: u64, data: &[u8]) -> Result<usize> {
         self.check_space(data.len() as u64)?;
+        // Wait for the writers to make room for this write's chunks (about one per
+        // average chunk size) before taking the lock: a full queue would otherwise
+        // block inside the lock, and every other request with it (`ls` during a big
+        // copy). The queue's own bound still holds if another write takes the room.
+        if let Some(backlog) = &self.backlog {
+            let chunks = data.len() / self.settings.chunker.avg_size.max(1) as usize + 1;
+            backlog.wait_below(WRITER_QUEUE.saturating_sub(chunks));
+        }
         let mut st = self.lock();
         let st = &mut *st;
         write::write(st, ino, offset, data)?;
@@ -598,10 +620,14 @@ impl Fs {
         st.catalog.commit_batch()
     }
 
-    /// Commits buffered writes older than `FsOptions::flush_after` (the flusher's tick).
+    /// Commits buffered writes older than `FsOptions::flush_after`, or any file with
+    /// more than `COMMIT_EXTENTS` buffered extents (the flusher's tick).
     pub fn flush_old(&self) -> Result<()> {
         let mut st = self.lock_after_presync();
-        let due = st.dirty.values().any(|d| d.age() >= self.options.flush_after);
+        let due = st
+            .dirty
+            .values()
+            .any(|d| d.age() >= self.options.flush_after || d.extent_count() >= COMMIT_EXTENTS);
         if due {
             self.flush_locked(&mut st, None)?;
         }

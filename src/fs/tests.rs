@@ -22,6 +22,11 @@ fn fixture() -> Fixture {
 
 /// A filesystem over one mirror, `mirror`.
 fn fixture_over(mirror: Box<dyn ObjectStore>) -> Fixture {
+    fixture_with(mirror, FsOptions::default())
+}
+
+/// A filesystem over one mirror, `mirror`, with `options`.
+fn fixture_with(mirror: Box<dyn ObjectStore>, options: FsOptions) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::create(
         &dir.path().join("catalog.db"),
@@ -46,7 +51,7 @@ fn fixture_over(mirror: Box<dyn ObjectStore>) -> Fixture {
     .unwrap();
     let stores: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(mirror))];
     let store = Arc::new(MirrorStore::new(stores).unwrap());
-    let fs = Fs::new(catalog, store.clone(), FsOptions::default()).unwrap();
+    let fs = Fs::new(catalog, store.clone(), options).unwrap();
     Fixture { _dir: dir, fs, store }
 }
 
@@ -600,4 +605,36 @@ fn hundreds_of_random_writes_read_back_exactly_before_and_after_their_commit() {
     assert_eq!(f.fs.getattr(file).unwrap().size, model.len() as u64);
     f.fs.fsync(None).unwrap();
     assert_eq!(f.fs.read(file, 0, 500_000).unwrap(), model, "after the commit");
+}
+
+#[test]
+fn the_flusher_commits_a_file_with_many_buffered_extents_before_it_is_due() {
+    // A commit writes every buffered extent into the catalog under the core's lock;
+    // past COMMIT_EXTENTS the flusher commits at once instead of after flush_after.
+    let options = FsOptions {
+        flush_after: Duration::from_secs(3600),
+        ..FsOptions::default()
+    };
+    let f = fixture_with(Box::new(MemoryStore::new()), options);
+    let file = file(&f, "big");
+    let committed_size = || {
+        let catalog = Catalog::open_read_only(&f._dir.path().join("catalog.db")).unwrap();
+        catalog.inode(catalog.live(), file).unwrap().unwrap().size
+    };
+
+    let small = random(8, 64 << 10);
+    f.fs.write(file, 0, &small).unwrap();
+    f.fs.flush_old().unwrap();
+    assert_eq!(
+        committed_size(),
+        0,
+        "a few extents, an hour to go: still buffered"
+    );
+
+    // 16 KiB chunks on average: about 1,500 extents.
+    let big = random(9, 24 << 20);
+    f.fs.write(file, small.len() as u64, &big).unwrap();
+    f.fs.flush_old().unwrap();
+    assert_eq!(committed_size(), (small.len() + big.len()) as u64);
+    assert_eq!(f.fs.read(file, 0, small.len()).unwrap(), small);
 }

@@ -75,6 +75,12 @@ impl DirtyFile {
     pub(super) fn age(&self) -> Duration {
         self.since.elapsed()
     }
+
+    /// Extents the next commit of this file writes into the catalog (each costs the
+    /// commit about 10 µs under the core's lock).
+    pub(super) fn extent_count(&self) -> usize {
+        self.sealed.iter().map(|r| r.extents.len()).sum::<usize>() + self.extents.len()
+    }
 }
 
 /// Lays `new` (covering `[start, end)`) over `view`, both clipped to `[from, to)`:

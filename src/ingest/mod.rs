@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
+pub use pool::Backlog;
 use pool::WriterPool;
 
 use crate::catalog::{Catalog, ChunkInfo, Extent, Txn};
@@ -105,6 +106,12 @@ impl ChunkSink {
             depth,
         ));
         self
+    }
+
+    /// The writer threads' queue, to wait on without holding the sink; `None` when
+    /// chunks are written by `put` itself.
+    pub fn backlog(&self) -> Option<Backlog> {
+        self.pool.as_ref().map(WriterPool::backlog)
     }
 
     /// What has been stored so far.

@@ -36,7 +36,10 @@ struct Progress {
 
 struct Shared {
     progress: Mutex<Progress>,
+    /// Notified when nothing is in flight any more.
     idle: Condvar,
+    /// Notified whenever a chunk is done.
+    room: Condvar,
 }
 
 impl Shared {
@@ -65,6 +68,7 @@ impl WriterPool {
         let shared = Arc::new(Shared {
             progress: Mutex::new(Progress::default()),
             idle: Condvar::new(),
+            room: Condvar::new(),
         });
         let threads = (0..threads.max(1))
             .map(|i| {
@@ -97,6 +101,11 @@ impl WriterPool {
             });
         }
         Ok(())
+    }
+
+    /// A handle that waits for the queue to shorten, usable without the pool.
+    pub(super) fn backlog(&self) -> Backlog {
+        Backlog(self.shared.clone())
     }
 
     /// Waits until every submitted chunk is written; returns what was written since
@@ -149,5 +158,97 @@ fn work(store: &MirrorStore, zstd_level: Option<i32>, receiver: &Mutex<Receiver<
         if progress.in_flight == 0 {
             shared.idle.notify_all();
         }
+        shared.room.notify_all();
+    }
+}
+
+/// Waits for a writer pool's queue to shorten, so a caller can wait for room before
+/// taking a lock that a blocked `submit` would otherwise hold while it waits.
+#[derive(Clone)]
+pub struct Backlog(Arc<Shared>);
+
+impl Backlog {
+    /// Returns once fewer than `chunks` chunks are queued or being written.
+    pub fn wait_below(&self, chunks: usize) {
+        let mut progress = self.0.lock();
+        while progress.in_flight >= chunks.max(1) {
+            progress = self.0.room.wait(progress).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, ObjectStore};
+    use crate::types::MirrorId;
+
+    /// A memory store whose puts wait until the gate opens.
+    struct GatedStore {
+        inner: MemoryStore,
+        open: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl ObjectStore for GatedStore {
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+        fn put(&self, id: &ChunkId, frame: &[u8]) -> Result<()> {
+            let (lock, opened) = &*self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+            drop(open);
+            self.inner.put(id, frame)
+        }
+        fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+            self.inner.get_frame(id)
+        }
+        fn contains(&self, id: &ChunkId) -> Result<bool> {
+            self.inner.contains(id)
+        }
+        fn remove(&self, id: &ChunkId) -> Result<()> {
+            self.inner.remove(id)
+        }
+        fn list(&self) -> Result<Vec<ChunkId>> {
+            self.inner.list()
+        }
+        fn sync(&self) -> Result<()> {
+            self.inner.sync()
+        }
+    }
+
+    #[test]
+    fn backlog_waits_until_the_queue_is_shorter_than_asked() {
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let gated = GatedStore {
+            inner: MemoryStore::new(),
+            open: open.clone(),
+        };
+        let mirrors: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(Box::new(gated)))];
+        let store = Arc::new(MirrorStore::new(mirrors).unwrap());
+        let pool = WriterPool::new(store.clone(), None, 1, 8);
+        for i in 0..4u8 {
+            let plain = vec![i; 100];
+            pool.submit(ChunkId::of(&plain), plain, MirrorSet(1)).unwrap();
+        }
+        let backlog = pool.backlog();
+        backlog.wait_below(5); // four in flight: returns at once
+        let waiter = std::thread::spawn(move || backlog.wait_below(2));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let returned_early = waiter.is_finished();
+
+        // Open the gate before asserting: a failed assertion must not leave the
+        // writer (and the pool's drop, which joins it) waiting forever.
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        waiter.join().unwrap();
+        assert!(!returned_early, "it returned while four chunks were in flight");
+        assert!(
+            store.list().unwrap().len() >= 3,
+            "fewer than two in flight means at least three written"
+        );
+        assert_eq!(pool.wait().unwrap().len(), 4);
     }
 }
