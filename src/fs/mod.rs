@@ -164,7 +164,7 @@ pub struct Fs {
     backlog: Option<Backlog>,
 }
 
-/// Chunks the writer threads may have queued (the queue holds at most this many).
+/// Chunks the writer threads' queue holds (and blocks a `put` beyond).
 const WRITER_QUEUE: usize = 32;
 
 fn now_ns() -> i64 {
@@ -620,8 +620,8 @@ impl Fs {
         st.catalog.commit_batch()
     }
 
-    /// Commits buffered writes older than `FsOptions::flush_after`, or any file with
-    /// more than `COMMIT_EXTENTS` buffered extents (the flusher's tick).
+    /// Commits every buffered write once one file's are older than
+    /// `FsOptions::flush_after` or number `COMMIT_EXTENTS` extents (the flusher's tick).
     pub fn flush_old(&self) -> Result<()> {
         let mut st = self.lock_after_presync();
         let due = st
