@@ -6,6 +6,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -120,7 +121,30 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, options: &MountOptions) -> Result<M
     config.n_threads = Some(options.threads.max(1));
     let session = fuser::spawn_mount(FuseAdapter::new(fs, options.snapdir), mountpoint, &config)
         .map_err(Error::io_with(format!("mounting at {}", mountpoint.display())))?;
+    raise_readahead(mountpoint);
     Ok(MountHandle { session })
+}
+
+/// The kernel's read-ahead window for the mount, in KiB: 1 MiB READ requests instead
+/// of 128 KiB ones. Cold reads of text-like data (bound by the cores) went from
+/// 0.92-0.96 to 1.0-1.1 GB/s with less daemon CPU; random data (bound by the disk)
+/// did not move.
+pub const READ_AHEAD_KIB: u32 = 1024;
+
+/// Sets the mount's read-ahead window to `READ_AHEAD_KIB`. The INIT reply can only
+/// lower the kernel's 128 KiB default, so this writes the mount's `read_ahead_kb` in
+/// sysfs, which needs root; without it the default stays (logged at debug level).
+fn raise_readahead(mountpoint: &Path) {
+    let set = std::fs::metadata(mountpoint).and_then(|m| {
+        let (major, minor) = (rustix::fs::major(m.dev()), rustix::fs::minor(m.dev()));
+        std::fs::write(
+            format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+            READ_AHEAD_KIB.to_string(),
+        )
+    });
+    if let Err(e) = set {
+        log::debug!("kept the kernel's read-ahead for {}: {e}", mountpoint.display());
+    }
 }
 
 /// Unmounts `mountpoint` (as `fusermount3 -u` does).

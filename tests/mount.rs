@@ -2018,3 +2018,28 @@ fn permissions_and_ownership_follow_the_caller() {
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "ownership persists");
     m.umount();
 }
+
+#[test]
+fn the_mount_reads_ahead_a_mebibyte_at_a_time_when_root() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    let dev = fs::metadata(&mnt).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let is_root = fs::metadata("/proc/self").unwrap().uid() == 0;
+    let read_ahead = fs::read_to_string(&knob);
+    m.umount();
+    if !is_root {
+        eprintln!("not root: the daemon cannot raise the read-ahead, nothing to check");
+        return;
+    }
+    assert_eq!(
+        read_ahead.unwrap().trim(),
+        snapfs::fuse::READ_AHEAD_KIB.to_string(),
+        "{knob}"
+    );
+}

@@ -572,9 +572,13 @@ impl Fs {
         }
         st.read_ends.insert(ino, position);
         drop(st);
+        // This read's own chunks after its first go to the loaders too, so that a
+        // large read (the kernel asks for up to 1 MiB) loads them in parallel while
+        // this thread loads the first; then the read-ahead.
+        let own = extents.iter().skip(1).map(|e| e.chunk);
         self.prefetcher.prefetch(
             &self.cache,
-            later.iter().filter(|e| e.end() > end).map(|e| e.chunk),
+            own.chain(later.iter().filter(|e| e.end() > end).map(|e| e.chunk)),
         );
         let mut out = read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)?;
         if let Some((tail_offset, tail)) = tail.filter(|(_, t)| !t.is_empty()) {
