@@ -122,6 +122,7 @@ tar -C "$SRC_PARENT" -cf "$DATA/src.tar" $SRC_NAMES
 TAR_BYTES=$(stat -c %s "$DATA/src.tar")
 TAR_FILES=$(tar -tf "$DATA/src.tar" | wc -l)
 cat "$DATA/random.bin" "$DATA/text.txt" "$DATA/src.tar" >/dev/null # sources come from memory
+sync # and their writeback does not share the disk with the first workloads
 
 ROWS=()
 MAXPEAK=0
