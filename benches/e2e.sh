@@ -10,6 +10,10 @@
 #   KEEP=1 …                       # keep the work folder for inspection
 #   SNAPFS_BIN=target/debug/snapfs … # use this binary instead of building a release one
 #
+# On an ext4 without a journal, start a few minutes after any mass deletion (such as
+# the previous run's clean-up): new inodes are slow to allocate until then, and the
+# mount allocates one per object file.
+#
 # Needs: FUSE (/dev/fuse, fusermount3), python3, tar, dd, numfmt. Root for dropping the
 # page cache before cold reads (without it, files are evicted one by one with fadvise).
 set -euo pipefail
@@ -286,19 +290,6 @@ for kind in random text; do
     rm -f "$PLAIN/$kind" "$MNT/$kind"
 done
 
-log "create/stat/delete of $FILES small files…"
-# The mount goes first: the plain folder's run ends by deleting its files, and on an
-# ext4 without a journal new inodes are slow to allocate for a minute or more after
-# many deletions (the mount's objects are files too); the mount's deletions free no
-# inodes (its objects stay until gc), so going first biases neither side.
-reset_peak
-read -r mc ms md < <(small_files "$MNT/small")
-peak=$(peak_mib)
-read -r pc ps pd < <(small_files "$PLAIN/small")
-record "create $FILES small files" ops/s "$pc" "$mc" "$peak"
-record "stat $FILES small files" ops/s "$ps" "$ms" "$peak"
-record "delete $FILES small files" ops/s "$pd" "$md" "$peak"
-
 log "untar of $SRC_DESC ($TAR_FILES entries, $((TAR_BYTES >> 20)) MiB)…"
 read -r pmb pfs < <(untar "$PLAIN/untar")
 reset_peak
@@ -306,6 +297,19 @@ read -r mmb mfs < <(untar "$MNT/untar")
 peak=$(peak_mib)
 record "untar $SRC_DESC" MB/s "$pmb" "$mmb" "$peak"
 record "untar $SRC_DESC" files/s "$pfs" "$mfs" "$peak"
+
+log "create/stat/delete of $FILES small files…"
+# Last, and the mount first: the plain folder's run ends by deleting its files, and
+# on an ext4 without a journal new inodes are slow to allocate for a minute or more
+# after many deletions (the mount's objects are files too); the mount's deletions
+# free no inodes (its objects stay until gc), so this order biases neither side.
+reset_peak
+read -r mc ms md < <(small_files "$MNT/small")
+peak=$(peak_mib)
+read -r pc ps pd < <(small_files "$PLAIN/small")
+record "create $FILES small files" ops/s "$pc" "$mc" "$peak"
+record "stat $FILES small files" ops/s "$ps" "$ms" "$peak"
+record "delete $FILES small files" ops/s "$pd" "$md" "$peak"
 
 "$BIN" --repo "$REPO" umount "$MNT" >&2
 
