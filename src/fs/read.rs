@@ -213,49 +213,21 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::store::{MemoryStore, ObjectStore};
+    use crate::store::{HookedStore, MemoryStore, ObjectStore};
     use crate::types::MirrorId;
-
-    /// A memory store that counts reads and makes each one slow, so that concurrent
-    /// readers of one chunk overlap.
-    struct SlowCountingStore {
-        inner: MemoryStore,
-        gets: Arc<AtomicU64>,
-    }
-
-    impl ObjectStore for SlowCountingStore {
-        fn describe(&self) -> String {
-            "slow counting store".into()
-        }
-        fn put(&self, id: &ChunkId, frame: &[u8]) -> Result<()> {
-            self.inner.put(id, frame)
-        }
-        fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            self.inner.get_frame(id)
-        }
-        fn contains(&self, id: &ChunkId) -> Result<bool> {
-            self.inner.contains(id)
-        }
-        fn remove(&self, id: &ChunkId) -> Result<()> {
-            self.inner.remove(id)
-        }
-        fn list(&self) -> Result<Vec<ChunkId>> {
-            self.inner.list()
-        }
-        fn sync(&self) -> Result<()> {
-            self.inner.sync()
-        }
-    }
 
     #[test]
     fn a_chunk_wanted_by_many_readers_at_once_is_read_once() {
+        // Every read is counted and slow, so that concurrent readers of one chunk overlap.
         let gets = Arc::new(AtomicU64::new(0));
-        let store = SlowCountingStore {
-            inner: MemoryStore::new(),
-            gets: gets.clone(),
-        };
+        let counted = gets.clone();
+        let store = HookedStore::new(
+            Box::new(|| {}),
+            Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }),
+        );
         let plain = vec![7u8; 100_000];
         let frame = crate::codec::encode(&plain, Some(3));
         store.put(&frame.id, &frame.frame).unwrap();

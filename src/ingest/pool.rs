@@ -180,52 +180,24 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MemoryStore, ObjectStore};
+    use crate::store::{HookedStore, ObjectStore};
     use crate::types::MirrorId;
-
-    /// A memory store whose puts wait until the gate opens.
-    struct GatedStore {
-        inner: MemoryStore,
-        open: Arc<(Mutex<bool>, Condvar)>,
-    }
-
-    impl ObjectStore for GatedStore {
-        fn describe(&self) -> String {
-            "gated".into()
-        }
-        fn put(&self, id: &ChunkId, frame: &[u8]) -> Result<()> {
-            let (lock, opened) = &*self.open;
-            let mut open = lock.lock().unwrap();
-            while !*open {
-                open = opened.wait(open).unwrap();
-            }
-            drop(open);
-            self.inner.put(id, frame)
-        }
-        fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
-            self.inner.get_frame(id)
-        }
-        fn contains(&self, id: &ChunkId) -> Result<bool> {
-            self.inner.contains(id)
-        }
-        fn remove(&self, id: &ChunkId) -> Result<()> {
-            self.inner.remove(id)
-        }
-        fn list(&self) -> Result<Vec<ChunkId>> {
-            self.inner.list()
-        }
-        fn sync(&self) -> Result<()> {
-            self.inner.sync()
-        }
-    }
 
     #[test]
     fn backlog_waits_until_the_queue_is_shorter_than_asked() {
+        // Every put waits until the gate opens.
         let open = Arc::new((Mutex::new(false), Condvar::new()));
-        let gated = GatedStore {
-            inner: MemoryStore::new(),
-            open: open.clone(),
-        };
+        let gate = open.clone();
+        let gated = HookedStore::new(
+            Box::new(move || {
+                let (lock, opened) = &*gate;
+                let mut open = lock.lock().unwrap();
+                while !*open {
+                    open = opened.wait(open).unwrap();
+                }
+            }),
+            Box::new(|| {}),
+        );
         let mirrors: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(Box::new(gated)))];
         let store = Arc::new(MirrorStore::new(mirrors).unwrap());
         let pool = WriterPool::new(store.clone(), None, 1, 8);

@@ -87,3 +87,55 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 }
+
+/// A hook a `HookedStore` runs before a call: to count, slow or hold it.
+#[cfg(test)]
+pub type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// A `MemoryStore` that runs a hook before every `put` and every frame read, for
+/// tests that need to count, slow down or hold those calls.
+#[cfg(test)]
+pub struct HookedStore {
+    inner: MemoryStore,
+    before_put: Hook,
+    before_get: Hook,
+}
+
+#[cfg(test)]
+impl HookedStore {
+    /// An empty store running `before_put` and `before_get`.
+    pub fn new(before_put: Hook, before_get: Hook) -> HookedStore {
+        HookedStore {
+            inner: MemoryStore::new(),
+            before_put,
+            before_get,
+        }
+    }
+}
+
+#[cfg(test)]
+impl ObjectStore for HookedStore {
+    fn describe(&self) -> String {
+        "hooked memory store".into()
+    }
+    fn put(&self, id: &ChunkId, frame: &[u8]) -> Result<()> {
+        (self.before_put)();
+        self.inner.put(id, frame)
+    }
+    fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        (self.before_get)();
+        self.inner.get_frame(id)
+    }
+    fn contains(&self, id: &ChunkId) -> Result<bool> {
+        self.inner.contains(id)
+    }
+    fn remove(&self, id: &ChunkId) -> Result<()> {
+        self.inner.remove(id)
+    }
+    fn list(&self) -> Result<Vec<ChunkId>> {
+        self.inner.list()
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+}

@@ -23,6 +23,8 @@ mod mirror;
 pub use dir::{read_identity, DirStore};
 pub use fault::FaultStore;
 pub use memory::MemoryStore;
+#[cfg(test)]
+pub use memory::{Hook, HookedStore};
 pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
 
 /// A store of chunk frames keyed by chunk id. Every method takes `&self` and may be
