@@ -127,7 +127,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, options: &MountOptions) -> Result<M
 
 /// The kernel's read-ahead window for the mount, in KiB: 1 MiB READ requests instead
 /// of 128 KiB ones. Cold reads of text-like data (bound by the cores) went from
-/// 0.92-0.96 to 1.0-1.1 GB/s with less daemon CPU; random data (bound by the disk)
+/// 0.91-0.96 to 1.03-1.09 GB/s with less daemon CPU; random data (bound by the disk)
 /// did not move.
 pub const READ_AHEAD_KIB: u32 = 1024;
 
