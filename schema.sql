@@ -1,4 +1,5 @@
--- snapfs catalog, schema version 1 (PRAGMA user_version = 1).
+-- snapfs catalog, schema version 2 (PRAGMA user_version = 2; version 1 lacked
+-- dir_entries.cookie and is migrated when opened for writing).
 --
 -- One SQLite database, REPO/catalog.db, in WAL mode. It holds every generation of the
 -- tree (the live one and every snapshot), the list of chunks and where their copies are,
@@ -70,12 +71,23 @@ CREATE TABLE dir_entries (
     gen_from  INTEGER NOT NULL,
     gen_to    INTEGER NOT NULL,
     inode_id  INTEGER NOT NULL,  -- inode the name points at (visible in the same generations)
+    cookie    INTEGER NOT NULL,  -- the name's position in listings of its folder: a hash of
+                                 -- the name in [16, 2^62), the next free value on a collision.
+                                 -- Invariant: within one folder, rows with the same cookie
+                                 -- have the same name (in every generation), and a name keeps
+                                 -- the cookie of its newest older row. So a listing that
+                                 -- resumes "after cookie C" returns every name that exists for
+                                 -- the whole listing exactly once, whatever else changes.
     PRIMARY KEY (parent_id, name, gen_from),
     CHECK (gen_from < gen_to)
 ) WITHOUT ROWID;
 
 -- Which names point at an inode (hard links, rename, "which files does this chunk hurt").
 CREATE INDEX dir_entries_by_inode ON dir_entries (inode_id, gen_from);
+
+-- Listings in cookie order, resumable after any cookie, without touching other rows
+-- (covering: the primary key columns name and gen_from are part of every index).
+CREATE INDEX dir_entries_by_cookie ON dir_entries (parent_id, cookie, gen_to, inode_id);
 
 -- Extents: bytes [file_offset, file_offset + length) of a regular file are bytes
 -- [chunk_offset, chunk_offset + length) of the plaintext of chunk chunk_id.

@@ -96,6 +96,11 @@ pub fn request(repo: &Path, req: &Request) -> Result<Option<serde_json::Value>> 
     }
 }
 
+/// True when a mount is serving `repo` (its control socket accepts a connection).
+pub fn is_served(repo: &Path) -> bool {
+    UnixStream::connect(socket_path(repo)).is_ok()
+}
+
 /// The handler a server runs for each request.
 pub type Handler = Arc<dyn Fn(Request) -> Result<serde_json::Value> + Send + Sync>;
 

@@ -20,7 +20,7 @@ use fuser::{
 
 use crate::catalog::{FileKind, InodeAttr};
 use crate::error::{Error, Result};
-use crate::fs::{Allocate, Caller, Fs, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir};
+use crate::fs::{Allocate, Caller, Fs, Listed, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir, Writer};
 use crate::types::{Ino, InodeId};
 
 /// The log target of the FUSE library, so that the command line can set its level
@@ -242,6 +242,29 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// The writer of a size change or allocation: root counts as holding CAP_FSETID,
+/// anyone else not (the request says no more).
+fn writer_of<'a>(req: &Request, in_group: &'a dyn Fn(u32) -> bool) -> Writer<'a> {
+    if req.uid() == 0 {
+        Writer::Privileged
+    } else {
+        Writer::Unprivileged { in_group }
+    }
+}
+
+/// Whether the process behind `req` is in group `gid`: its (fs) group, or one of its
+/// supplementary groups as /proc tells them.
+fn caller_in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
+}
+
 fn reply_entry(reply: ReplyEntry, result: Result<Node>) {
     match result {
         Ok(n) => reply.entry(&ttl(&n), &file_attr(&n), Generation(0)),
@@ -272,10 +295,31 @@ fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>>) {
     }
 }
 
+/// Entries a listing reads from the core per step: a kernel READDIR buffer (one page)
+/// holds at most this many, so a call costs one step, and memory stays bounded.
+const LISTING_STEP: usize = 128;
+
 impl FuseAdapter {
     /// The live inode behind a kernel inode, or EROFS for a snapshot one.
     fn live(&self, n: INodeNo) -> Result<InodeId> {
         self.fs.live_id(ino(n))
+    }
+
+    /// Feeds the entries of folder `n` after cookie `after` to `add` until it says the
+    /// reply is full (true) or the folder ends.
+    fn each_entry(&self, n: INodeNo, mut after: u64, mut add: impl FnMut(&Listed) -> bool) -> Result<()> {
+        loop {
+            let page = self.fs.list_dir(ino(n), after, LISTING_STEP, self.snapdir)?;
+            for e in &page {
+                if add(e) {
+                    return Ok(());
+                }
+                after = e.cookie;
+            }
+            if page.len() < LISTING_STEP {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -324,7 +368,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         n: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -348,7 +392,11 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        reply_attr(reply, self.fs.setattr_node(ino(n), &set));
+        let in_group = |gid| caller_in_group(req, gid);
+        reply_attr(
+            reply,
+            self.fs.setattr_node(ino(n), &set, &writer_of(req, &in_group)),
+        );
     }
 
     fn readlink(&self, _req: &Request, n: INodeNo, reply: ReplyData) {
@@ -480,17 +528,31 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         n: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.live(n).and_then(|id| self.fs.write(id, offset, data)) {
+        // Writeback of cached pages (mmap) has no writer; the kernel flags a direct
+        // write by one without CAP_FSETID; a buffered write says nothing, so any
+        // caller but root counts as unprivileged.
+        let privileged = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE)
+            || (req.uid() == 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID));
+        let in_group = |gid| caller_in_group(req, gid);
+        let writer = if privileged {
+            Writer::Privileged
+        } else {
+            Writer::Unprivileged { in_group: &in_group }
+        };
+        match self
+            .live(n)
+            .and_then(|id| self.fs.write_as(id, offset, data, &writer))
+        {
             Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -517,13 +579,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, _req: &Request, n: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // A snapshot is always durable: nothing to do there.
-        let live = self.live(n).ok();
-        reply_empty(reply, self.fs.fsync(live));
+        reply_empty(reply, self.fs.fsync_node(ino(n)));
     }
 
     fn opendir(&self, _req: &Request, n: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.node(ino(n)) {
+            // A snapshot's folders never change: the kernel may keep their listings
+            // for good and answer repeated listings itself.
+            Ok(node) if node.attr.kind == FileKind::Dir && node.is_snapshot() => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Ok(node) if node.attr.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
@@ -531,27 +597,25 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readdir(&self, _req: &Request, n: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.fs.readdir_nodes(ino(n), self.snapdir) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let dots = [
-            (n, FileType::Directory, OsStr::new(".")),
-            (n, FileType::Directory, OsStr::new("..")),
-        ];
-        let all = dots.into_iter().chain(entries.iter().map(|(name, node)| {
-            (
-                INodeNo(node.ino.0),
-                file_type(node.attr.kind),
-                OsStr::from_bytes(name),
-            )
-        }));
-        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(child, (i + 1) as u64, kind, name) {
-                break;
+        // Offsets: 1 and 2 are "." and ".."; an entry's is its cookie, which the next
+        // call resumes after.
+        for (cookie, name) in [(1, "."), (2, "..")] {
+            if offset < cookie && reply.add(n, cookie, FileType::Directory, OsStr::new(name)) {
+                return reply.ok();
             }
         }
-        reply.ok();
+        let result = self.each_entry(n, offset, |e| {
+            reply.add(
+                INodeNo(e.ino.0),
+                e.cookie,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn readdirplus(
@@ -562,26 +626,48 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, dir) = match (self.fs.readdir_nodes(ino(n), self.snapdir), self.fs.node(ino(n))) {
-            (Ok(e), Ok(d)) => (e, d),
-            (Err(e), _) | (_, Err(e)) => return reply.error(errno(&e)),
+        let dir = match self.fs.node(ino(n)) {
+            Ok(d) => d,
+            Err(e) => return reply.error(errno(&e)),
         };
-        let dots = [(OsStr::new("."), &dir), (OsStr::new(".."), &dir)];
-        let all = dots
-            .into_iter()
-            .chain(entries.iter().map(|(name, node)| (OsStr::from_bytes(name), node)));
-        for (i, (name, node)) in all.enumerate().skip(offset as usize) {
-            let attr = file_attr(node);
-            if reply.add(attr.ino, (i + 1) as u64, name, &ttl(node), &attr, Generation(0)) {
-                break;
+        for (cookie, name) in [(1, "."), (2, "..")] {
+            let attr = file_attr(&dir);
+            if offset < cookie
+                && reply.add(
+                    attr.ino,
+                    cookie,
+                    OsStr::new(name),
+                    &ttl(&dir),
+                    &attr,
+                    Generation(0),
+                )
+            {
+                return reply.ok();
             }
         }
-        reply.ok();
+        let result = self.each_entry(n, offset, |e| match self.fs.node(e.ino) {
+            Ok(node) => {
+                let attr = file_attr(&node);
+                reply.add(
+                    attr.ino,
+                    e.cookie,
+                    OsStr::from_bytes(&e.name),
+                    &ttl(&node),
+                    &attr,
+                    Generation(0),
+                )
+            }
+            // Gone since the page was read (removed meanwhile): leave it out.
+            Err(_) => false,
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn fsyncdir(&self, _req: &Request, n: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let live = self.live(n).ok();
-        reply_empty(reply, self.fs.fsync(live));
+        reply_empty(reply, self.fs.fsync_node(ino(n)));
     }
 
     fn statfs(&self, _req: &Request, _n: INodeNo, reply: ReplyStatfs) {
@@ -692,7 +778,7 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         n: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -708,8 +794,11 @@ impl Filesystem for FuseAdapter {
         };
         reply_empty(
             reply,
-            self.live(n)
-                .and_then(|id| self.fs.fallocate(id, offset, length, how)),
+            self.live(n).and_then(|id| {
+                let in_group = |gid| caller_in_group(req, gid);
+                self.fs
+                    .fallocate_as(id, offset, length, how, &writer_of(req, &in_group))
+            }),
         );
     }
 

@@ -255,7 +255,7 @@ proptest! {
                 Op::Rollback { pick } => {
                     if snaps.is_empty() { continue; }
                     let (name, tree) = snaps[*pick as usize % snaps.len()].clone();
-                    let report = fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, None, false, step as i64 * 1_000_000_000 + 7)).unwrap();
+                    let report = fs.with_catalog(|cat, _, _| snapshots::rollback(cat, &name, None, false, step as i64 * 1_000_000_000 + 7, &[])).unwrap();
                     snaps.push((report.safety_snapshot.unwrap(), model.clone()));
                     model = tree;
                 }
@@ -263,8 +263,8 @@ proptest! {
                     if snaps.is_empty() { continue; }
                     let (name, tree) = snaps[*pick as usize % snaps.len()].clone();
                     let prefix = format!("d{dir}");
-                    let result = fs.with_catalog(|cat, _| {
-                        snapshots::rollback(cat, &name, Some(&prefix), false, step as i64 * 1_000_000_000 + 9)
+                    let result = fs.with_catalog(|cat, _, _| {
+                        snapshots::rollback(cat, &name, Some(&prefix), false, step as i64 * 1_000_000_000 + 9, &[])
                     });
                     match result {
                         Ok(report) => {
@@ -285,9 +285,9 @@ proptest! {
                 Op::Forget { pick } => {
                     if snaps.is_empty() { continue; }
                     let (name, _) = snaps.remove(*pick as usize % snaps.len());
-                    fs.with_catalog(|cat, _| snapshots::forget(cat, &snapshots::ForgetTarget::Names(vec![name]), false, 0)).unwrap();
+                    fs.with_catalog(|cat, _, _| snapshots::forget(cat, &snapshots::ForgetTarget::Names(vec![name]), false, 0)).unwrap();
                 }
-                Op::Gc => { fs.with_catalog(|cat, store| snapshots::gc(cat, store, false, false)).unwrap(); }
+                Op::Gc => { fs.with_catalog(|cat, store, _| snapshots::gc(cat, store, false, false)).unwrap(); }
                 Op::Reopen => {
                     fs.fsync(None).unwrap();
                     drop(fs);
@@ -304,7 +304,7 @@ proptest! {
                 prop_assert_eq!(&observe(&fs, root), tree, "{} after step {} {:?}", name, step, op);
             }
         }
-        let problems = fs.with_catalog(|cat, _| cat.check_invariants()).unwrap();
+        let problems = fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
         prop_assert!(problems.is_empty(), "catalog invariants: {:?}", problems);
     }
 }

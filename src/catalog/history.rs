@@ -82,13 +82,18 @@ impl Catalog {
     /// Makes the live tree exactly what snapshot `gen` shows, in one transaction. The
     /// caller takes a safety snapshot first, so that no live row is younger than the
     /// live generation (every live row was frozen with it).
-    pub fn rollback_to(&mut self, gen: GenId) -> Result<RollbackChanges> {
+    ///
+    /// `keep` are live files held open by a mount: one the snapshot lacks stays as a
+    /// file with no name (as if unlinked while open), with the content and attributes
+    /// it had, so its handles go on working and its last close removes it.
+    pub fn rollback_to(&mut self, gen: GenId, keep: &[InodeId]) -> Result<RollbackChanges> {
         let live = self.live;
         let tx = self.begin()?;
         let mut changes = RollbackChanges::default();
         for (table, _) in VERSIONED {
             changes.rows += rollback_rows(&tx, table, live, gen, "", &mut changes)?;
         }
+        changes.rows += keep_unnamed(&tx, live, keep)?;
         tx.commit().map_err(sql_err("committing rollback"))?;
         self.touched = true;
         Ok(changes)
@@ -98,6 +103,7 @@ impl Catalog {
     /// snapshot `gen` shows there. `inodes` are the inodes of that subtree in the
     /// snapshot and in the live tree, `dirs` the folders among them. One transaction,
     /// after the caller's safety snapshot; the parent's link count is recounted.
+    /// `keep` as for `rollback_to`.
     pub fn rollback_subtree(
         &mut self,
         gen: GenId,
@@ -105,6 +111,7 @@ impl Catalog {
         name: &[u8],
         inodes: &[InodeId],
         dirs: &[InodeId],
+        keep: &[InodeId],
     ) -> Result<RollbackChanges> {
         let live = self.live;
         let tx = self.begin()?;
@@ -180,6 +187,7 @@ impl Catalog {
             .map_err(sql_err("recounting links"))?;
             changes.inodes.insert(parent);
         }
+        changes.rows += keep_unnamed(&tx, live, keep)?;
         tx.commit().map_err(sql_err("committing rollback"))?;
         self.touched = true;
         Ok(changes)
@@ -370,6 +378,63 @@ fn columns_of(tx: &rusqlite::Connection, table: &str) -> Result<Vec<String>> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// After a rollback in live generation `live` (which the caller's safety snapshot
+/// opened, so generation `live - 1` is the tree just before): every file of `keep`
+/// that the rollback removed from the live tree comes back as a file with no name,
+/// with its rows as they were just before (link count 0). Returns the rows written.
+fn keep_unnamed(tx: &rusqlite::Connection, live: GenId, keep: &[InodeId]) -> Result<u64> {
+    let before = live.0 - 1;
+    let mut written = 0u64;
+    for id in keep {
+        let alive: bool = tx
+            .query_row(
+                "SELECT count(*) FROM inodes WHERE inode_id = ?1 AND gen_to = ?2",
+                params![id.0, GenId::OPEN.0],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql_err("keeping open files"))?
+            > 0;
+        let was_file: bool = tx
+            .query_row(
+                "SELECT count(*) FROM inodes WHERE inode_id = ?1 AND gen_from <= ?2 AND gen_to > ?2 AND kind != 2",
+                params![id.0, before],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql_err("keeping open files"))?
+            > 0;
+        if alive || !was_file {
+            continue;
+        }
+        for (table, _) in VERSIONED {
+            if table == "dir_entries" {
+                continue;
+            }
+            let columns = columns_of(tx, table)?;
+            let copied: Vec<String> = columns
+                .iter()
+                .map(|c| match c.as_str() {
+                    "gen_from" => "?3".to_string(),
+                    "gen_to" => "?4".to_string(),
+                    "nlink" => "0".to_string(),
+                    other => other.to_string(),
+                })
+                .collect();
+            written += tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} ({}) SELECT {} FROM {table}
+                         WHERE inode_id = ?1 AND gen_from <= ?2 AND gen_to > ?2",
+                        columns.join(", "),
+                        copied.join(", ")
+                    ),
+                    params![id.0, before, live.0, GenId::OPEN.0],
+                )
+                .map_err(sql_err("keeping open files"))? as u64;
+        }
+    }
+    Ok(written)
 }
 
 /// Rolls the rows of `table` that match `filter` back to generation `gen`: live rows

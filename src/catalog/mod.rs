@@ -9,6 +9,7 @@
 
 mod check;
 mod history;
+mod listing;
 mod model;
 mod read;
 mod write;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+pub use listing::{ListedEntry, COOKIE_END, FIRST_COOKIE};
 pub use model::{
     ChunkInfo, ChunkTotals, DirEntry, Extent, FileKind, Generation, InodeAttr, MirrorRecord, NewInode,
     RollbackChanges, Settings, TreeTotals,
@@ -32,7 +34,7 @@ use crate::types::{ChunkId, GenId, InodeId, MirrorId, RepoId};
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// The schema version this code writes and reads (PRAGMA user_version).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Wraps a rusqlite error with what was being done.
 pub(crate) fn sql_err(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
@@ -65,6 +67,9 @@ pub struct NewCatalog {
 /// An open catalog database.
 pub struct Catalog {
     conn: Connection,
+    /// The schema version of the database (older than `SCHEMA_VERSION` only when
+    /// opened read-only, which never migrates).
+    version: u32,
     live: GenId,
     max_extent: u64,
     read_only: bool,
@@ -212,11 +217,18 @@ impl Catalog {
                 supported: SCHEMA_VERSION,
             });
         }
-        Catalog::from_conn(conn, path, read_only)
+        let mut conn = conn;
+        if version < SCHEMA_VERSION && !read_only {
+            migrate(&mut conn, version)?;
+        }
+        let mut catalog = Catalog::from_conn(conn, path, read_only)?;
+        catalog.version = if read_only { version } else { SCHEMA_VERSION };
+        Ok(catalog)
     }
 
     fn from_conn(conn: Connection, path: &Path, read_only: bool) -> Result<Catalog> {
         let mut catalog = Catalog {
+            version: SCHEMA_VERSION,
             conn,
             live: GenId(0),
             max_extent: 0,
@@ -467,6 +479,25 @@ impl Catalog {
         read::readdir(&self.conn, gen, dir)
     }
 
+    /// Up to `limit` names of folder `dir` in `gen` whose cookie is above `after`, in
+    /// cookie order: one page of a listing that costs what it returns (see `listing`).
+    /// A catalog of schema 1 opened read-only has no cookies: `UnsupportedFormat`.
+    pub fn list_page(&self, gen: GenId, dir: InodeId, after: u64, limit: usize) -> Result<Vec<ListedEntry>> {
+        if self.version < 2 {
+            return Err(Error::UnsupportedFormat {
+                what: "listing a folder of a catalog that was not yet migrated".into(),
+                found: self.version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        listing::page(&self.conn, gen, dir, after, limit)
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> u32 {
+        self.version
+    }
+
     /// Every (folder, name) that points at `inode` in `gen`.
     pub fn names_of(&self, gen: GenId, inode: InodeId) -> Result<Vec<(InodeId, Vec<u8>)>> {
         read::names_of(&self.conn, gen, inode)
@@ -615,11 +646,7 @@ impl Catalog {
     pub fn live_orphans(&self) -> Result<Vec<InodeId>> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT i.inode_id FROM inodes i
-                 WHERE i.gen_to = ?1 AND i.inode_id != 1 AND NOT EXISTS (
-                     SELECT 1 FROM dir_entries e WHERE e.inode_id = i.inode_id AND e.gen_to = ?1)",
-            )
+            .prepare(read::UNNAMED_INODES)
             .map_err(sql_err("finding orphan inodes"))?;
         let rows = stmt
             .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
@@ -713,6 +740,22 @@ pub fn snapshot_name(now_ns: i64) -> String {
     let secs = now_ns.div_euclid(1_000_000_000);
     let time = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default();
     time.format("@%Y-%m-%dT%H%M%SZ").to_string()
+}
+
+/// Brings a catalog of schema `from` up to `SCHEMA_VERSION` in one transaction:
+/// a crash leaves it as it was.
+fn migrate(conn: &mut Connection, from: u32) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err("starting the catalog migration"))?;
+    if from < 2 {
+        listing::migrate_v1(&tx)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(sql_err("setting the schema version"))?;
+    tx.commit().map_err(sql_err("committing the catalog migration"))?;
+    log::info!("catalog migrated from schema {from} to {SCHEMA_VERSION}");
+    Ok(())
 }
 
 /// Connection settings for a writer: WAL (readers never block the writer), full sync

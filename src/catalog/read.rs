@@ -40,6 +40,12 @@ pub(super) fn inode_from_row(row: &Row<'_>) -> rusqlite::Result<InodeAttr> {
     })
 }
 
+/// Live inodes that no live name points at (the root excepted); parameter 1 is the
+/// open generation.
+pub(super) const UNNAMED_INODES: &str = "SELECT i.inode_id FROM inodes i
+     WHERE i.gen_to = ?1 AND i.inode_id != 1 AND NOT EXISTS (
+         SELECT 1 FROM dir_entries e WHERE e.inode_id = i.inode_id AND e.gen_to = ?1)";
+
 /// The attributes of `id` in generation `gen`; `None` when `gen` does not see it.
 pub fn inode(conn: &Connection, gen: GenId, id: InodeId) -> Result<Option<InodeAttr>> {
     let sql = format!(
@@ -84,8 +90,7 @@ pub fn readdir(conn: &Connection, gen: GenId, dir: InodeId) -> Result<Vec<DirEnt
         .prepare_cached(
             "SELECT e.name, e.inode_id,
                     (SELECT i.kind FROM inodes i
-                     WHERE i.inode_id = e.inode_id AND i.gen_from <= ?2
-                     ORDER BY i.gen_from DESC LIMIT 1)
+                     WHERE i.inode_id = e.inode_id AND i.gen_from <= ?2 AND i.gen_to > ?2)
              FROM dir_entries e
              WHERE e.parent_id = ?1 AND e.gen_from <= ?2 AND e.gen_to > ?2
              ORDER BY e.name",

@@ -8,8 +8,8 @@
 use rusqlite::{params, Connection, OptionalExtension, Savepoint, Transaction};
 
 use super::model::{ChunkInfo, Extent, FileKind, InodeAttr, NewInode};
-use super::read;
 use super::sql_err;
+use super::{listing, read};
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, GenId, InodeId};
 
@@ -56,6 +56,11 @@ impl<'c> Txn<'c> {
         }
     }
 
+    /// The transaction's connection, for the catalog's own checks and repairs.
+    pub(super) fn conn(&self) -> &Connection {
+        &self.tx
+    }
+
     // ---- reads (live generation, including this transaction's changes) ----
 
     /// The live attributes of `id`.
@@ -77,6 +82,11 @@ impl<'c> Txn<'c> {
     /// The live names in folder `dir`.
     pub fn readdir(&self, dir: InodeId) -> Result<Vec<super::DirEntry>> {
         read::readdir(&self.tx, self.live, dir)
+    }
+
+    /// True when live folder `dir` has a name in it (one index probe, whatever its size).
+    pub fn has_entries(&self, dir: InodeId) -> Result<bool> {
+        listing::has_entries(&self.tx, self.live, dir)
     }
 
     /// The live extents of `inode` overlapping `[start, end)`.
@@ -106,6 +116,19 @@ impl<'c> Txn<'c> {
             .into_iter()
             .next()
             .map(|(p, _)| p))
+    }
+
+    /// Live inodes no live name points at (the root excepted).
+    pub fn unnamed_inodes(&self) -> Result<Vec<InodeId>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(read::UNNAMED_INODES)
+            .map_err(sql_err("finding unnamed inodes"))?;
+        let rows = stmt
+            .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
+            .map_err(sql_err("finding unnamed inodes"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("finding unnamed inodes"))
     }
 
     // ---- inodes ----
@@ -287,7 +310,47 @@ impl<'c> Txn<'c> {
         Ok(attr)
     }
 
+    /// Closes every live row of `table` (extents or xattrs) that belongs to `inode`,
+    /// without looking at the inode (which a damaged catalog may lack).
+    pub(super) fn close_live_rows_of(&self, table: &str, inode: InodeId) -> Result<()> {
+        for sql in [
+            format!("DELETE FROM {table} WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from = ?3"),
+            format!("UPDATE {table} SET gen_to = ?3 WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from < ?3"),
+        ] {
+            self.tx
+                .execute(&sql, params![inode.0, GenId::OPEN.0, self.live.0])
+                .map_err(sql_err("closing orphan rows"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets every chunk's reference count to the extent rows that name it, and keeps
+    /// the garbage list in step; returns how many counts were wrong.
+    pub(super) fn recount_refs(&self) -> Result<u64> {
+        let fixed = self
+            .tx
+            .execute(
+                "UPDATE chunks SET refs = (SELECT count(*) FROM extents e WHERE e.chunk_id = chunks.chunk_id)
+                 WHERE refs != (SELECT count(*) FROM extents e WHERE e.chunk_id = chunks.chunk_id)",
+                [],
+            )
+            .map_err(sql_err("recounting references"))?;
+        self.tx
+            .execute_batch(
+                "INSERT OR IGNORE INTO chunk_garbage (chunk_id) SELECT chunk_id FROM chunks WHERE refs = 0;
+                 DELETE FROM chunk_garbage WHERE chunk_id IN (SELECT chunk_id FROM chunks WHERE refs > 0);",
+            )
+            .map_err(sql_err("recounting references"))?;
+        Ok(fixed as u64)
+    }
+
     // ---- names ----
+
+    /// Removes the live name `name` from `parent` and nothing else: no link count
+    /// changes (for a repair of a name whose inode is gone).
+    pub(super) fn drop_name(&self, parent: InodeId, name: &[u8]) -> Result<()> {
+        self.remove_entry(parent, name).map(|_| ())
+    }
 
     /// Adds the name `name` in folder `parent` for `inode` and counts the link (a folder
     /// also adds its ".." to the parent's count). `Error::Exists` when the name is taken.
@@ -296,14 +359,7 @@ impl<'c> Txn<'c> {
         if self.lookup(parent, name)?.is_some() {
             return Err(Error::Exists(String::from_utf8_lossy(name).into_owned()));
         }
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO dir_entries (parent_id, name, gen_from, gen_to, inode_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(sql_err("preparing entry insert"))?;
-        stmt.execute(params![parent.0, name, self.live.0, GenId::OPEN.0, inode.0])
-            .map_err(sql_err("adding a name"))?;
+        self.insert_entry(parent, name, inode, None)?;
         let attr = self.bump_nlink(inode, 1)?;
         if attr.kind == FileKind::Dir {
             self.bump_nlink(parent, 1)?;
@@ -315,7 +371,7 @@ impl<'c> Txn<'c> {
     /// inode it pointed at with its attributes after the change: at `nlink == 0` (a
     /// folder: 1, its own ".") the caller removes the inode once nothing holds it open.
     pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
-        let inode = self.remove_entry(parent, name)?;
+        let (inode, _) = self.remove_entry(parent, name)?;
         let attr = self.expect_inode(inode)?;
         if attr.kind == FileKind::Dir {
             self.bump_nlink(parent, -1)?;
@@ -338,8 +394,8 @@ impl<'c> Txn<'c> {
             Some(_) => Some(self.unlink(to_parent, to_name)?),
             None => None,
         };
-        let inode = self.remove_entry(from_parent, from_name)?;
-        self.insert_entry(to_parent, to_name, inode)?;
+        let (inode, _) = self.remove_entry(from_parent, from_name)?;
+        self.insert_entry(to_parent, to_name, inode, None)?;
         let attr = self.expect_inode(inode)?;
         if attr.kind == FileKind::Dir && from_parent != to_parent {
             self.bump_nlink(from_parent, -1)?;
@@ -350,10 +406,11 @@ impl<'c> Txn<'c> {
 
     /// Swaps the inodes two names point at (RENAME_EXCHANGE). Both must exist.
     pub fn exchange(&self, a_parent: InodeId, a_name: &[u8], b_parent: InodeId, b_name: &[u8]) -> Result<()> {
-        let a = self.remove_entry(a_parent, a_name)?;
-        let b = self.remove_entry(b_parent, b_name)?;
-        self.insert_entry(a_parent, a_name, b)?;
-        self.insert_entry(b_parent, b_name, a)?;
+        // Both names exist throughout, so each keeps its place in listings.
+        let (a, a_cookie) = self.remove_entry(a_parent, a_name)?;
+        let (b, b_cookie) = self.remove_entry(b_parent, b_name)?;
+        self.insert_entry(a_parent, a_name, b, Some(a_cookie))?;
+        self.insert_entry(b_parent, b_name, a, Some(b_cookie))?;
         if a_parent != b_parent {
             let a_dir = self.expect_inode(a)?.kind == FileKind::Dir;
             let b_dir = self.expect_inode(b)?.kind == FileKind::Dir;
@@ -366,33 +423,51 @@ impl<'c> Txn<'c> {
         Ok(())
     }
 
-    fn insert_entry(&self, parent: InodeId, name: &[u8], inode: InodeId) -> Result<()> {
+    /// Inserts the live row of `name` in `parent`, at `cookie` or at the one the
+    /// listing rules give it (see `listing::cookie_for`).
+    fn insert_entry(&self, parent: InodeId, name: &[u8], inode: InodeId, cookie: Option<u64>) -> Result<()> {
+        let cookie = match cookie {
+            Some(c) => c,
+            None => listing::cookie_for(&self.tx, parent, name)?,
+        };
         let mut stmt = self
             .tx
             .prepare_cached(
-                "INSERT INTO dir_entries (parent_id, name, gen_from, gen_to, inode_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO dir_entries (parent_id, name, gen_from, gen_to, inode_id, cookie)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(sql_err("preparing entry insert"))?;
-        stmt.execute(params![parent.0, name, self.live.0, GenId::OPEN.0, inode.0])
-            .map_err(sql_err("adding a name"))?;
+        stmt.execute(params![
+            parent.0,
+            name,
+            self.live.0,
+            GenId::OPEN.0,
+            inode.0,
+            cookie as i64
+        ])
+        .map_err(sql_err("adding a name"))?;
         Ok(())
     }
 
-    fn remove_entry(&self, parent: InodeId, name: &[u8]) -> Result<InodeId> {
-        let found: Option<(i64, i64, i64)> = self
+    /// Closes the live row of `name` in `parent`; returns the inode it named and its
+    /// cookie.
+    fn remove_entry(&self, parent: InodeId, name: &[u8]) -> Result<(InodeId, u64)> {
+        let found: Option<(i64, i64, i64, i64)> = self
             .tx
             .prepare_cached(
-                "SELECT gen_from, gen_to, inode_id FROM dir_entries
+                "SELECT gen_from, gen_to, inode_id, cookie FROM dir_entries
                  WHERE parent_id = ?1 AND name = ?2 AND gen_from <= ?3 ORDER BY gen_from DESC LIMIT 1",
             )
             .map_err(sql_err("preparing entry probe"))?
             .query_row(params![parent.0, name, self.live.0], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()
             .map_err(sql_err("finding a name"))?;
-        let (gen_from, inode) = match found {
-            Some((gen_from, gen_to, inode)) if gen_to > self.live.0 => (gen_from, inode),
+        let (gen_from, inode, cookie) = match found {
+            Some((gen_from, gen_to, inode, cookie)) if gen_to > self.live.0 => {
+                (gen_from, inode, cookie as u64)
+            }
             _ => return Err(Error::NotFound(String::from_utf8_lossy(name).into_owned())),
         };
         self.close_row(
@@ -401,7 +476,7 @@ impl<'c> Txn<'c> {
             params![parent.0, name, gen_from],
             gen_from,
         )?;
-        Ok(InodeId(inode))
+        Ok((InodeId(inode), cookie))
     }
 
     // ---- extents ----

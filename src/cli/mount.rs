@@ -380,7 +380,7 @@ fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, s
             continue;
         }
         let target = ForgetTarget::Policy(policy.clone());
-        let pruned = fs.with_catalog(|cat, store| {
+        let pruned = fs.with_catalog(|cat, store, _| {
             let report = snapshots::forget(cat, &target, false, snapfs::ops::now_ns())?;
             let freed = snapshots::gc(cat, store, false, false)?;
             Ok((report.forgotten, freed))
@@ -429,13 +429,14 @@ fn answer(
         }
         Request::Forget { target, dry_run } => {
             let report =
-                fs.with_catalog(|cat, _| snapshots::forget(cat, &target, dry_run, snapfs::ops::now_ns()))?;
+                fs.with_catalog(|cat, _, _| snapshots::forget(cat, &target, dry_run, snapfs::ops::now_ns()))?;
             json(serde_json::to_value(report))
         }
         Request::Rollback { name, path, dry_run } => {
             let now = snapfs::ops::now_ns();
-            let report =
-                fs.with_catalog(|cat, _| snapshots::rollback(cat, &name, path.as_deref(), dry_run, now))?;
+            let report = fs.with_catalog(|cat, _, open| {
+                snapshots::rollback(cat, &name, path.as_deref(), dry_run, now, open)
+            })?;
             // Outside the filesystem lock: the kernel may call back in while it drops.
             let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
             for (parent, entry) in &report.changes.entries {
@@ -448,7 +449,7 @@ fn answer(
         }
         Request::Gc { dry_run, sweep } => {
             let sweep = sweep || (!dry_run && fs.take_commit_failed()) || repo::sweep_needed(repo_path);
-            let stats = fs.with_catalog(|cat, store| snapshots::gc(cat, store, dry_run, sweep))?;
+            let stats = fs.with_catalog(|cat, store, _| snapshots::gc(cat, store, dry_run, sweep))?;
             if sweep && !dry_run {
                 repo::clear_sweep_needed(repo_path);
             }
@@ -459,7 +460,7 @@ fn answer(
             Ok(serde_json::Value::Null)
         }
         Request::Hold { name, held } => json(serde_json::to_value(
-            fs.with_catalog(|cat, _| snapshots::hold(cat, &name, held))?,
+            fs.with_catalog(|cat, _, _| snapshots::hold(cat, &name, held))?,
         )),
     }
 }

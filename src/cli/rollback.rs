@@ -41,6 +41,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             path.as_deref(),
             dry_run,
             snapfs::ops::now_ns(),
+            &[],
         )
     })?;
     let target = result["target"].as_str().unwrap_or_default();

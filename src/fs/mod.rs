@@ -12,6 +12,7 @@
 //! before each commit (once without the lock, then under it). Reads see buffered
 //! writes without committing them (see `write`).
 
+mod privileges;
 mod read;
 mod space;
 mod view;
@@ -21,11 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use privileges::Writer;
 pub use read::{read_at, read_extents, ChunkCache, Prefetcher};
 pub use space::{Allocate, Seek};
-pub use view::{Node, SnapDir};
+pub use view::{Listed, Node, SnapDir};
 
-use crate::catalog::{Catalog, DirEntry, FileKind, InodeAttr, NewInode, Settings};
+use crate::catalog::{Catalog, FileKind, InodeAttr, NewInode, Settings};
 use crate::error::{Error, Result};
 use crate::ingest::{Backlog, ChunkSink};
 use crate::store::{MirrorStore, ObjectStore};
@@ -110,8 +112,10 @@ struct State {
     dirty: HashMap<InodeId, DirtyFile>,
     /// Open handles per inode, for unlinked-but-open files.
     open: HashMap<InodeId, u32>,
-    /// Inodes whose last name is gone while still open: removed at the last release.
-    orphans: HashSet<InodeId>,
+    /// Open inodes that may have lost their last name (unlink, rename over them, or a
+    /// catalog operation such as rollback): at their last release the catalog, not
+    /// this set, decides whether they go. A superset, never a verdict.
+    maybe_unnamed: HashSet<InodeId>,
     /// Where the last read of each file ended and how far read-ahead was asked for,
     /// to spot sequential readers.
     read_ends: HashMap<InodeId, ReadPosition>,
@@ -162,6 +166,8 @@ pub struct Fs {
     chunks_written: std::sync::atomic::AtomicBool,
     /// The chunk writers' queue: a write waits for room in it before taking the lock.
     backlog: Option<Backlog>,
+    /// Names found pointing at no inode, each logged once (bounded).
+    reported_dangling: Mutex<HashSet<(InodeId, Vec<u8>)>>,
 }
 
 /// Chunks the writer threads' queue holds (and blocks a `put` beyond).
@@ -203,7 +209,7 @@ impl Fs {
             sink,
             dirty: HashMap::new(),
             open: HashMap::new(),
-            orphans: HashSet::new(),
+            maybe_unnamed: HashSet::new(),
             read_ends: HashMap::new(),
         };
         let orphans = state.catalog.live_orphans()?;
@@ -227,6 +233,7 @@ impl Fs {
             commit_failed: std::sync::atomic::AtomicBool::new(false),
             chunks_written: std::sync::atomic::AtomicBool::new(false),
             backlog,
+            reported_dangling: Mutex::new(HashSet::new()),
         })
     }
 
@@ -260,28 +267,7 @@ impl Fs {
             .catalog
             .lookup(live, parent, name)?
             .ok_or_else(|| Error::NotFound(lossy(name)))?;
-        attr_of(&st, id)
-    }
-
-    /// The names in folder `dir`, with their attributes.
-    pub fn readdir(&self, dir: InodeId) -> Result<Vec<(DirEntry, InodeAttr)>> {
-        let st = self.lock();
-        let live = st.catalog.live();
-        let attr = st
-            .catalog
-            .inode(live, dir)?
-            .ok_or_else(|| Error::NotFound(format!("inode {dir}")))?;
-        if attr.kind != FileKind::Dir {
-            return Err(Error::NotDir(format!("inode {dir}")));
-        }
-        st.catalog
-            .readdir(live, dir)?
-            .into_iter()
-            .map(|e| {
-                let a = attr_of(&st, e.inode)?;
-                Ok((e, a))
-            })
-            .collect()
+        attr_of(&st, id).map_err(|e| self.dangling(e, parent, name, id))
     }
 
     /// The target of symlink `ino`.
@@ -363,7 +349,6 @@ impl Fs {
         txn.set_inode(&attr)?;
         touch_dir(&txn, parent, now)?;
         txn.commit()?;
-        st.orphans.remove(&ino);
         attr_of(&st, ino)
     }
 
@@ -389,12 +374,12 @@ impl Fs {
         match (dir, attr.kind == FileKind::Dir) {
             (true, false) => return Err(Error::NotDir(lossy(name))),
             (false, true) => return Err(Error::IsDir(lossy(name))),
-            (true, true) if !txn.readdir(id)?.is_empty() => return Err(Error::NotEmpty(lossy(name))),
+            (true, true) if txn.has_entries(id)? => return Err(Error::NotEmpty(lossy(name))),
             _ => {}
         }
         let after = txn.unlink(parent, name)?;
         touch_dir(&txn, parent, now)?;
-        name_removed(&txn, &after, now, &st.open, &mut st.dirty, &mut st.orphans)?;
+        name_removed(&txn, &after, now, &st.open, &mut st.dirty, &mut st.maybe_unnamed)?;
         txn.commit()
     }
 
@@ -445,14 +430,21 @@ impl Fs {
                     match (src_attr.kind == FileKind::Dir, dst_attr.kind == FileKind::Dir) {
                         (true, false) => return Err(Error::NotDir(lossy(new_name))),
                         (false, true) => return Err(Error::IsDir(lossy(new_name))),
-                        (true, true) if !txn.readdir(dst)?.is_empty() => {
+                        (true, true) if txn.has_entries(dst)? => {
                             return Err(Error::NotEmpty(lossy(new_name)))
                         }
                         _ => {}
                     }
                 }
                 if let Some(replaced) = txn.rename(parent, name, new_parent, new_name)? {
-                    name_removed(&txn, &replaced, now, &st.open, &mut st.dirty, &mut st.orphans)?;
+                    name_removed(
+                        &txn,
+                        &replaced,
+                        now,
+                        &st.open,
+                        &mut st.dirty,
+                        &mut st.maybe_unnamed,
+                    )?;
                 }
                 let mut a = txn.expect_inode(src)?;
                 a.ctime_ns = now;
@@ -468,6 +460,12 @@ impl Fs {
 
     /// Changes attributes. A size change cuts or extends the file (extending adds a hole).
     pub fn setattr(&self, ino: InodeId, set: &SetAttr) -> Result<InodeAttr> {
+        self.setattr_as(ino, set, &Writer::Privileged)
+    }
+
+    /// `setattr` by `writer`: a size change may cost the file its set-user-ID and
+    /// set-group-ID bits (see `privileges`).
+    pub fn setattr_as(&self, ino: InodeId, set: &SetAttr, writer: &Writer<'_>) -> Result<InodeAttr> {
         let mut st = self.lock();
         let now = now_ns();
         // A size change cuts or extends what buffered writes wrote, so they land first.
@@ -496,6 +494,7 @@ impl Fs {
             }
             attr.size = size;
             attr.mtime_ns = now;
+            attr.mode = privileges::mode_after_change(attr.mode, attr.gid, writer);
         }
         if let Some(t) = set.atime {
             attr.atime_ns = resolve(t);
@@ -512,6 +511,24 @@ impl Fs {
         attr_of(&st, ino)
     }
 
+    /// What a name in `parent` that points at inode `id` answers when the inode cannot
+    /// be read: `NotFound` there means a damaged catalog (EIO, never ENOENT), logged
+    /// once per name with what `snapfs check --repair` would do about it.
+    fn dangling(&self, e: Error, parent: InodeId, name: &[u8], id: InodeId) -> Error {
+        if !matches!(e, Error::NotFound(_)) {
+            return e;
+        }
+        let what = format!(
+            "name {:?} in folder inode {parent} points at inode {id}, which does not exist",
+            String::from_utf8_lossy(name)
+        );
+        let mut seen = self.reported_dangling.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < 10_000 && seen.insert((parent, name.to_vec())) {
+            log::error!("{what}: the catalog is damaged; `snapfs check` lists such names, `snapfs check --repair` (unmounted) removes them");
+        }
+        Error::CorruptCatalog(what)
+    }
+
     /// Notes an open handle on `ino` (an unlinked file lives until its last release).
     pub fn open(&self, ino: InodeId) -> Result<InodeAttr> {
         let mut st = self.lock();
@@ -520,21 +537,32 @@ impl Fs {
         Ok(attr)
     }
 
-    /// Drops an open handle; the last release of an unlinked file removes it.
+    /// Drops an open handle; the last release of a file that no name reaches any
+    /// more (unlinked, or taken away by a rollback while open) removes it.
     pub fn release(&self, ino: InodeId) -> Result<()> {
         let mut st = self.lock();
         let count = st.open.get(&ino).copied().unwrap_or(0);
-        if count <= 1 {
-            st.open.remove(&ino);
-            st.read_ends.remove(&ino);
-            if st.orphans.remove(&ino) {
-                st.dirty.remove(&ino);
-                let txn = st.catalog.write()?;
-                txn.remove_inode(ino)?;
-                txn.commit()?;
-            }
-        } else {
+        if count > 1 {
             st.open.insert(ino, count - 1);
+            return Ok(());
+        }
+        st.open.remove(&ino);
+        st.read_ends.remove(&ino);
+        if !st.maybe_unnamed.remove(&ino) {
+            return Ok(());
+        }
+        // The catalog decides: a rollback, a link or a rename may have given the file
+        // a name again since it was unlinked.
+        let live = st.catalog.live();
+        let unnamed = match st.catalog.inode(live, ino)? {
+            Some(attr) => attr.kind != FileKind::Dir && st.catalog.names_of(live, ino)?.is_empty(),
+            None => false,
+        };
+        if unnamed {
+            st.dirty.remove(&ino);
+            let txn = st.catalog.write()?;
+            txn.remove_inode(ino)?;
+            txn.commit()?;
         }
         Ok(())
     }
@@ -590,9 +618,15 @@ impl Fs {
         Ok(out)
     }
 
-    /// Writes `data` at `offset` into `ino`. Buffered: durable after `fsync`, visible
-    /// to reads at once.
+    /// Writes `data` at `offset` into `ino` as a privileged writer. Buffered: durable
+    /// after `fsync`, visible to reads at once.
     pub fn write(&self, ino: InodeId, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_as(ino, offset, data, &Writer::Privileged)
+    }
+
+    /// `write` by `writer`, which may cost the file its set-user-ID and set-group-ID
+    /// bits (see `privileges`).
+    pub fn write_as(&self, ino: InodeId, offset: u64, data: &[u8], writer: &Writer<'_>) -> Result<usize> {
         self.check_space(data.len() as u64)?;
         // Wait for the writers to make room for this write's chunks (about one per
         // average chunk size) before taking the lock: a full queue would otherwise
@@ -604,6 +638,7 @@ impl Fs {
         }
         let mut st = self.lock();
         let st = &mut *st;
+        drop_privileges(st, ino, writer)?;
         write::write(st, ino, offset, data)?;
         self.chunks_written
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -801,7 +836,15 @@ impl Fs {
 
     /// Runs `f` on the catalog and the store with every buffered write committed
     /// first, holding the lock so no request interleaves (snapshot operations, gc).
-    pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog, &MirrorStore) -> Result<T>) -> Result<T> {
+    /// `f` also gets the live files held open, which an operation that removes names
+    /// (rollback) must keep as nameless files until their last release. Afterwards
+    /// the core's own state is reconciled with whatever `f` changed: read positions
+    /// are dropped and every open file is checked against the catalog at its last
+    /// release.
+    pub fn with_catalog<T>(
+        &self,
+        f: impl FnOnce(&mut Catalog, &MirrorStore, &[InodeId]) -> Result<T>,
+    ) -> Result<T> {
         let mut st = self.lock();
         // A commit that fails (a full disk) drops its runs and reports it at fsync;
         // it must not keep forget and gc from freeing space: try once more, now
@@ -810,7 +853,10 @@ impl Fs {
             self.flush_locked(&mut st, None)?;
         }
         st.read_ends.clear();
-        f(&mut st.catalog, &self.store)
+        let open: Vec<InodeId> = st.open.keys().copied().collect();
+        let result = f(&mut st.catalog, &self.store, &open);
+        st.maybe_unnamed.extend(open);
+        result
     }
 
     /// Space on the fullest mirror's filesystem.
@@ -877,7 +923,7 @@ fn name_removed(
     now: i64,
     open: &HashMap<InodeId, u32>,
     dirty: &mut HashMap<InodeId, DirtyFile>,
-    orphans: &mut HashSet<InodeId>,
+    maybe_unnamed: &mut HashSet<InodeId>,
 ) -> Result<()> {
     let dir = after.kind == FileKind::Dir;
     let gone = if dir { after.nlink <= 1 } else { after.nlink == 0 };
@@ -887,7 +933,7 @@ fn name_removed(
         return Ok(());
     }
     if gone {
-        orphans.insert(after.id);
+        maybe_unnamed.insert(after.id);
     }
     let mut attr = txn.expect_inode(after.id)?;
     if dir {
@@ -895,6 +941,30 @@ fn name_removed(
     }
     attr.ctime_ns = now;
     txn.set_inode(&attr)
+}
+
+/// Clears what `writer` changing the data of `ino` costs it (see `privileges`): one
+/// attribute read when the writer is unprivileged, a commit only when a bit goes.
+fn drop_privileges(st: &mut State, ino: InodeId, writer: &Writer<'_>) -> Result<()> {
+    if matches!(writer, Writer::Privileged) {
+        return Ok(());
+    }
+    let attr = attr_of(st, ino)?;
+    let mode = privileges::mode_after_change(attr.mode, attr.gid, writer);
+    if mode == attr.mode {
+        return Ok(());
+    }
+    let now = now_ns();
+    let txn = st.catalog.write()?;
+    let mut stored = txn.expect_inode(ino)?;
+    stored.mode = mode;
+    stored.ctime_ns = now;
+    txn.set_inode(&stored)?;
+    txn.commit()?;
+    if let Some(d) = st.dirty.get_mut(&ino) {
+        d.attributes_changed(None, now);
+    }
+    Ok(())
 }
 
 /// Sets a folder's mtime and ctime to `now` (its entries changed).

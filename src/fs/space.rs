@@ -2,7 +2,7 @@
 //! lseek with SEEK_DATA / SEEK_HOLE, and copy_file_range, which shares extents
 //! between files instead of copying bytes.
 
-use super::{Fs, State};
+use super::{Fs, State, Writer};
 use crate::catalog::{Extent, FileKind};
 use crate::error::{Error, Result};
 use crate::types::{GenId, Ino, InodeId, View};
@@ -39,8 +39,22 @@ fn file_attr(st: &State, gen: GenId, ino: InodeId) -> Result<crate::catalog::Ino
 impl Fs {
     /// fallocate(2) for the modes a filesystem without preallocation can honour.
     pub fn fallocate(&self, ino: InodeId, offset: u64, len: u64, how: Allocate) -> Result<()> {
+        self.fallocate_as(ino, offset, len, how, &Writer::Privileged)
+    }
+
+    /// `fallocate` by `writer`, which may cost the file its set-user-ID and
+    /// set-group-ID bits (see `privileges`).
+    pub fn fallocate_as(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+        how: Allocate,
+        writer: &Writer<'_>,
+    ) -> Result<()> {
         let mut st = self.lock();
         self.flush_locked(&mut st, Some(ino))?;
+        super::drop_privileges(&mut st, ino, writer)?;
         let end = offset
             .checked_add(len)
             .ok_or_else(|| Error::InvalidArgument("range overflows".into()))?;

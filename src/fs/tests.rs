@@ -333,7 +333,7 @@ fn unlink_and_rmdir_check_types_and_emptiness() {
     );
     f.fs.unlink(d, b"inner").unwrap();
     f.fs.rmdir(InodeId::ROOT, b"d").unwrap();
-    assert_eq!(f.fs.readdir(InodeId::ROOT).unwrap().len(), 1);
+    assert_eq!(f.fs.readdir_nodes(Ino::ROOT, SnapDir::Hidden).unwrap().len(), 1);
 }
 
 #[test]

@@ -6,11 +6,21 @@
 //! snapshot go straight to the catalog at that generation; writes go to the live
 //! methods of `Fs`.
 
-use super::{Caller, Fs, RenameMode, SetAttr, State};
-use crate::catalog::{FileKind, InodeAttr};
+use super::{Caller, Fs, RenameMode, SetAttr, State, Writer};
+use crate::catalog::{FileKind, InodeAttr, COOKIE_END};
 use crate::error::{Error, Result};
 use crate::fs::read;
 use crate::types::{GenId, Ino, InodeId, View};
+
+/// One entry of a folder listing: where it sits (its cookie, see `list_dir`), its
+/// name, its kernel inode number and its kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub cookie: u64,
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
 
 /// An inode as the kernel sees it: its number in a view, and its attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +128,7 @@ impl Fs {
                     .catalog
                     .lookup(gen, id, name)?
                     .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-                let attr = inode_in(&st, gen, child)?;
+                let attr = inode_in(&st, gen, child).map_err(|e| self.dangling(e, id, name, child))?;
                 Ok(Node {
                     ino: Ino::snapshot(gen, child),
                     attr,
@@ -127,58 +137,81 @@ impl Fs {
         }
     }
 
-    /// The entries of folder `dir` in its view (without "." and ".."). The mount root
-    /// also lists every snapshot as an `@name` folder unless `snapdir` hides them.
-    pub fn readdir_nodes(&self, dir: Ino, snapdir: SnapDir) -> Result<Vec<(Vec<u8>, Node)>> {
-        match dir.split() {
-            (View::Live, id) => {
-                let mut out: Vec<(Vec<u8>, Node)> = self
-                    .readdir(id)?
-                    .into_iter()
-                    .map(|(e, attr)| {
-                        (
-                            e.name,
-                            Node {
-                                ino: Ino::live(attr.id),
-                                attr,
-                            },
-                        )
-                    })
-                    .collect();
-                if id == InodeId::ROOT && snapdir == SnapDir::Visible {
-                    let st = self.lock();
-                    for g in st.catalog.generations()? {
-                        let (Some(name), Some(attr)) = (g.name, st.catalog.inode(g.id, InodeId::ROOT)?)
-                        else {
-                            continue;
-                        };
-                        out.push((
-                            name.into_bytes(),
-                            Node {
-                                ino: Ino::snapshot(g.id, InodeId::ROOT),
-                                attr,
-                            },
-                        ));
-                    }
-                }
-                Ok(out)
+    /// One page of folder `dir` in its view (without "." and ".."): up to `limit`
+    /// entries whose cookie is above `after`, in cookie order, so a listing resumes
+    /// where the last page ended whatever changed meanwhile and costs what it returns.
+    /// The mount root lists every snapshot as an `@name` folder after its own entries
+    /// (cookies from `COOKIE_END`) unless `snapdir` hides them. A name that points at
+    /// no inode is left out (logged once; looking it up answers EIO).
+    pub fn list_dir(&self, dir: Ino, after: u64, limit: usize, snapdir: SnapDir) -> Result<Vec<Listed>> {
+        let (view, id) = dir.split();
+        let st = self.lock();
+        let gen = match view {
+            View::Live => st.catalog.live(),
+            View::Snapshot(gen) => gen,
+        };
+        let folder = inode_in(&st, gen, id)?;
+        if folder.kind != FileKind::Dir {
+            return Err(Error::NotDir(format!("inode {id}")));
+        }
+        let mut out = Vec::new();
+        if after < COOKIE_END {
+            let page = st.catalog.list_page(gen, id, after, limit)?;
+            for e in page {
+                let Some(kind) = e.kind else {
+                    let _ = self.dangling(Error::NotFound(String::new()), id, &e.name, e.inode);
+                    continue;
+                };
+                let ino = match view {
+                    View::Live => Ino::live(e.inode),
+                    View::Snapshot(gen) => Ino::snapshot(gen, e.inode),
+                };
+                out.push(Listed {
+                    cookie: e.cookie,
+                    name: e.name,
+                    ino,
+                    kind,
+                });
             }
-            (View::Snapshot(gen), id) => {
-                let st = self.lock();
-                st.catalog
-                    .readdir(gen, id)?
-                    .into_iter()
-                    .map(|e| {
-                        let attr = inode_in(&st, gen, e.inode)?;
-                        Ok((
-                            e.name,
-                            Node {
-                                ino: Ino::snapshot(gen, e.inode),
-                                attr,
-                            },
-                        ))
-                    })
-                    .collect()
+            // A full page: the next call goes on from its last cookie.
+            if out.len() >= limit {
+                return Ok(out);
+            }
+        }
+        if view == View::Live && id == InodeId::ROOT && snapdir == SnapDir::Visible {
+            for g in st.catalog.generations()? {
+                let cookie = COOKIE_END + g.id.0 as u64;
+                if out.len() >= limit {
+                    break;
+                }
+                let Some(name) = g.name.filter(|_| cookie > after) else {
+                    continue;
+                };
+                out.push(Listed {
+                    cookie,
+                    name: name.into_bytes(),
+                    ino: Ino::snapshot(g.id, InodeId::ROOT),
+                    kind: FileKind::Dir,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of folder `dir` in its view with its attributes (page after page of
+    /// `list_dir`): for tests and tools, not for the kernel.
+    pub fn readdir_nodes(&self, dir: Ino, snapdir: SnapDir) -> Result<Vec<(Vec<u8>, Node)>> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.list_dir(dir, after, 256, snapdir)?;
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            after = last.cookie;
+            for e in page {
+                let node = self.node(e.ino)?;
+                out.push((e.name, node));
             }
         }
     }
@@ -296,9 +329,9 @@ impl Fs {
         self.rename(parent, name, new_parent, new_name, mode)
     }
 
-    /// Changes attributes of a live inode.
-    pub fn setattr_node(&self, ino: Ino, set: &SetAttr) -> Result<Node> {
-        let attr = self.setattr(self.live_id(ino)?, set)?;
+    /// Changes attributes of a live inode, for `writer` (see `setattr_as`).
+    pub fn setattr_node(&self, ino: Ino, set: &SetAttr, writer: &Writer<'_>) -> Result<Node> {
+        let attr = self.setattr_as(self.live_id(ino)?, set, writer)?;
         Ok(Node { ino, attr })
     }
 
@@ -311,6 +344,16 @@ impl Fs {
             }),
             (View::Snapshot(_), _) if write => Err(read_only("the file")),
             (View::Snapshot(_), _) => self.node(ino),
+        }
+    }
+
+    /// fsync and fsyncdir: makes a live inode's data and metadata durable (and with
+    /// them everything committed before); a snapshot always is durable, so there it
+    /// commits and syncs nothing.
+    pub fn fsync_node(&self, ino: Ino) -> Result<()> {
+        match ino.split() {
+            (View::Live, id) => self.fsync(Some(id)),
+            (View::Snapshot(_), _) => Ok(()),
         }
     }
 

@@ -189,13 +189,15 @@ pub struct RollbackReport {
 
 /// Makes the live tree (or, with `path`, one file or folder of it) what snapshot
 /// `name` shows, after taking a safety snapshot. Newer snapshots are kept. In a dry
-/// run, checks the name and the path and changes nothing.
+/// run, checks the name and the path and changes nothing. `open` are the live files a
+/// mount holds open: those the snapshot lacks stay, nameless, until closed.
 pub fn rollback(
     catalog: &mut Catalog,
     name: &str,
     path: Option<&str>,
     dry_run: bool,
     now_ns: i64,
+    open: &[InodeId],
 ) -> Result<RollbackReport> {
     let target = resolve(catalog, name)?;
     let target_name = target.name.clone().unwrap_or_default();
@@ -264,9 +266,9 @@ pub fn rollback(
     };
     let safety = catalog.snapshot(Some(&label), now_ns)?;
     let changes = match subtree {
-        None => catalog.rollback_to(target.id)?,
+        None => catalog.rollback_to(target.id, open)?,
         Some((parent, leaf, inodes, dirs)) => {
-            catalog.rollback_subtree(target.id, parent, &leaf, &inodes, &dirs)?
+            catalog.rollback_subtree(target.id, parent, &leaf, &inodes, &dirs, open)?
         }
     };
     Ok(RollbackReport {

@@ -1,0 +1,65 @@
+//! The set-user-ID and set-group-ID rule for changes of a file's data or owner.
+//!
+//! As ext4 on this kernel (`should_remove_suid`, `setattr_should_drop_sgid`): when a
+//! writer without CAP_FSETID writes, truncates or allocates, the file loses S_ISUID,
+//! and S_ISGID too when the group may execute it or the writer is not in the file's
+//! group. Otherwise a user who may write a set-user-ID program could plant code
+//! that runs as its owner. (chown is the kernel's: it sends the new mode itself.)
+//! Who the writer is comes from the adapter, which knows the request.
+
+/// Who changes a file's data.
+pub enum Writer<'a> {
+    /// A writer with CAP_FSETID (root), or the kernel writing back cached pages
+    /// (no writer to speak of; ext4 keeps the bits for mmap writes too): bits stay.
+    Privileged,
+    /// A writer without CAP_FSETID; `in_group(gid)` says whether it is in group `gid`
+    /// (asked only for a file with S_ISGID and no group execute).
+    Unprivileged { in_group: &'a dyn Fn(u32) -> bool },
+}
+
+/// `mode` (07777 bits) after `writer` changed the data of a file of group `gid`.
+pub fn mode_after_change(mode: u32, gid: u32, writer: &Writer<'_>) -> u32 {
+    let Writer::Unprivileged { in_group } = writer else {
+        return mode;
+    };
+    let mut mode = mode & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(gid)) {
+        mode &= !libc::S_ISGID;
+    }
+    mode
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unprivileged_writer_clears_what_ext4_clears() {
+        let outside = Writer::Unprivileged { in_group: &|_| false };
+        let inside = Writer::Unprivileged {
+            in_group: &|g| g == 100,
+        };
+        assert_eq!(mode_after_change(0o4777, 100, &outside), 0o777);
+        assert_eq!(
+            mode_after_change(0o6777, 100, &inside),
+            0o777,
+            "group execute: both go"
+        );
+        assert_eq!(
+            mode_after_change(0o2767, 100, &inside),
+            0o2767,
+            "in group, no execute: kept"
+        );
+        assert_eq!(
+            mode_after_change(0o2767, 100, &outside),
+            0o767,
+            "outside the group: cleared"
+        );
+        assert_eq!(
+            mode_after_change(0o1777, 100, &outside),
+            0o1777,
+            "sticky is not a privilege"
+        );
+        assert_eq!(mode_after_change(0o6777, 100, &Writer::Privileged), 0o6777);
+    }
+}
