@@ -786,10 +786,17 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        // The modes ext4 takes. (This kernel passes FUSE only the first five: it
+        // answers collapse and insert with EOPNOTSUPP itself.)
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
         let how = match mode {
             0 => Allocate::Reserve { keep_size: false },
-            libc::FALLOC_FL_KEEP_SIZE => Allocate::Reserve { keep_size: true },
-            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => Allocate::PunchHole,
+            KEEP => Allocate::Reserve { keep_size: true },
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | KEEP => Allocate::PunchHole,
+            libc::FALLOC_FL_ZERO_RANGE => Allocate::ZeroRange { keep_size: false },
+            m if m == libc::FALLOC_FL_ZERO_RANGE | KEEP => Allocate::ZeroRange { keep_size: true },
+            libc::FALLOC_FL_COLLAPSE_RANGE => Allocate::CollapseRange,
+            libc::FALLOC_FL_INSERT_RANGE => Allocate::InsertRange,
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
         reply_empty(

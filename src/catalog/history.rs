@@ -83,9 +83,10 @@ impl Catalog {
     /// caller takes a safety snapshot first, so that no live row is younger than the
     /// live generation (every live row was frozen with it).
     ///
-    /// `keep` are live files held open by a mount: one the snapshot lacks stays as a
-    /// file with no name (as if unlinked while open), with the content and attributes
-    /// it had, so its handles go on working and its last close removes it.
+    /// `keep` are live files held open by a mount: one that no name of the snapshot
+    /// reaches stays as a file with no name (as if unlinked while open), with the
+    /// content and attributes it had, so its handles go on working and its last close
+    /// removes it (see `settle_unnamed`).
     pub fn rollback_to(&mut self, gen: GenId, keep: &[InodeId]) -> Result<RollbackChanges> {
         let live = self.live;
         let tx = self.begin()?;
@@ -93,7 +94,7 @@ impl Catalog {
         for (table, _) in VERSIONED {
             changes.rows += rollback_rows(&tx, table, live, gen, "", &mut changes)?;
         }
-        changes.rows += keep_unnamed(&tx, live, keep)?;
+        changes.rows += settle_unnamed(&tx, live, gen, keep, None)?;
         tx.commit().map_err(sql_err("committing rollback"))?;
         self.touched = true;
         Ok(changes)
@@ -187,7 +188,7 @@ impl Catalog {
             .map_err(sql_err("recounting links"))?;
             changes.inodes.insert(parent);
         }
-        changes.rows += keep_unnamed(&tx, live, keep)?;
+        changes.rows += settle_unnamed(&tx, live, gen, keep, Some(inodes))?;
         tx.commit().map_err(sql_err("committing rollback"))?;
         self.touched = true;
         Ok(changes)
@@ -380,33 +381,47 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// After a rollback in live generation `live` (which the caller's safety snapshot
-/// opened, so generation `live - 1` is the tree just before): every file of `keep`
-/// that the rollback removed from the live tree comes back as a file with no name,
-/// with its rows as they were just before (link count 0). Returns the rows written.
-fn keep_unnamed(tx: &rusqlite::Connection, live: GenId, keep: &[InodeId]) -> Result<u64> {
+/// The last step of a rollback to generation `gen`, in live generation `live` (which
+/// the caller's safety snapshot opened, so generation `live - 1` is the tree just
+/// before), for the inodes in `scope` (`None`: all): a rollback restores what the
+/// snapshot shows, its names and the files they name, and nothing else.
+///  * A file of `keep` (held open by a mount) that no name of the snapshot reaches
+///    keeps its rows as they were just before, with no name (link count 0), whatever
+///    the snapshot held of it: its handles go on reading what they read, and its
+///    last close removes it.
+///  * Any other live inode left with no name (the snapshot held a file that was
+///    unlinked but open when it was taken) is removed.
+///
+/// Returns the rows written.
+fn settle_unnamed(
+    tx: &rusqlite::Connection,
+    live: GenId,
+    gen: GenId,
+    keep: &[InodeId],
+    scope: Option<&[InodeId]>,
+) -> Result<u64> {
     let before = live.0 - 1;
+    let in_scope = |id: &InodeId| scope.is_none_or(|s| s.contains(id));
+    let count = |sql: &str, id: InodeId, g: i64| -> Result<i64> {
+        tx.query_row(sql, params![id.0, g], |r| r.get(0))
+            .map_err(sql_err("settling unnamed files"))
+    };
     let mut written = 0u64;
-    for id in keep {
-        let alive: bool = tx
-            .query_row(
-                "SELECT count(*) FROM inodes WHERE inode_id = ?1 AND gen_to = ?2",
-                params![id.0, GenId::OPEN.0],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(sql_err("keeping open files"))?
-            > 0;
-        let was_file: bool = tx
-            .query_row(
-                "SELECT count(*) FROM inodes WHERE inode_id = ?1 AND gen_from <= ?2 AND gen_to > ?2 AND kind != 2",
-                params![id.0, before],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(sql_err("keeping open files"))?
-            > 0;
-        if alive || !was_file {
+    for id in keep.iter().filter(|id| in_scope(id)) {
+        let named_in_snapshot = count(
+            "SELECT count(*) FROM dir_entries WHERE inode_id = ?1 AND gen_from <= ?2 AND gen_to > ?2",
+            *id,
+            gen.0,
+        )? > 0;
+        let file_before = count(
+            "SELECT count(*) FROM inodes WHERE inode_id = ?1 AND gen_from <= ?2 AND gen_to > ?2 AND kind != 2",
+            *id,
+            before,
+        )? > 0;
+        if named_in_snapshot || !file_before {
             continue;
         }
+        written += close_live_rows(tx, live, *id)?;
         for (table, _) in VERSIONED {
             if table == "dir_entries" {
                 continue;
@@ -434,7 +449,43 @@ fn keep_unnamed(tx: &rusqlite::Connection, live: GenId, keep: &[InodeId]) -> Res
                 .map_err(sql_err("keeping open files"))? as u64;
         }
     }
+    let unnamed: Vec<InodeId> = {
+        let mut stmt = tx
+            .prepare(read::UNNAMED_INODES)
+            .map_err(sql_err("settling unnamed files"))?;
+        let rows = stmt
+            .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
+            .map_err(sql_err("settling unnamed files"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("settling unnamed files"))?
+    };
+    for id in unnamed.iter().filter(|id| in_scope(id) && !keep.contains(id)) {
+        written += close_live_rows(tx, live, *id)?;
+    }
     Ok(written)
+}
+
+/// Closes every live row of inode `id` (its attributes, extents and xattrs): deleted
+/// when born in `live`, else ended there. Returns the rows touched.
+fn close_live_rows(tx: &rusqlite::Connection, live: GenId, id: InodeId) -> Result<u64> {
+    let mut touched = 0;
+    for table in ["inodes", "extents", "xattrs"] {
+        touched += tx
+            .execute(
+                &format!("DELETE FROM {table} WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from = ?3"),
+                params![id.0, GenId::OPEN.0, live.0],
+            )
+            .map_err(sql_err("closing rows"))?;
+        touched += tx
+            .execute(
+                &format!(
+                    "UPDATE {table} SET gen_to = ?3 WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from < ?3"
+                ),
+                params![id.0, GenId::OPEN.0, live.0],
+            )
+            .map_err(sql_err("closing rows"))?;
+    }
+    Ok(touched as u64)
 }
 
 /// Rolls the rows of `table` that match `filter` back to generation `gen`: live rows

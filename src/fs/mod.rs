@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use privileges::Writer;
 pub use read::{read_at, read_extents, ChunkCache, Prefetcher};
-pub use space::{Allocate, Seek};
+pub use space::{Allocate, Seek, BLOCK_SIZE};
 pub use view::{Listed, Node, SnapDir};
 
 use crate::catalog::{Catalog, FileKind, InodeAttr, NewInode, Settings};
@@ -868,10 +868,10 @@ impl Fs {
             };
             let bs = s.f_frsize.max(1);
             let candidate = StatFs {
-                block_size: 4096,
-                blocks: s.f_blocks * bs / 4096,
-                blocks_free: s.f_bfree * bs / 4096,
-                blocks_available: s.f_bavail * bs / 4096,
+                block_size: BLOCK_SIZE as u32,
+                blocks: s.f_blocks * bs / BLOCK_SIZE,
+                blocks_free: s.f_bfree * bs / BLOCK_SIZE,
+                blocks_available: s.f_bavail * bs / BLOCK_SIZE,
                 files: s.f_files,
                 files_free: s.f_ffree,
             };

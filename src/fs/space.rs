@@ -1,4 +1,5 @@
-//! Operations on a file's extent map rather than its bytes: fallocate (punch holes),
+//! Operations on a file's extent map rather than its bytes: fallocate (punch holes,
+//! zero, collapse and insert ranges: holes and offset shifts, never data copies),
 //! lseek with SEEK_DATA / SEEK_HOLE, and copy_file_range, which shares extents
 //! between files instead of copying bytes.
 
@@ -15,7 +16,26 @@ pub enum Allocate {
     Reserve { keep_size: bool },
     /// Deallocate `[offset, offset + len)`: it reads as zeros afterwards; size kept.
     PunchHole,
+    /// Make `[offset, offset + len)` read as zeros (a hole, as holes cost nothing);
+    /// grow the file to cover it unless `keep_size`.
+    ZeroRange { keep_size: bool },
+    /// Remove `[offset, offset + len)` and move what follows down by `len`: the file
+    /// shrinks by `len`. As ext4: both block-aligned, and the range must end before
+    /// the end of the file (EINVAL otherwise). The extents after it shift: no byte of
+    /// data is read or written.
+    CollapseRange,
+    /// Open a hole of `len` bytes at `offset`, moving what follows up by `len`: the
+    /// file grows by `len`. As ext4: both block-aligned, `offset` inside the file
+    /// (EINVAL otherwise), the new size within the largest file (EFBIG).
+    InsertRange,
 }
+
+/// The block size ext4 uses here and that `statfs` reports: collapse and insert
+/// ranges must be multiples of it.
+pub const BLOCK_SIZE: u64 = 4096;
+
+/// The largest file snapfs keeps (that of ext4 with 4 KiB blocks, 16 TiB - 4 KiB).
+pub const MAX_FILE_SIZE: u64 = (1 << 44) - BLOCK_SIZE;
 
 /// Where `lseek` should look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +54,29 @@ fn file_attr(st: &State, gen: GenId, ino: InodeId) -> Result<crate::catalog::Ino
         FileKind::Dir => Err(Error::IsDir(format!("inode {ino}"))),
         _ => Err(Error::InvalidArgument("not a regular file".into())),
     }
+}
+
+/// Moves the extents of `ino` from byte `from` on so that they start at `to`: down
+/// (collapse: the bytes in `[to, from)` go) or up (insert: `[from, to)` becomes a
+/// hole). Rows are rewritten with new offsets; chunks are neither read nor written.
+fn shift_tail(txn: &crate::catalog::Txn<'_>, ino: InodeId, from: u64, to: u64) -> Result<()> {
+    let tail: Vec<Extent> = txn
+        .extents(ino, from, u64::MAX)?
+        .into_iter()
+        .map(|e| {
+            // The extent across `from` keeps only its part from `from` on.
+            let cut = from.saturating_sub(e.offset);
+            Extent {
+                offset: e.offset + cut - from + to,
+                length: e.length - cut,
+                chunk_offset: e.chunk_offset + cut,
+                ..e
+            }
+        })
+        .collect();
+    let start = from.min(to);
+    txn.set_extents(ino, start, u64::MAX, &[])?;
+    txn.set_extents(ino, to, u64::MAX, &tail)
 }
 
 impl Fs {
@@ -63,6 +106,12 @@ impl Fs {
         if attr.kind != FileKind::File {
             return Err(Error::InvalidArgument("not a regular file".into()));
         }
+        let shifting = matches!(how, Allocate::CollapseRange | Allocate::InsertRange);
+        if shifting && (!offset.is_multiple_of(BLOCK_SIZE) || !len.is_multiple_of(BLOCK_SIZE)) {
+            return Err(Error::InvalidArgument(format!(
+                "collapse and insert ranges must be multiples of {BLOCK_SIZE} bytes"
+            )));
+        }
         let now = super::now_ns();
         match how {
             Allocate::Reserve { keep_size } => {
@@ -73,6 +122,39 @@ impl Fs {
             }
             Allocate::PunchHole => {
                 txn.set_extents(ino, offset, end.min(attr.size), &[])?;
+                attr.mtime_ns = now;
+            }
+            Allocate::ZeroRange { keep_size } => {
+                txn.set_extents(ino, offset, end.min(attr.size), &[])?;
+                if !keep_size {
+                    attr.size = attr.size.max(end);
+                }
+                attr.mtime_ns = now;
+            }
+            Allocate::CollapseRange => {
+                if end >= attr.size {
+                    return Err(Error::InvalidArgument(
+                        "a collapsed range must end before the end of the file".into(),
+                    ));
+                }
+                shift_tail(&txn, ino, end, offset)?;
+                attr.size -= len;
+                attr.mtime_ns = now;
+            }
+            Allocate::InsertRange => {
+                if offset >= attr.size {
+                    return Err(Error::InvalidArgument(
+                        "a range can only be inserted inside the file".into(),
+                    ));
+                }
+                if attr.size.saturating_add(len) > MAX_FILE_SIZE {
+                    return Err(Error::io(
+                        "inserting a range",
+                        std::io::Error::from_raw_os_error(libc::EFBIG),
+                    ));
+                }
+                shift_tail(&txn, ino, offset, end)?;
+                attr.size += len;
                 attr.mtime_ns = now;
             }
         }

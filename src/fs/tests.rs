@@ -7,6 +7,7 @@ use crate::catalog::{NewCatalog, Settings};
 use crate::chunker::ChunkerParams;
 use crate::store::{FaultStore, MemoryStore, MirrorStore, ObjectStore};
 use crate::types::{Ino, MirrorId, RepoId};
+use space::MAX_FILE_SIZE;
 
 const ME: Caller = Caller { uid: 1000, gid: 1000 };
 
@@ -637,4 +638,339 @@ fn the_flusher_commits_a_file_with_many_buffered_extents_before_it_is_due() {
     f.fs.flush_old().unwrap();
     assert_eq!(committed_size(), (small.len() + big.len()) as u64);
     assert_eq!(f.fs.read(file, 0, small.len()).unwrap(), small);
+}
+
+/// Applies one fallocate to a byte model as ext4 would (no errors).
+fn model_allocate(model: &mut Vec<u8>, offset: usize, len: usize, how: Allocate) {
+    let end = offset + len;
+    match how {
+        Allocate::Reserve { keep_size } | Allocate::ZeroRange { keep_size } => {
+            if !keep_size && end > model.len() {
+                model.resize(end, 0);
+            }
+            if matches!(how, Allocate::ZeroRange { .. }) {
+                let to = end.min(model.len());
+                model[offset.min(to)..to].fill(0);
+            }
+        }
+        Allocate::PunchHole => {
+            let to = end.min(model.len());
+            model[offset.min(to)..to].fill(0);
+        }
+        Allocate::CollapseRange => {
+            model.drain(offset..end);
+        }
+        Allocate::InsertRange => {
+            model.splice(offset..offset, std::iter::repeat_n(0, len));
+        }
+    }
+}
+
+#[test]
+fn every_fallocate_mode_matches_a_byte_model() {
+    let f = fixture();
+    let ino = file(&f, "z");
+    let mut model = random(40, 600_000);
+    f.fs.write(ino, 0, &model).unwrap();
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: u64| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s % n
+    };
+    for step in 0..200 {
+        let size = model.len() as u64;
+        let how = match next(6) {
+            0 => Allocate::Reserve {
+                keep_size: next(2) == 0,
+            },
+            1 => Allocate::PunchHole,
+            2 => Allocate::ZeroRange {
+                keep_size: next(2) == 0,
+            },
+            3 => Allocate::CollapseRange,
+            4 => Allocate::InsertRange,
+            _ => {
+                // A write now and then, so that buffered runs meet the shifts.
+                let (off, len) = (next(size + 1), 1 + next(70_000));
+                let data = random(step, len as usize);
+                f.fs.write(ino, off, &data).unwrap();
+                let end = (off + len) as usize;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&data);
+                continue;
+            }
+        };
+        let (offset, len) = match how {
+            Allocate::CollapseRange => {
+                let blocks = size / BLOCK_SIZE;
+                if blocks < 2 {
+                    continue;
+                }
+                let off = next(blocks - 1) * BLOCK_SIZE;
+                (
+                    off,
+                    (1 + next((blocks - off / BLOCK_SIZE - 1).min(20))) * BLOCK_SIZE,
+                )
+            }
+            Allocate::InsertRange => (next(size / BLOCK_SIZE) * BLOCK_SIZE, (1 + next(20)) * BLOCK_SIZE),
+            _ => (next(size + 10_000), 1 + next(90_000)),
+        };
+        let result = f.fs.fallocate(ino, offset, len, how);
+        let legal = match how {
+            Allocate::CollapseRange => offset + len < size,
+            Allocate::InsertRange => offset < size,
+            _ => true,
+        };
+        if !legal {
+            assert_eq!(result.unwrap_err().errno(), libc::EINVAL, "step {step}: {how:?}");
+            continue;
+        }
+        result.unwrap_or_else(|e| panic!("step {step}: {how:?} {offset}+{len}: {e}"));
+        model_allocate(&mut model, offset as usize, len as usize, how);
+        assert_eq!(
+            f.fs.getattr(ino).unwrap().size,
+            model.len() as u64,
+            "step {step}: {how:?}"
+        );
+        let got = f.fs.read(ino, 0, model.len() + 1).unwrap();
+        assert!(got == model, "step {step}: {how:?} {offset}+{len}: bytes differ");
+    }
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn collapse_and_insert_refuse_what_ext4_refuses() {
+    let f = fixture();
+    let ino = file(&f, "r");
+    f.fs.write(ino, 0, &random(41, 64 * 1024)).unwrap();
+    let einval = |off, len, how| f.fs.fallocate(ino, off, len, how).unwrap_err().errno();
+    assert_eq!(
+        einval(100, 4096, Allocate::CollapseRange),
+        libc::EINVAL,
+        "unaligned offset"
+    );
+    assert_eq!(
+        einval(4096, 100, Allocate::InsertRange),
+        libc::EINVAL,
+        "unaligned length"
+    );
+    assert_eq!(
+        einval(60 * 1024, 4096, Allocate::CollapseRange),
+        libc::EINVAL,
+        "reaches the end"
+    );
+    assert_eq!(
+        einval(64 * 1024, 4096, Allocate::InsertRange),
+        libc::EINVAL,
+        "at the end"
+    );
+    assert_eq!(
+        einval(0, MAX_FILE_SIZE, Allocate::InsertRange),
+        libc::EFBIG,
+        "past the largest file"
+    );
+    let d = dir(&f, InodeId::ROOT, "d");
+    assert_eq!(
+        f.fs.fallocate(d, 0, 4096, Allocate::CollapseRange)
+            .unwrap_err()
+            .errno(),
+        libc::EINVAL
+    );
+    assert_eq!(f.fs.getattr(ino).unwrap().size, 64 * 1024, "nothing changed");
+}
+
+#[test]
+fn collapsing_the_first_mib_of_a_gib_file_writes_no_chunk_data() {
+    let mirror = Arc::new(FaultStore::new());
+    let f = fixture_over(Box::new(mirror.clone()));
+    let ino = file(&f, "big");
+    let piece = 1 << 20;
+    for i in 0..1024u64 {
+        f.fs.write(ino, i * piece, &random(1000 + i, piece as usize))
+            .unwrap();
+    }
+    f.fs.fsync(None).unwrap();
+    let puts = mirror.puts();
+    f.fs.fallocate(ino, 0, piece, Allocate::CollapseRange).unwrap();
+    f.fs.fsync(None).unwrap();
+    assert_eq!(mirror.puts(), puts, "no chunk was written");
+    assert_eq!(f.fs.getattr(ino).unwrap().size, 1023 * piece);
+    for i in [0u64, 1, 511, 1022] {
+        assert!(
+            f.fs.read(ino, i * piece, piece as usize).unwrap() == random(1001 + i, piece as usize),
+            "MiB {i} is what was MiB {}",
+            i + 1
+        );
+    }
+    f.fs.fallocate(ino, 4096, piece, Allocate::InsertRange).unwrap();
+    assert_eq!(mirror.puts(), puts, "inserting writes none either");
+    let head = f.fs.read(ino, 0, 4096 + piece as usize + 4096).unwrap();
+    assert_eq!(&head[..4096], &random(1001, piece as usize)[..4096]);
+    assert!(head[4096..4096 + piece as usize].iter().all(|&b| b == 0));
+    assert_eq!(
+        &head[4096 + piece as usize..],
+        &random(1001, piece as usize)[4096..8192]
+    );
+}
+
+#[test]
+fn fsync_inside_a_snapshot_commits_and_syncs_nothing() {
+    let mirror = Arc::new(FaultStore::new());
+    let f = fixture_over(Box::new(mirror.clone()));
+    let a = file(&f, "a");
+    f.fs.write(a, 0, &random(50, 100_000)).unwrap();
+    let snap = f.fs.snapshot(None).unwrap().name.unwrap();
+    let b = file(&f, "b");
+    f.fs.write(b, 0, &random(51, 100_000)).unwrap();
+    let root = f.fs.lookup_node(Ino::ROOT, snap.as_bytes()).unwrap().ino;
+    let in_snapshot = f.fs.lookup_node(root, b"a").unwrap().ino;
+    let synced = mirror.syncs();
+    f.fs.fsync_node(in_snapshot).unwrap();
+    f.fs.fsync_node(root).unwrap();
+    assert_eq!(mirror.syncs(), synced, "no sync");
+    assert!(
+        f.fs.lock().dirty.contains_key(&b),
+        "b's writes are still buffered"
+    );
+    f.fs.fsync_node(Ino::live(b)).unwrap();
+    assert!(mirror.syncs() > synced);
+    assert!(!f.fs.lock().dirty.contains_key(&b));
+}
+
+#[test]
+fn a_rollback_that_names_an_open_unlinked_file_again_keeps_it_at_close() {
+    let f = fixture();
+    let ino = file(&f, "f");
+    f.fs.write(ino, 0, b"hello").unwrap();
+    let snap = f.fs.snapshot(None).unwrap().name.unwrap();
+    f.fs.open(ino).unwrap();
+    f.fs.unlink(InodeId::ROOT, b"f").unwrap();
+    f.fs.with_catalog(|cat, _, open| crate::ops::snapshots::rollback(cat, &snap, None, false, 7, open))
+        .unwrap();
+    f.fs.release(ino).unwrap();
+    let back = f.fs.lookup(InodeId::ROOT, b"f").unwrap();
+    assert_eq!(f.fs.read(back.id, 0, 100).unwrap(), b"hello");
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn a_rollback_keeps_an_open_file_the_snapshot_lacks_until_its_last_close() {
+    let f = fixture();
+    let snap = f.fs.snapshot(None).unwrap().name.unwrap();
+    let ino = file(&f, "new");
+    f.fs.write(ino, 0, b"written after the snapshot").unwrap();
+    f.fs.open(ino).unwrap();
+    f.fs.with_catalog(|cat, _, open| crate::ops::snapshots::rollback(cat, &snap, None, false, 7, open))
+        .unwrap();
+    assert_eq!(
+        f.fs.lookup(InodeId::ROOT, b"new").unwrap_err().errno(),
+        libc::ENOENT
+    );
+    // The handle goes on working, as on a file unlinked while open.
+    assert_eq!(f.fs.read(ino, 0, 100).unwrap(), b"written after the snapshot");
+    f.fs.write(ino, 0, b"WRITTEN").unwrap();
+    assert_eq!(f.fs.read(ino, 0, 7).unwrap(), b"WRITTEN");
+    f.fs.release(ino).unwrap();
+    assert_eq!(
+        f.fs.getattr(ino).unwrap_err().errno(),
+        libc::ENOENT,
+        "gone at the last close"
+    );
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// Every name of the live root, page by page of `page` entries, with `between`
+/// called after each page.
+fn list_in_pages(f: &Fixture, page: usize, mut between: impl FnMut()) -> Vec<Vec<u8>> {
+    let (mut names, mut after) = (Vec::new(), 0);
+    loop {
+        let entries = f.fs.list_dir(Ino::ROOT, after, page, SnapDir::Hidden).unwrap();
+        let Some(last) = entries.last() else {
+            return names;
+        };
+        after = last.cookie;
+        names.extend(entries.into_iter().map(|e| e.name));
+        between();
+    }
+}
+
+#[test]
+fn a_listing_returns_each_name_that_stays_exactly_once_while_others_change() {
+    let f = fixture();
+    for i in 0..600 {
+        file(&f, &format!("stay{i:04}"));
+    }
+    for i in 0..200 {
+        file(&f, &format!("churn{i:04}"));
+    }
+    let mut round = 0;
+    let names = list_in_pages(&f, 37, || {
+        // Between pages: remove some, rename some, create some, in the same folder.
+        for k in 0..10 {
+            let i = round * 10 + k;
+            let _ = f.fs.unlink(InodeId::ROOT, format!("churn{i:04}").as_bytes());
+            let _ = f.fs.rename(
+                InodeId::ROOT,
+                format!("churn{:04}", i + 100).as_bytes(),
+                InodeId::ROOT,
+                format!("moved{i:04}").as_bytes(),
+                RenameMode::Replace,
+            );
+            file(&f, &format!("new{round:03}-{k}"));
+        }
+        round += 1;
+    });
+    let mut seen = std::collections::HashMap::new();
+    for n in &names {
+        *seen.entry(n.clone()).or_insert(0) += 1;
+    }
+    for i in 0..600 {
+        assert_eq!(seen.get(format!("stay{i:04}").as_bytes()), Some(&1), "stay{i:04}");
+    }
+    assert!(seen.values().all(|&n| n == 1), "no name twice");
+}
+
+#[test]
+fn a_name_pointing_at_no_inode_is_left_out_and_answers_eio() {
+    let f = fixture();
+    let (a, b, c) = (file(&f, "a"), file(&f, "b"), file(&f, "c"));
+    let _ = (a, c);
+    {
+        let mut st = f.fs.lock();
+        let txn = st.catalog.write().unwrap();
+        // Damage: the inode goes, its name stays.
+        txn.remove_inode(b).unwrap();
+        txn.commit().unwrap();
+    }
+    let listed: Vec<Vec<u8>> =
+        f.fs.readdir_nodes(Ino::ROOT, SnapDir::Hidden)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&b"a".to_vec()) && listed.contains(&b"c".to_vec()));
+    assert_eq!(f.fs.lookup_node(Ino::ROOT, b"b").unwrap_err().errno(), libc::EIO);
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("/b") && p.contains(&format!("inode {b}"))),
+        "{problems:?}"
+    );
+    let repairs = f.fs.with_catalog(|cat, _, _| cat.repair()).unwrap();
+    assert!(repairs.iter().any(|r| r.contains("/b")), "{repairs:?}");
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        f.fs.lookup_node(Ino::ROOT, b"b").unwrap_err().errno(),
+        libc::ENOENT
+    );
 }

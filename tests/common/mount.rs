@@ -391,6 +391,8 @@ pub struct Fields {
     pub nlink: bool,
     /// Which regular files share an inode (named by the smallest path of the group).
     pub link_groups: bool,
+    /// A hash of every regular file's bytes (reading them all).
+    pub content: bool,
 }
 
 impl Fields {
@@ -400,6 +402,7 @@ impl Fields {
         xattrs: true,
         nlink: true,
         link_groups: true,
+        content: true,
     };
 }
 
@@ -462,8 +465,11 @@ pub fn walk_tree(root: &Path, fields: Fields) -> BTreeMap<String, Node> {
         };
         match kind {
             'f' => {
-                let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-                node.content = Some(blake3::hash(&bytes).to_hex().to_string());
+                if fields.content {
+                    let bytes =
+                        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+                    node.content = Some(blake3::hash(&bytes).to_hex().to_string());
+                }
                 if meta.nlink() > 1 {
                     inodes
                         .entry((meta.dev(), meta.ino()))

@@ -1,0 +1,376 @@
+//! What the mount must never do, each found by using it as a user would and each
+//! reproduced here on a real FUSE mount: lose an open file to a rollback, hide a
+//! whole folder behind one bad entry, keep set-user-ID bits after another user's
+//! write, list a big folder in quadratic time or skip and repeat names while it
+//! changes, and commit the whole live tree for an fsync inside a snapshot.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::mount::*;
+use common::*;
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (tmp, repo) = temp_repo();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    (tmp, repo, mnt)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_rollback_that_brings_back_an_open_unlinked_file_keeps_it_after_the_close() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    fs::write(m.path("f"), b"hello\n").unwrap();
+    let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
+    let held = fs::File::open(m.path("f")).unwrap();
+    fs::remove_file(m.path("f")).unwrap();
+    snapfs_ok(&repo, &["rollback", &snap]);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"hello\n");
+    drop(held);
+    // The flusher commits within a second; give the last release time to act.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        fs::read(m.path("f")).unwrap(),
+        b"hello\n",
+        "still there after the close"
+    );
+    let listed = names(&m.path(""));
+    assert!(
+        listed.contains(&"f".to_string()) && listed.contains(&snap),
+        "{listed:?}"
+    );
+    let check = snapfs_ok(&repo, &["check"]);
+    assert!(check.contains("no problems found"), "{check}");
+    m.umount();
+    let check = snapfs_ok(&repo, &["check"]);
+    assert!(check.contains("no problems found"), "{check}");
+    let m = Mount::new(&repo, &mnt);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"hello\n", "and after a remount");
+    assert!(names(&m.path("")).contains(&snap));
+    m.umount();
+}
+
+#[test]
+fn a_rollback_leaves_an_open_file_it_removes_readable_until_the_close() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
+    fs::write(m.path("new"), b"made after the snapshot").unwrap();
+    let mut held = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("new"))
+        .unwrap();
+    snapfs_ok(&repo, &["rollback", &snap]);
+    assert!(!m.path("new").exists(), "the rollback removed the name");
+    use std::io::{Read, Seek, Write};
+    let mut text = String::new();
+    held.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "made after the snapshot");
+    held.seek(std::io::SeekFrom::Start(0)).unwrap();
+    held.write_all(b"MADE").unwrap();
+    held.sync_all().unwrap();
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    m.umount();
+    let check = snapfs_ok(&repo, &["check"]);
+    assert!(check.contains("no problems found"), "{check}");
+}
+
+/// Removes the inode that `name` in the root points at from the live tree, leaving
+/// the name: the damage a bug in an older version left behind.
+fn break_name(repo: &Path, name: &str) -> i64 {
+    let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+    let inode: i64 = db
+        .query_row(
+            "SELECT inode_id FROM dir_entries WHERE parent_id = 1 AND name = ?1",
+            [name.as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute("DELETE FROM inodes WHERE inode_id = ?1", [inode])
+        .unwrap();
+    db.execute("DELETE FROM extents WHERE inode_id = ?1", [inode])
+        .unwrap();
+    inode
+}
+
+#[test]
+fn one_bad_entry_leaves_the_rest_of_its_folder_listed_and_check_repair_mends_it() {
+    require_fuse!();
+    let (tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    for n in ["a", "b", "c"] {
+        fs::write(m.path(n), n.as_bytes()).unwrap();
+    }
+    m.umount();
+    let inode = break_name(&repo, "b");
+
+    let m = Mount::new(&repo, &mnt);
+    assert_eq!(names(&m.path("")), ["a", "c"], "the others list normally");
+    let err = fs::metadata(m.path("b")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EIO),
+        "the bad name answers EIO: {err}"
+    );
+    assert_eq!(fs::read(m.path("c")).unwrap(), b"c");
+    m.umount();
+    let log = fs::read_to_string(repo.join("mount.log")).unwrap();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains(&format!("points at inode {inode}")))
+        .count();
+    assert_eq!(logged, 1, "logged once with its inode and name:\n{log}");
+
+    let found = snapfs(&repo, &["check"]);
+    assert_eq!(found.status.code(), Some(3), "damage found: exit code 3");
+    let found = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        found.contains("/b") && found.contains(&format!("inode {inode}")),
+        "{found}"
+    );
+    let repaired = snapfs_ok(&repo, &["check", "--repair"]);
+    assert!(repaired.contains("repaired: removed live name /b"), "{repaired}");
+    let saved: Vec<_> = fs::read_dir(&repo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("catalog.db.before-repair-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "a copy of the catalog was saved first: {saved:?}");
+    let again = snapfs_ok(&repo, &["check", "--read-data"]);
+    assert!(again.contains("no problems found"), "{again}");
+    let m = Mount::new(&repo, &mnt);
+    assert_eq!(names(&m.path("")), ["a", "c"]);
+    m.umount();
+    drop(tmp);
+}
+
+#[test]
+fn check_repair_refuses_a_mounted_repository() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    snapfs_fails(&repo, &["check", "--repair"], &["is mounted", "umount"]);
+    m.umount();
+    let out = snapfs_ok(&repo, &["check", "--repair"]);
+    assert!(out.contains("nothing to repair"), "{out}");
+}
+
+/// Runs an operation on `path` as uid and gid 65534 (no supplementary groups) with
+/// Debian's python3, and returns the file's mode bits afterwards.
+fn as_nobody(script: &Path, path: &Path, op: &str) -> u32 {
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(path)
+        .arg(op)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("running /usr/bin/python3 (Debian's python3 package)");
+    assert!(
+        out.status.success(),
+        "{op} on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+const OPS: &str = r#"
+import mmap, os, sys
+path, op = sys.argv[1], sys.argv[2]
+if op == "write_wronly":
+    fd = os.open(path, os.O_WRONLY); os.pwrite(fd, b"x", 0); os.close(fd)
+elif op == "write_rdwr":
+    fd = os.open(path, os.O_RDWR); os.pwrite(fd, b"x", 0); os.close(fd)
+elif op == "ftruncate":
+    fd = os.open(path, os.O_WRONLY); os.ftruncate(fd, 3); os.close(fd)
+elif op == "truncate":
+    os.truncate(path, 2)
+elif op == "o_trunc":
+    os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))
+elif op == "fallocate":
+    fd = os.open(path, os.O_WRONLY); os.posix_fallocate(fd, 0, 8192); os.close(fd)
+elif op == "mmap":
+    fd = os.open(path, os.O_RDWR); m = mmap.mmap(fd, 4); m[0:1] = b"y"; m.flush(); m.close(); os.close(fd)
+"#;
+
+#[test]
+fn set_id_bits_go_as_on_ext4_when_another_user_writes() {
+    require_fuse!();
+    let (tmp, repo, mnt) = setup();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let script = tmp.path().join("ops.py");
+    fs::write(&script, OPS).unwrap();
+    let plain = tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let m = Mount::with_args(&repo, &mnt, &["-o", "allow_other"]);
+    for dir in [&plain, &m.mountpoint] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut differ = Vec::new();
+    let mut seen_on_mount = HashMap::new();
+    for mode in [0o4777, 0o2777, 0o2767, 0o6777, 0o4755] {
+        for op in [
+            "write_wronly",
+            "write_rdwr",
+            "ftruncate",
+            "truncate",
+            "o_trunc",
+            "fallocate",
+            "mmap",
+            "chown",
+        ] {
+            let mut result = Vec::new();
+            for dir in [&plain, &m.mountpoint] {
+                let f = dir.join(format!("f{mode:o}-{op}"));
+                fs::write(&f, b"abcdef").unwrap();
+                fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+                let after = if op == "chown" {
+                    std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+                    fs::metadata(&f).unwrap().mode() & 0o7777
+                } else if mode & 0o002 == 0 {
+                    continue;
+                } else {
+                    as_nobody(&script, &f, op)
+                };
+                result.push(after);
+            }
+            if result.len() == 2 {
+                seen_on_mount.insert((mode, op), result[1]);
+                if result[0] != result[1] {
+                    differ.push(format!(
+                        "{mode:o} {op}: ext4 {:o}, mount {:o}",
+                        result[0], result[1]
+                    ));
+                }
+            }
+        }
+    }
+    m.umount();
+    assert!(
+        differ.is_empty(),
+        "modes differ from the plain folder's:\n{}",
+        differ.join("\n")
+    );
+    assert_eq!(
+        seen_on_mount[&(0o4777, "write_wronly")],
+        0o777,
+        "the reported case"
+    );
+    assert_eq!(seen_on_mount[&(0o6777, "ftruncate")], 0o777);
+}
+
+#[test]
+fn a_big_folder_lists_whole_and_rm_rf_and_find_delete_empty_it() {
+    require_fuse!();
+    let (tmp, repo, mnt) = setup();
+    let src = tmp.path().join("src");
+    for d in ["one", "two"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        for i in 0..6000 {
+            fs::write(src.join(d).join(format!("file-{i:05}")), b"").unwrap();
+        }
+    }
+    snapfs_ok(&repo, &["init"]);
+    snapfs_ok(&repo, &["import", src.to_str().unwrap()]);
+    let m = Mount::new(&repo, &mnt);
+    for d in ["one", "two"] {
+        let ls = run_in(&m.mountpoint, "ls", &["-f", d]);
+        assert_eq!(ls.lines().count(), 6002, "ls -f {d}: every name and the two dots");
+    }
+    run_in(&m.mountpoint, "rm", &["-rf", "one"]);
+    assert!(
+        !m.path("one").exists(),
+        "rm -rf removed the folder (no name skipped)"
+    );
+    run_in(&m.mountpoint, "find", &["two", "-mindepth", "1", "-delete"]);
+    assert!(names(&m.path("two")).is_empty(), "find -delete left nothing");
+    m.umount();
+}
+
+#[test]
+fn a_listing_returns_each_name_that_stays_exactly_once_while_the_folder_changes() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    let dir = m.path("busy");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..3000 {
+        fs::write(dir.join(format!("stay{i:05}")), b"").unwrap();
+    }
+    for i in 0..1000 {
+        fs::write(dir.join(format!("churn{i:05}")), b"").unwrap();
+    }
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    let mut round = 0;
+    for (n, entry) in fs::read_dir(&dir).unwrap().enumerate() {
+        *counts
+            .entry(entry.unwrap().file_name().into_string().unwrap())
+            .or_default() += 1;
+        // Every 50 names read: remove, rename and create names in the same folder.
+        if n % 50 == 49 && round < 100 {
+            for k in 0..5 {
+                let i = round * 5 + k;
+                // Names before "stay…" go, names after it come: a listing that
+                // resumed at a position in a fresh list would skip names.
+                let _ = fs::remove_file(dir.join(format!("churn{i:05}")));
+                let _ = fs::rename(
+                    dir.join(format!("churn{:05}", i + 500)),
+                    dir.join(format!("zmoved{i:05}")),
+                );
+                fs::write(dir.join(format!("znew{round:03}-{k}")), b"").unwrap();
+            }
+            round += 1;
+        }
+    }
+    assert!(
+        round > 50,
+        "the folder changed during the listing ({round} rounds)"
+    );
+    for i in 0..3000 {
+        assert_eq!(counts.get(&format!("stay{i:05}")), Some(&1), "stay{i:05}");
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, &c)| c > 1).collect();
+    assert!(twice.is_empty(), "names returned twice: {twice:?}");
+    m.umount();
+}
+
+#[test]
+fn fsync_of_a_file_or_folder_in_a_snapshot_succeeds() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"frozen").unwrap();
+    let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
+    fs::File::open(m.path(&format!("{snap}/d/f")))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    fs::File::open(m.path(&format!("{snap}/d")))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    fs::File::open(m.path(&snap)).unwrap().sync_all().unwrap();
+    m.umount();
+}
