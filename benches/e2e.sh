@@ -9,6 +9,9 @@
 #   BENCH_DIR=/mnt/disk benches/e2e.sh   # where the repository and the plain folder live
 #   KEEP=1 …                       # keep the work folder for inspection
 #   SNAPFS_BIN=target/debug/snapfs … # use this binary instead of building a release one
+#   ENTRIES=100000 …               # the big-folder listing (ls -f), cold and warm (0 skips)
+#   BIG_ENTRIES=1000000 …          # also list a folder this big (default 0: skipped)
+#   ONLY=listing …                 # only the listings (big folders, find in a snapshot)
 #
 # On an ext4 without a journal, start a few minutes after any mass deletion (such as
 # the previous run's clean-up): new inodes are slow to allocate until then, and the
@@ -19,6 +22,9 @@
 set -euo pipefail
 
 SIZE=${SIZE:-2G}
+ENTRIES=${ENTRIES:-100000}
+BIG_ENTRIES=${BIG_ENTRIES:-0}
+ONLY=${ONLY:-}
 READS=${READS:-3} # cold reads per side, alternating; the table shows the medians
 FILES=${FILES:-20000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -93,6 +99,7 @@ EOF
 log "mounting a fresh repository at $MNT…"
 "$BIN" --repo "$REPO" mount "$MNT" >&2
 
+[ "$ONLY" = listing ] && BYTES=0 # no data for the sequential workloads
 log "generating $SIZE of random and of text-like data…"
 head -c "$BYTES" /dev/urandom >"$DATA/random.bin"
 # Text-like: lines of words from a fixed vocabulary of 4096 words, picked at random.
@@ -244,74 +251,166 @@ untar() { # DIR → "MB/s files/s", sync included
     echo "$(rate "$(awk -v b="$TAR_BYTES" 'BEGIN { print b / 1e6 }')" "$s" "$e") $(rate "$TAR_FILES" "$s" "$e")"
 }
 
-for kind in random text; do
-    src=$DATA/random.bin
-    [ "$kind" = text ] && src=$DATA/text.txt
-    log "sequential write, $kind…"
-    if [ "$kind" = random ]; then
-        # A listing probe runs beside the write, for its first 10 seconds.
-        touch "$PLAIN/probe" "$MNT/probe"
-        probe "$PLAIN" 10 >"$WORK/probe.plain" &
-        p=$(seq_write "$src" "$PLAIN/$kind")
-        wait
-        reset_peak
-        probe "$MNT" 10 >"$WORK/probe.mount" &
-        m=$(seq_write "$src" "$MNT/$kind")
-        wait
-    else
-        p=$(seq_write "$src" "$PLAIN/$kind")
-        reset_peak
-        m=$(seq_write "$src" "$MNT/$kind")
-    fi
-    record "sequential write $SIZE, $kind" MB/s "$p" "$m" "$(peak_mib)"
-    if [ "$kind" = random ]; then
-        read -r pp pw <"$WORK/probe.plain"
-        read -r mp mw <"$WORK/probe.mount"
-        ROWS+=("| ls+stat latency during that write, p99 / worst | $pp / $pw ms | $mp / $mw ms | - | - |")
-    fi
-    log "cold sequential read, $kind ($READS times each, alternating)…"
-    reset_peak
-    ps=() ms=()
-    for _ in $(seq "$READS"); do
-        ps+=("$(cold_read "$PLAIN/$kind")")
-        ms+=("$(cold_read "$MNT/$kind")")
+# list_secs DIR COUNT → seconds of `ls -f DIR | wc -l`; fails unless COUNT lines came
+list_secs() {
+    local s e n
+    s=$(now)
+    n=$(ls -f "$1" | wc -l)
+    e=$(now)
+    [ "$n" -eq "$2" ] || { log "ls -f $1 listed $n names, expected $2"; exit 1; }
+    awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'
+}
+
+find_secs() { # DIR → seconds of `find DIR`
+    local s e
+    s=$(now)
+    find "$1" >/dev/null
+    e=$(now)
+    awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }'
+}
+
+rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$(head -n1 "$1/lock")/status"; }
+
+# record_time NAME PLAIN-SECONDS MOUNT-SECONDS EXTRA: a row where lower is better; the
+# ratio is mount time / plain time.
+record_time() {
+    local ratio
+    ratio=$(awk -v p="$2" -v m="$3" 'BEGIN { if (p > 0) printf "%.1fx", m / p; else print "-" }')
+    ROWS+=("| $1 | $2 s | $3 s | $ratio | $4 |")
+}
+
+# Big folders imported into a repository of their own (empty files, so the catalog is
+# all there is), listed cold (after a remount and a page-cache drop) and warm; and
+# `find` in a snapshot of the source tree, cold and warm.
+listings() {
+    local lrepo=$WORK/lrepo lmnt=$WORK/lmnt src=$PLAIN/listing n s e
+    mkdir -p "$lmnt" "$src"
+    for n in "$ENTRIES" "$BIG_ENTRIES"; do
+        [ "$n" -gt 0 ] || continue
+        log "making a folder of $n empty files…"
+        python3 - "$src/big$n" "$n" <<'EOF'
+import os, sys
+top, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(top)
+for i in range(n):
+    os.close(os.open(os.path.join(top, "file-%07d" % i), os.O_WRONLY | os.O_CREAT, 0o644))
+EOF
     done
-    record "cold sequential read $SIZE, $kind (median of $READS)" MB/s "$(median "${ps[@]}")" "$(median "${ms[@]}")" "$(peak_mib)"
-    if [ "$kind" = random ]; then
-        log "chunk-sized random reads of the disk…"
-        drop_caches "$PLAIN/$kind"
-        ROWS+=("| disk ceiling: 64 KiB direct reads at random offsets, 8 at a time | $(chunk_ceiling "$PLAIN/$kind") MB/s | - | - | - |")
-        log "warm re-read, $kind…"
-        p=$(warm_read "$PLAIN/$kind")
+    "$BIN" --repo "$lrepo" init -q
+    s=$(now)
+    "$BIN" --repo "$lrepo" import -q "$src"
+    e=$(now)
+    log "import took $(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }') s"
+    mkdir -p "$PLAIN/srcfind"
+    "$BIN" --repo "$lrepo" mount "$lmnt" >&2
+    mkdir -p "$lmnt/srcfind"
+    tar -C "$lmnt/srcfind" -xf "$DATA/src.tar"
+    tar -C "$PLAIN/srcfind" -xf "$DATA/src.tar"
+    local snap
+    snap=$("$BIN" --repo "$lrepo" snapshot)
+    "$BIN" --repo "$lrepo" umount "$lmnt" >&2
+    for n in "$ENTRIES" "$BIG_ENTRIES"; do
+        [ "$n" -gt 0 ] || continue
+        log "ls -f of $n entries…"
+        local pc pw mc mw before after grew
+        drop_caches "$src"
+        pc=$(list_secs "$src/big$n" $((n + 2)))
+        pw=$(list_secs "$src/big$n" $((n + 2)))
+        "$BIN" --repo "$lrepo" mount "$lmnt" >&2
+        drop_caches "$lrepo"
+        before=$(rss_kib "$lrepo")
+        mc=$(list_secs "$lmnt/big$n" $((n + 2)))
+        after=$(rss_kib "$lrepo")
+        mw=$(list_secs "$lmnt/big$n" $((n + 2)))
+        grew=$(awk -v a="$before" -v b="$after" 'BEGIN { printf "RSS +%.1f MiB", (b - a) / 1024 }')
+        record_time "ls -f of $n entries, cold (after remount)" "$pc" "$mc" "$grew"
+        record_time "ls -f of $n entries, warm" "$pw" "$mw" "-"
+        "$BIN" --repo "$lrepo" umount "$lmnt" >&2
+    done
+    log "find in a snapshot of $SRC_DESC ($TAR_FILES entries)…"
+    local fpc fpw fmc fmw
+    "$BIN" --repo "$lrepo" mount "$lmnt" >&2
+    drop_caches "$lrepo" "$PLAIN/srcfind"
+    fmc=$(find_secs "$lmnt/$snap/srcfind")
+    fmw=$(median "$(find_secs "$lmnt/$snap/srcfind")" "$(find_secs "$lmnt/$snap/srcfind")" "$(find_secs "$lmnt/$snap/srcfind")")
+    fpc=$(find_secs "$PLAIN/srcfind")
+    fpw=$(median "$(find_secs "$PLAIN/srcfind")" "$(find_secs "$PLAIN/srcfind")" "$(find_secs "$PLAIN/srcfind")")
+    record_time "find in a snapshot of $SRC_DESC, cold (after remount)" "$fpc" "$fmc" "-"
+    record_time "find in a snapshot of $SRC_DESC, warm (median of 3)" "$fpw" "$fmw" "-"
+    "$BIN" --repo "$lrepo" umount "$lmnt" >&2
+}
+
+if [ "$ONLY" != listing ]; then
+    for kind in random text; do
+        src=$DATA/random.bin
+        [ "$kind" = text ] && src=$DATA/text.txt
+        log "sequential write, $kind…"
+        if [ "$kind" = random ]; then
+            # A listing probe runs beside the write, for its first 10 seconds.
+            touch "$PLAIN/probe" "$MNT/probe"
+            probe "$PLAIN" 10 >"$WORK/probe.plain" &
+            p=$(seq_write "$src" "$PLAIN/$kind")
+            wait
+            reset_peak
+            probe "$MNT" 10 >"$WORK/probe.mount" &
+            m=$(seq_write "$src" "$MNT/$kind")
+            wait
+        else
+            p=$(seq_write "$src" "$PLAIN/$kind")
+            reset_peak
+            m=$(seq_write "$src" "$MNT/$kind")
+        fi
+        record "sequential write $SIZE, $kind" MB/s "$p" "$m" "$(peak_mib)"
+        if [ "$kind" = random ]; then
+            read -r pp pw <"$WORK/probe.plain"
+            read -r mp mw <"$WORK/probe.mount"
+            ROWS+=("| ls+stat latency during that write, p99 / worst | $pp / $pw ms | $mp / $mw ms | - | - |")
+        fi
+        log "cold sequential read, $kind ($READS times each, alternating)…"
         reset_peak
-        m=$(warm_read "$MNT/$kind")
-        record "re-read $SIZE (page cache warm), $kind" MB/s "$p" "$m" "$(peak_mib)"
-    fi
-    rm -f "$PLAIN/$kind" "$MNT/$kind"
-done
+        ps=() ms=()
+        for _ in $(seq "$READS"); do
+            ps+=("$(cold_read "$PLAIN/$kind")")
+            ms+=("$(cold_read "$MNT/$kind")")
+        done
+        record "cold sequential read $SIZE, $kind (median of $READS)" MB/s "$(median "${ps[@]}")" "$(median "${ms[@]}")" "$(peak_mib)"
+        if [ "$kind" = random ]; then
+            log "chunk-sized random reads of the disk…"
+            drop_caches "$PLAIN/$kind"
+            ROWS+=("| disk ceiling: 64 KiB direct reads at random offsets, 8 at a time | $(chunk_ceiling "$PLAIN/$kind") MB/s | - | - | - |")
+            log "warm re-read, $kind…"
+            p=$(warm_read "$PLAIN/$kind")
+            reset_peak
+            m=$(warm_read "$MNT/$kind")
+            record "re-read $SIZE (page cache warm), $kind" MB/s "$p" "$m" "$(peak_mib)"
+        fi
+        rm -f "$PLAIN/$kind" "$MNT/$kind"
+    done
 
-log "untar of $SRC_DESC ($TAR_FILES entries, $((TAR_BYTES >> 20)) MiB)…"
-read -r pmb pfs < <(untar "$PLAIN/untar")
-reset_peak
-read -r mmb mfs < <(untar "$MNT/untar")
-peak=$(peak_mib)
-record "untar $SRC_DESC" MB/s "$pmb" "$mmb" "$peak"
-record "untar $SRC_DESC" files/s "$pfs" "$mfs" "$peak"
+    log "untar of $SRC_DESC ($TAR_FILES entries, $((TAR_BYTES >> 20)) MiB)…"
+    read -r pmb pfs < <(untar "$PLAIN/untar")
+    reset_peak
+    read -r mmb mfs < <(untar "$MNT/untar")
+    peak=$(peak_mib)
+    record "untar $SRC_DESC" MB/s "$pmb" "$mmb" "$peak"
+    record "untar $SRC_DESC" files/s "$pfs" "$mfs" "$peak"
 
-log "create/stat/delete of $FILES small files…"
-# Last, and the mount first: the plain folder's run ends by deleting its files, and
-# on an ext4 without a journal new inodes are slow to allocate for a minute or more
-# after many deletions (the mount's objects are files too); the mount's deletions
-# free no inodes (its objects stay until gc), so this order biases neither side.
-reset_peak
-read -r mc ms md < <(small_files "$MNT/small")
-peak=$(peak_mib)
-read -r pc ps pd < <(small_files "$PLAIN/small")
-record "create $FILES small files" ops/s "$pc" "$mc" "$peak"
-record "stat $FILES small files" ops/s "$ps" "$ms" "$peak"
-record "delete $FILES small files" ops/s "$pd" "$md" "$peak"
+    log "create/stat/delete of $FILES small files…"
+    # Last, and the mount first: the plain folder's run ends by deleting its files, and
+    # on an ext4 without a journal new inodes are slow to allocate for a minute or more
+    # after many deletions (the mount's objects are files too); the mount's deletions
+    # free no inodes (its objects stay until gc), so this order biases neither side.
+    reset_peak
+    read -r mc ms md < <(small_files "$MNT/small")
+    peak=$(peak_mib)
+    read -r pc ps pd < <(small_files "$PLAIN/small")
+    record "create $FILES small files" ops/s "$pc" "$mc" "$peak"
+    record "stat $FILES small files" ops/s "$ps" "$ms" "$peak"
+    record "delete $FILES small files" ops/s "$pd" "$md" "$peak"
+fi
 
 "$BIN" --repo "$REPO" umount "$MNT" >&2
+listings
 
 echo
 echo "snapfs end-to-end benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), SIZE=$SIZE"

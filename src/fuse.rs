@@ -20,7 +20,7 @@ use fuser::{
 
 use crate::catalog::{FileKind, InodeAttr};
 use crate::error::{Error, Result};
-use crate::fs::{Allocate, Caller, Fs, Listed, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir, Writer};
+use crate::fs::{Allocate, Caller, Fs, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir, Writer};
 use crate::types::{Ino, InodeId};
 
 /// The log target of the FUSE library, so that the command line can set its level
@@ -299,26 +299,36 @@ fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>>) {
 /// holds at most this many, so a call costs one step, and memory stays bounded.
 const LISTING_STEP: usize = 128;
 
+/// The same for READDIRPLUS, whose entries carry attributes (about 150 bytes each).
+const LISTING_STEP_PLUS: usize = 32;
+
 impl FuseAdapter {
     /// The live inode behind a kernel inode, or EROFS for a snapshot one.
     fn live(&self, n: INodeNo) -> Result<InodeId> {
         self.fs.live_id(ino(n))
     }
+}
 
-    /// Feeds the entries of folder `n` after cookie `after` to `add` until it says the
-    /// reply is full (true) or the folder ends.
-    fn each_entry(&self, n: INodeNo, mut after: u64, mut add: impl FnMut(&Listed) -> bool) -> Result<()> {
-        loop {
-            let page = self.fs.list_dir(ino(n), after, LISTING_STEP, self.snapdir)?;
-            for e in &page {
-                if add(e) {
-                    return Ok(());
-                }
-                after = e.cookie;
-            }
-            if page.len() < LISTING_STEP {
+/// Feeds a folder's entries after cookie `after` to `add`, a page of `step` from
+/// `fetch` at a time, until `add` says the reply is full (true) or a short page ends
+/// the folder.
+fn stream<T>(
+    mut after: u64,
+    step: usize,
+    fetch: impl Fn(u64, usize) -> Result<Vec<T>>,
+    cookie: impl Fn(&T) -> u64,
+    mut add: impl FnMut(&T) -> bool,
+) -> Result<()> {
+    loop {
+        let page = fetch(after, step)?;
+        for e in &page {
+            if add(e) {
                 return Ok(());
             }
+            after = cookie(e);
+        }
+        if page.len() < step {
+            return Ok(());
         }
     }
 }
@@ -604,14 +614,21 @@ impl Filesystem for FuseAdapter {
                 return reply.ok();
             }
         }
-        let result = self.each_entry(n, offset, |e| {
-            reply.add(
-                INodeNo(e.ino.0),
-                e.cookie,
-                file_type(e.kind),
-                OsStr::from_bytes(&e.name),
-            )
-        });
+        let fetch = |after, step| self.fs.list_dir(ino(n), after, step, self.snapdir);
+        let result = stream(
+            offset,
+            LISTING_STEP,
+            fetch,
+            |e| e.cookie,
+            |e| {
+                reply.add(
+                    INodeNo(e.ino.0),
+                    e.cookie,
+                    file_type(e.kind),
+                    OsStr::from_bytes(&e.name),
+                )
+            },
+        );
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -645,21 +662,24 @@ impl Filesystem for FuseAdapter {
                 return reply.ok();
             }
         }
-        let result = self.each_entry(n, offset, |e| match self.fs.node(e.ino) {
-            Ok(node) => {
-                let attr = file_attr(&node);
+        let fetch = |after, step| self.fs.list_dir_plus(ino(n), after, step, self.snapdir);
+        let result = stream(
+            offset,
+            LISTING_STEP_PLUS,
+            fetch,
+            |(e, _)| e.cookie,
+            |(e, node)| {
+                let attr = file_attr(node);
                 reply.add(
                     attr.ino,
                     e.cookie,
                     OsStr::from_bytes(&e.name),
-                    &ttl(&node),
+                    &ttl(node),
                     &attr,
                     Generation(0),
                 )
-            }
-            // Gone since the page was read (removed meanwhile): leave it out.
-            Err(_) => false,
-        });
+            },
+        );
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

@@ -687,6 +687,24 @@ fn recover_while_mounted() {
     m.umount();
 }
 
+#[test]
+fn check_repair_while_mounted() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = with_mountpoint();
+    let m = Mount::new(&repo, &mnt);
+    let out = snapfs(&repo, &["check", "--repair"]);
+    assert_error(&out, 1, "--repair needs the repository to itself");
+    m.umount();
+}
+
+#[test]
+fn check_repair_with_read_data() {
+    let (_tmp, repo) = temp_repo();
+    snapfs_ok(&repo, &["init"]);
+    let out = snapfs(&repo, &["check", "--repair", "--read-data"]);
+    assert_error(&out, 2, "--repair mends the catalog only");
+}
+
 // ---------------------------------------------------------------------------------
 // Damage (exit code 3)
 

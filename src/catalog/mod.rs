@@ -483,6 +483,13 @@ impl Catalog {
     /// cookie order: one page of a listing that costs what it returns (see `listing`).
     /// A catalog of schema 1 opened read-only has no cookies: `UnsupportedFormat`.
     pub fn list_page(&self, gen: GenId, dir: InodeId, after: u64, limit: usize) -> Result<Vec<ListedEntry>> {
+        self.require_cookies()?;
+        listing::page(&self.conn, gen, dir, after, limit)
+    }
+
+    /// Listings need the cookies of schema 2, which a catalog of schema 1 opened
+    /// read-only lacks (`UnsupportedFormat`).
+    fn require_cookies(&self) -> Result<()> {
         if self.version < 2 {
             return Err(Error::UnsupportedFormat {
                 what: "listing a folder of a catalog that was not yet migrated".into(),
@@ -490,7 +497,20 @@ impl Catalog {
                 supported: SCHEMA_VERSION,
             });
         }
-        listing::page(&self.conn, gen, dir, after, limit)
+        Ok(())
+    }
+
+    /// `list_page` with each entry's attributes in `gen` (`None`: the name points at
+    /// no inode), in one query.
+    pub fn list_page_with_attrs(
+        &self,
+        gen: GenId,
+        dir: InodeId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(ListedEntry, Option<InodeAttr>)>> {
+        self.require_cookies()?;
+        listing::page_with_attrs(&self.conn, gen, dir, after, limit)
     }
 
     /// The schema version of the open database.

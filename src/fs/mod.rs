@@ -906,12 +906,17 @@ fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
         .catalog
         .inode(st.catalog.live(), ino)?
         .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
-    if let Some(d) = st.dirty.get(&ino) {
+    with_buffered(st, &mut attr);
+    Ok(attr)
+}
+
+/// Counts the buffered writes of a live inode in its committed attributes.
+fn with_buffered(st: &State, attr: &mut InodeAttr) {
+    if let Some(d) = st.dirty.get(&attr.id) {
         attr.size = attr.size.max(d.size_at_least());
         attr.mtime_ns = d.mtime_ns();
         attr.ctime_ns = d.ctime_ns();
     }
-    Ok(attr)
 }
 
 /// After a name of `after.id` went away (unlink, rmdir, or replaced by rename):

@@ -144,6 +144,41 @@ impl Fs {
     /// (cookies from `COOKIE_END`) unless `snapdir` hides them. A name that points at
     /// no inode is left out (logged once; looking it up answers EIO).
     pub fn list_dir(&self, dir: Ino, after: u64, limit: usize, snapdir: SnapDir) -> Result<Vec<Listed>> {
+        Ok(self
+            .page(dir, after, limit, snapdir, false)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// `list_dir` with each entry's attributes (buffered writes counted), read with
+    /// the page: what the kernel's READDIRPLUS wants, without a query per entry.
+    pub fn list_dir_plus(
+        &self,
+        dir: Ino,
+        after: u64,
+        limit: usize,
+        snapdir: SnapDir,
+    ) -> Result<Vec<(Listed, Node)>> {
+        self.page(dir, after, limit, snapdir, true)?
+            .into_iter()
+            .map(|(e, attr)| {
+                let attr =
+                    attr.ok_or_else(|| Error::CorruptCatalog(format!("no attributes for {:?}", e.ino)))?;
+                let node = Node { ino: e.ino, attr };
+                Ok((e, node))
+            })
+            .collect()
+    }
+
+    fn page(
+        &self,
+        dir: Ino,
+        after: u64,
+        limit: usize,
+        snapdir: SnapDir,
+        with_attrs: bool,
+    ) -> Result<Vec<(Listed, Option<InodeAttr>)>> {
         let (view, id) = dir.split();
         let st = self.lock();
         let gen = match view {
@@ -156,25 +191,40 @@ impl Fs {
         }
         let mut out = Vec::new();
         if after < COOKIE_END {
-            let page = st.catalog.list_page(gen, id, after, limit)?;
-            for e in page {
+            let page = if with_attrs {
+                st.catalog.list_page_with_attrs(gen, id, after, limit)?
+            } else {
+                st.catalog
+                    .list_page(gen, id, after, limit)?
+                    .into_iter()
+                    .map(|e| (e, None))
+                    .collect()
+            };
+            let full = page.len() >= limit;
+            for (e, mut attr) in page {
                 let Some(kind) = e.kind else {
                     let _ = self.dangling(Error::NotFound(String::new()), id, &e.name, e.inode);
                     continue;
                 };
                 let ino = match view {
-                    View::Live => Ino::live(e.inode),
+                    View::Live => {
+                        if let Some(a) = attr.as_mut() {
+                            super::with_buffered(&st, a);
+                        }
+                        Ino::live(e.inode)
+                    }
                     View::Snapshot(gen) => Ino::snapshot(gen, e.inode),
                 };
-                out.push(Listed {
+                let listed = Listed {
                     cookie: e.cookie,
                     name: e.name,
                     ino,
                     kind,
-                });
+                };
+                out.push((listed, attr));
             }
             // A full page: the next call goes on from its last cookie.
-            if out.len() >= limit {
+            if full {
                 return Ok(out);
             }
         }
@@ -187,12 +237,18 @@ impl Fs {
                 let Some(name) = g.name.filter(|_| cookie > after) else {
                     continue;
                 };
-                out.push(Listed {
+                let attr = if with_attrs {
+                    Some(inode_in(&st, g.id, InodeId::ROOT)?)
+                } else {
+                    None
+                };
+                let listed = Listed {
                     cookie,
                     name: name.into_bytes(),
                     ino: Ino::snapshot(g.id, InodeId::ROOT),
                     kind: FileKind::Dir,
-                });
+                };
+                out.push((listed, attr));
             }
         }
         Ok(out)
@@ -204,15 +260,12 @@ impl Fs {
         let mut out = Vec::new();
         let mut after = 0;
         loop {
-            let page = self.list_dir(dir, after, 256, snapdir)?;
-            let Some(last) = page.last() else {
+            let page = self.list_dir_plus(dir, after, 256, snapdir)?;
+            let Some((last, _)) = page.last() else {
                 return Ok(out);
             };
             after = last.cookie;
-            for e in page {
-                let node = self.node(e.ino)?;
-                out.push((e.name, node));
-            }
+            out.extend(page.into_iter().map(|(e, node)| (e.name, node)));
         }
     }
 
