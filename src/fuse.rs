@@ -21,7 +21,7 @@ use fuser::{
 use crate::catalog::{FileKind, InodeAttr};
 use crate::error::{Error, Result};
 use crate::fs::{Allocate, Caller, Fs, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir, Writer};
-use crate::types::{Ino, InodeId};
+use crate::types::{Ino, InodeId, View};
 
 /// The log target of the FUSE library, so that the command line can set its level
 /// without naming the library.
@@ -360,6 +360,12 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.add_capabilities(InitFlags::FUSE_BIG_WRITES);
+        // READDIRPLUS where it pays: the kernel asks for attributes with the first
+        // page of a listing, and with later pages once their entries get looked up
+        // (`ls -l`, `find`). A `find` in a snapshot then costs no LOOKUP per folder
+        // (5,776 requests for 1,169 folders before, 4,642 after); `ls -f` of a big
+        // folder stays on plain READDIR after its first page.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -593,17 +599,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, n: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.node(ino(n)) {
-            // A snapshot's folders never change: the kernel may keep their listings
-            // for good and answer repeated listings itself.
-            Ok(node) if node.attr.kind == FileKind::Dir && node.is_snapshot() => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok(node) if node.attr.kind == FileKind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(errno(&e)),
-        }
+        // The kernel opens only what it knows to be a folder, and the listing itself
+        // reads the folder: nothing to look up here (a round trip per folder of a
+        // `find` is enough). A snapshot's folders never change: the kernel may keep
+        // their listings for good and answer repeated listings itself.
+        let flags = if ino(n).split().0 == View::Live {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        };
+        reply.opened(FileHandle(0), flags);
     }
 
     fn readdir(&self, _req: &Request, n: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

@@ -36,6 +36,9 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// The schema version this code writes and reads (PRAGMA user_version).
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Prepared statements kept per connection: more than the catalog has.
+const STATEMENT_CACHE: usize = 128;
+
 /// Wraps a rusqlite error with what was being done.
 pub(crate) fn sql_err(context: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| {
@@ -227,6 +230,10 @@ impl Catalog {
     }
 
     fn from_conn(conn: Connection, path: &Path, read_only: bool) -> Result<Catalog> {
+        // The mount runs some 40 distinct statements; rusqlite keeps 16 prepared by
+        // default, so the rest were parsed again and again (SQLite's parser was a
+        // tenth of the daemon's time during a `find`).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mut catalog = Catalog {
             version: SCHEMA_VERSION,
             conn,
