@@ -11,6 +11,7 @@ mod check;
 mod history;
 mod listing;
 mod model;
+mod pool;
 mod read;
 mod write;
 
@@ -24,6 +25,7 @@ pub use model::{
     ChunkInfo, ChunkTotals, DirEntry, Extent, FileKind, Generation, InodeAttr, MirrorRecord, NewInode,
     RollbackChanges, Settings, TreeTotals,
 };
+pub use pool::ReadPool;
 pub use write::Txn;
 
 use crate::chunker::ChunkerParams;
@@ -86,6 +88,8 @@ pub struct Catalog {
     /// The folder of catalog.db (the repository), against which mirror paths
     /// recorded relative (mirrors inside the repository) are resolved.
     dir: PathBuf,
+    /// The database file.
+    path: PathBuf,
 }
 
 impl Catalog {
@@ -243,6 +247,7 @@ impl Catalog {
             touched: true,
             batching: false,
             batch_open: false,
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             dir: std::path::absolute(path.parent().unwrap_or(Path::new(".")))
                 .unwrap_or_else(|_| path.parent().map(Path::to_path_buf).unwrap_or_default()),
         };
@@ -262,6 +267,11 @@ impl Catalog {
             .ok_or_else(|| Error::CorruptCatalog("no generation at all".into()))?;
         self.max_extent = self.settings()?.chunker.max_size as u64;
         Ok(())
+    }
+
+    /// A pool of read-only connections to this catalog's database.
+    pub fn read_pool(&self) -> ReadPool {
+        ReadPool::new(self.path.clone())
     }
 
     /// The live (newest, open) generation.

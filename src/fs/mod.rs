@@ -151,6 +151,8 @@ impl State {
 /// The live tree of one repository, served to many threads.
 pub struct Fs {
     state: Mutex<State>,
+    /// Read connections for what needs no lock: everything inside a snapshot.
+    readers: crate::catalog::ReadPool,
     store: Arc<MirrorStore>,
     cache: Arc<ChunkCache>,
     prefetcher: Prefetcher,
@@ -222,6 +224,7 @@ impl Fs {
         }
         let cache = Arc::new(ChunkCache::new(options.cache_chunks));
         Ok(Fs {
+            readers: state.catalog.read_pool(),
             state: Mutex::new(state),
             prefetcher: Prefetcher::new(store.clone(), cache.clone(), options.readahead_threads),
             store,

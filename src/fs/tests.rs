@@ -974,3 +974,38 @@ fn a_name_pointing_at_no_inode_is_left_out_and_answers_eio() {
         libc::ENOENT
     );
 }
+
+#[test]
+fn everything_inside_a_snapshot_is_served_while_the_core_is_locked() {
+    let f = fixture();
+    let d = dir(&f, InodeId::ROOT, "d");
+    let ino =
+        f.fs.create(ME, d, b"frozen", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    let data = random(60, 200_000);
+    f.fs.write(ino, 0, &data).unwrap();
+    f.fs.setxattr(ino, b"user.k", b"v", false, false).unwrap();
+    let snap = f.fs.snapshot(None).unwrap().name.unwrap();
+    let held = f.fs.lock();
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let root = f.fs.lookup_node(Ino::ROOT, snap.as_bytes()).unwrap().ino;
+            let d = f.fs.lookup_node(root, b"d").unwrap().ino;
+            let listed = f.fs.readdir_nodes(d, SnapDir::Hidden).unwrap();
+            assert_eq!(listed.len(), 1);
+            let file = listed[0].1.ino;
+            assert_eq!(f.fs.node(file).unwrap().attr.size, 200_000);
+            assert_eq!(f.fs.getxattr_node(file, b"user.k").unwrap(), b"v");
+            f.fs.read_node(file, 0, 200_000).unwrap() == data
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !reader.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let finished = reader.is_finished();
+        drop(held);
+        assert!(finished, "a snapshot read waited for the core's lock");
+        assert!(reader.join().unwrap(), "and read the right bytes");
+    });
+}

@@ -7,6 +7,7 @@
 //! methods of `Fs`.
 
 use super::{Caller, Fs, RenameMode, SetAttr, State, Writer};
+use crate::catalog::Catalog;
 use crate::catalog::{FileKind, InodeAttr, COOKIE_END};
 use crate::error::{Error, Result};
 use crate::fs::read;
@@ -62,8 +63,7 @@ impl Fs {
     /// EROFS when `name` in `parent` is an `@` folder of the mount root.
     fn guard_snapshot_name(&self, parent: InodeId, name: &[u8]) -> Result<()> {
         if parent == InodeId::ROOT && name.first() == Some(&b'@') {
-            let st = self.lock();
-            if find_snapshot(&st, name)?.is_some() {
+            if self.readers.with(|cat| find_snapshot(cat, name))?.is_some() {
                 return Err(Error::ReadOnly(format!(
                     "{} is a snapshot",
                     String::from_utf8_lossy(name)
@@ -81,8 +81,7 @@ impl Fs {
                 attr: self.getattr(id)?,
             }),
             (View::Snapshot(gen), id) => {
-                let st = self.lock();
-                let attr = inode_in(&st, gen, id)?;
+                let attr = self.readers.with(|cat| inode_in(cat, gen, id))?;
                 Ok(Node { ino, attr })
             }
         }
@@ -93,18 +92,21 @@ impl Fs {
     pub fn lookup_node(&self, parent: Ino, name: &[u8]) -> Result<Node> {
         match parent.split() {
             (View::Live, InodeId::ROOT) if name.first() == Some(&b'@') => {
-                let st = self.lock();
-                if let Some(gen) = find_snapshot(&st, name)? {
-                    let attr = st
-                        .catalog
+                let snapshot = self.readers.with(|cat| {
+                    let Some(gen) = find_snapshot(cat, name)? else {
+                        return Ok(None);
+                    };
+                    let attr = cat
                         .inode(gen, InodeId::ROOT)?
                         .ok_or_else(|| Error::CorruptCatalog(format!("snapshot {gen} has no root")))?;
-                    return Ok(Node {
+                    Ok(Some(Node {
                         ino: Ino::snapshot(gen, InodeId::ROOT),
                         attr,
-                    });
+                    }))
+                })?;
+                if let Some(node) = snapshot {
+                    return Ok(node);
                 }
-                drop(st);
                 let attr = self.lookup(InodeId::ROOT, name)?;
                 Ok(Node {
                     ino: Ino::live(attr.id),
@@ -118,22 +120,20 @@ impl Fs {
                     attr,
                 })
             }
-            (View::Snapshot(gen), id) => {
-                let st = self.lock();
-                let dir = inode_in(&st, gen, id)?;
+            (View::Snapshot(gen), id) => self.readers.with(|cat| {
+                let dir = inode_in(cat, gen, id)?;
                 if dir.kind != FileKind::Dir {
                     return Err(Error::NotDir(String::from_utf8_lossy(name).into_owned()));
                 }
-                let child = st
-                    .catalog
+                let child = cat
                     .lookup(gen, id, name)?
                     .ok_or_else(|| Error::NotFound(String::from_utf8_lossy(name).into_owned()))?;
-                let attr = inode_in(&st, gen, child).map_err(|e| self.dangling(e, id, name, child))?;
+                let attr = inode_in(cat, gen, child).map_err(|e| self.dangling(e, id, name, child))?;
                 Ok(Node {
                     ino: Ino::snapshot(gen, child),
                     attr,
                 })
-            }
+            }),
         }
     }
 
@@ -180,22 +180,52 @@ impl Fs {
         with_attrs: bool,
     ) -> Result<Vec<(Listed, Option<InodeAttr>)>> {
         let (view, id) = dir.split();
-        let st = self.lock();
-        let gen = match view {
-            View::Live => st.catalog.live(),
-            View::Snapshot(gen) => gen,
-        };
-        let folder = inode_in(&st, gen, id)?;
+        match view {
+            // A snapshot never changes: a read connection of its own, no lock.
+            View::Snapshot(gen) => self
+                .readers
+                .with(|cat| self.page_in(cat, None, gen, id, after, limit, snapdir, with_attrs)),
+            View::Live => {
+                let st = self.lock();
+                let live = st.catalog.live();
+                self.page_in(
+                    &st.catalog,
+                    Some(&st),
+                    live,
+                    id,
+                    after,
+                    limit,
+                    snapdir,
+                    with_attrs,
+                )
+            }
+        }
+    }
+
+    /// `page` on catalog `cat` at generation `gen` (the live one when `live` holds
+    /// the core's state, whose buffered writes then count in the attributes).
+    #[allow(clippy::too_many_arguments)]
+    fn page_in(
+        &self,
+        cat: &Catalog,
+        live: Option<&State>,
+        gen: GenId,
+        id: InodeId,
+        after: u64,
+        limit: usize,
+        snapdir: SnapDir,
+        with_attrs: bool,
+    ) -> Result<Vec<(Listed, Option<InodeAttr>)>> {
+        let folder = inode_in(cat, gen, id)?;
         if folder.kind != FileKind::Dir {
             return Err(Error::NotDir(format!("inode {id}")));
         }
         let mut out = Vec::new();
         if after < COOKIE_END {
             let page = if with_attrs {
-                st.catalog.list_page_with_attrs(gen, id, after, limit)?
+                cat.list_page_with_attrs(gen, id, after, limit)?
             } else {
-                st.catalog
-                    .list_page(gen, id, after, limit)?
+                cat.list_page(gen, id, after, limit)?
                     .into_iter()
                     .map(|e| (e, None))
                     .collect()
@@ -206,14 +236,14 @@ impl Fs {
                     let _ = self.dangling(Error::NotFound(String::new()), id, &e.name, e.inode);
                     continue;
                 };
-                let ino = match view {
-                    View::Live => {
+                let ino = match live {
+                    Some(st) => {
                         if let Some(a) = attr.as_mut() {
-                            super::with_buffered(&st, a);
+                            super::with_buffered(st, a);
                         }
                         Ino::live(e.inode)
                     }
-                    View::Snapshot(gen) => Ino::snapshot(gen, e.inode),
+                    None => Ino::snapshot(gen, e.inode),
                 };
                 let listed = Listed {
                     cookie: e.cookie,
@@ -228,8 +258,8 @@ impl Fs {
                 return Ok(out);
             }
         }
-        if view == View::Live && id == InodeId::ROOT && snapdir == SnapDir::Visible {
-            for g in st.catalog.generations()? {
+        if live.is_some() && id == InodeId::ROOT && snapdir == SnapDir::Visible {
+            for g in cat.generations()? {
                 let cookie = COOKIE_END + g.id.0 as u64;
                 if out.len() >= limit {
                     break;
@@ -238,7 +268,7 @@ impl Fs {
                     continue;
                 };
                 let attr = if with_attrs {
-                    Some(inode_in(&st, g.id, InodeId::ROOT)?)
+                    Some(inode_in(cat, g.id, InodeId::ROOT)?)
                 } else {
                     None
                 };
@@ -283,15 +313,14 @@ impl Fs {
         match ino.split() {
             (View::Live, id) => self.read(id, offset, len),
             (View::Snapshot(gen), id) => {
-                let st = self.lock();
-                let attr = inode_in(&st, gen, id)?;
-                if attr.kind == FileKind::Dir {
-                    return Err(Error::IsDir(format!("inode {id}")));
-                }
-                let extents = st
-                    .catalog
-                    .extents(gen, id, offset, offset.saturating_add(len as u64))?;
-                drop(st);
+                let (attr, extents) = self.readers.with(|cat| {
+                    let attr = inode_in(cat, gen, id)?;
+                    if attr.kind == FileKind::Dir {
+                        return Err(Error::IsDir(format!("inode {id}")));
+                    }
+                    let extents = cat.extents(gen, id, offset, offset.saturating_add(len as u64))?;
+                    Ok((attr, extents))
+                })?;
                 read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)
             }
         }
@@ -301,7 +330,10 @@ impl Fs {
     pub fn getxattr_node(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         match ino.split() {
             (View::Live, id) => self.getxattr(id, name),
-            (View::Snapshot(gen), id) => self.lock().catalog.xattr(gen, id, name)?.ok_or(Error::NoXattr),
+            (View::Snapshot(gen), id) => self
+                .readers
+                .with(|cat| cat.xattr(gen, id, name))?
+                .ok_or(Error::NoXattr),
         }
     }
 
@@ -310,9 +342,8 @@ impl Fs {
         match ino.split() {
             (View::Live, id) => self.listxattr(id),
             (View::Snapshot(gen), id) => Ok(self
-                .lock()
-                .catalog
-                .xattrs(gen, id)?
+                .readers
+                .with(|cat| cat.xattrs(gen, id))?
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect()),
@@ -333,8 +364,7 @@ impl Fs {
     ) -> Result<Node> {
         let parent = self.live_id(parent)?;
         if parent == InodeId::ROOT && name.first() == Some(&b'@') {
-            let st = self.lock();
-            if find_snapshot(&st, name)?.is_some() {
+            if self.readers.with(|cat| find_snapshot(cat, name))?.is_some() {
                 return Err(Error::Exists(String::from_utf8_lossy(name).into_owned()));
             }
         }
@@ -420,16 +450,15 @@ impl Fs {
 }
 
 /// The attributes of `id` in generation `gen`; NotFound when that view lacks it.
-fn inode_in(st: &State, gen: GenId, id: InodeId) -> Result<InodeAttr> {
-    st.catalog
-        .inode(gen, id)?
+fn inode_in(cat: &Catalog, gen: GenId, id: InodeId) -> Result<InodeAttr> {
+    cat.inode(gen, id)?
         .ok_or_else(|| Error::NotFound(format!("inode {id}")))
 }
 
 /// The generation of the snapshot called `name`, if there is one.
-fn find_snapshot(st: &State, name: &[u8]) -> Result<Option<GenId>> {
+fn find_snapshot(cat: &Catalog, name: &[u8]) -> Result<Option<GenId>> {
     let Ok(name) = std::str::from_utf8(name) else {
         return Ok(None);
     };
-    Ok(st.catalog.find_snapshot(name)?.map(|g| g.id))
+    Ok(cat.find_snapshot(name)?.map(|g| g.id))
 }
