@@ -62,13 +62,14 @@ impl Fs {
 
     /// EROFS when `name` in `parent` is an `@` folder of the mount root.
     fn guard_snapshot_name(&self, parent: InodeId, name: &[u8]) -> Result<()> {
-        if parent == InodeId::ROOT && name.first() == Some(&b'@') {
-            if self.readers.with(|cat| find_snapshot(cat, name))?.is_some() {
-                return Err(Error::ReadOnly(format!(
-                    "{} is a snapshot",
-                    String::from_utf8_lossy(name)
-                )));
-            }
+        if parent == InodeId::ROOT
+            && name.first() == Some(&b'@')
+            && self.readers.with(|cat| find_snapshot(cat, name))?.is_some()
+        {
+            return Err(Error::ReadOnly(format!(
+                "{} is a snapshot",
+                String::from_utf8_lossy(name)
+            )));
         }
         Ok(())
     }
@@ -363,10 +364,11 @@ impl Fs {
         target: &[u8],
     ) -> Result<Node> {
         let parent = self.live_id(parent)?;
-        if parent == InodeId::ROOT && name.first() == Some(&b'@') {
-            if self.readers.with(|cat| find_snapshot(cat, name))?.is_some() {
-                return Err(Error::Exists(String::from_utf8_lossy(name).into_owned()));
-            }
+        if parent == InodeId::ROOT
+            && name.first() == Some(&b'@')
+            && self.readers.with(|cat| find_snapshot(cat, name))?.is_some()
+        {
+            return Err(Error::Exists(String::from_utf8_lossy(name).into_owned()));
         }
         let attr = self.create(caller, parent, name, kind, mode, rdev, target)?;
         Ok(Node {
