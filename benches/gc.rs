@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use snapfs::catalog::{Catalog, Extent, FileKind, NewCatalog, NewInode, Settings};
 use snapfs::chunker::ChunkerParams;
-use snapfs::ops::snapshots::gc;
+use snapfs::ops::gc::gc;
 use snapfs::store::{MemoryStore, MirrorStore, ObjectStore};
 use snapfs::types::{ChunkId, InodeId, MirrorId, RepoId};
 

@@ -463,7 +463,7 @@ proptest! {
                     let snap = snaps.remove(*pick as usize % snaps.len());
                     fs.with_catalog(|cat, _, _| snapshots::forget(cat, &snapshots::ForgetTarget::Names(vec![snap.name]), false, 0)).unwrap();
                 }
-                Op::Gc => { fs.with_catalog(|cat, store, _| snapshots::gc(cat, store, false, false)).unwrap(); }
+                Op::Gc => { snapfs::ops::gc::gc_mounted(&fs, false, false, &mut |_, _| {}).unwrap(); }
                 Op::Reopen { release } => {
                     if *release {
                         for id in model.handles.drain(..) {

@@ -296,18 +296,36 @@ impl Catalog {
 
     /// Chunks that no extent row references any more: what gc may delete.
     pub fn garbage(&self) -> Result<Vec<ChunkInfo>> {
+        self.garbage_first(usize::MAX)
+    }
+
+    /// At most `limit` of the chunks `garbage` lists (in no particular order).
+    pub fn garbage_first(&self, limit: usize) -> Result<Vec<ChunkInfo>> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT c.chunk_id, c.plain_size, c.stored_size, c.mirrors, c.refs
-                 FROM chunk_garbage g JOIN chunks c ON c.chunk_id = g.chunk_id WHERE c.refs = 0",
+                 FROM chunk_garbage g JOIN chunks c ON c.chunk_id = g.chunk_id WHERE c.refs = 0
+                 LIMIT ?1",
             )
             .map_err(sql_err("listing garbage"))?;
         let rows = stmt
-            .query_map([], read::chunk_from_row)
+            .query_map(params![limit.min(i64::MAX as usize) as i64], read::chunk_from_row)
             .map_err(sql_err("listing garbage"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(sql_err("listing garbage"))
+    }
+
+    /// How many chunks `garbage` lists, and their stored bytes (per mirror).
+    pub fn garbage_totals(&self) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(c.stored_size), 0)
+                 FROM chunk_garbage g JOIN chunks c ON c.chunk_id = g.chunk_id WHERE c.refs = 0",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(sql_err("measuring garbage"))
     }
 
     /// Drops the rows of chunks whose objects gc deleted. Refuses (and changes

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use snapfs::control::Request;
-use snapfs::ops::snapshots;
+use snapfs::ops::gc;
 
 use super::{human_bytes, remote};
 
@@ -37,10 +37,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         } else {
             super::progress::Progress::new("gc", "chunks")
         };
-        let stats =
-            snapshots::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
-                bar.set(done, total)
-            })?;
+        let stats = gc::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
+            bar.set(done, total)
+        })?;
         bar.finish();
         if sweep && !dry_run {
             snapfs::repo::clear_sweep_needed(&r.path);

@@ -13,9 +13,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use snapfs::control::{self, Request};
 use snapfs::fs::{Fs, FsOptions, SnapDir};
 use snapfs::fuse::{Invalidator, MountOptions};
-use snapfs::ops::recover;
 use snapfs::ops::retention::{parse_duration, Policy};
 use snapfs::ops::snapshots::{self, ForgetTarget};
+use snapfs::ops::{gc, recover};
 use snapfs::repo::{self, InitOptions, Repo, RepoLock};
 use snapfs::types::Ino;
 
@@ -380,11 +380,14 @@ fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, s
             continue;
         }
         let target = ForgetTarget::Policy(policy.clone());
-        let pruned = fs.with_catalog(|cat, store, _| {
-            let report = snapshots::forget(cat, &target, false, snapfs::ops::now_ns())?;
-            let freed = snapshots::gc(cat, store, false, false)?;
-            Ok((report.forgotten, freed))
-        });
+        let pruned = fs
+            .with_catalog(|cat, _, _| snapshots::forget(cat, &target, false, snapfs::ops::now_ns()))
+            .and_then(|report| {
+                Ok((
+                    report.forgotten,
+                    gc::gc_mounted(fs, false, false, &mut |_, _| {})?,
+                ))
+            });
         match pruned {
             Ok((forgotten, freed)) if !forgotten.is_empty() => {
                 log::info!(
@@ -449,7 +452,7 @@ fn answer(
         }
         Request::Gc { dry_run, sweep } => {
             let sweep = sweep || (!dry_run && fs.take_commit_failed()) || repo::sweep_needed(repo_path);
-            let stats = fs.with_catalog(|cat, store, _| snapshots::gc(cat, store, dry_run, sweep))?;
+            let stats = gc::gc_mounted(fs, dry_run, sweep, &mut |_, _| {})?;
             if sweep && !dry_run {
                 repo::clear_sweep_needed(repo_path);
             }

@@ -12,6 +12,7 @@
 //! before each commit (once without the lock, then under it). Reads see buffered
 //! writes without committing them (see `write`).
 
+mod inflight;
 mod privileges;
 mod read;
 mod space;
@@ -153,6 +154,8 @@ pub struct Fs {
     state: Mutex<State>,
     /// Read connections for what needs no lock: everything inside a snapshot.
     readers: crate::catalog::ReadPool,
+    /// Reads fetching chunks, which gc waits for before it deletes any.
+    reads: inflight::ReadsInFlight,
     store: Arc<MirrorStore>,
     cache: Arc<ChunkCache>,
     prefetcher: Prefetcher,
@@ -225,6 +228,7 @@ impl Fs {
         let cache = Arc::new(ChunkCache::new(options.cache_chunks));
         Ok(Fs {
             readers: state.catalog.read_pool(),
+            reads: Default::default(),
             state: Mutex::new(state),
             prefetcher: Prefetcher::new(store.clone(), cache.clone(), options.readahead_threads),
             store,
@@ -885,6 +889,17 @@ impl Fs {
         best.ok_or_else(|| Error::NoMirror {
             reason: "no mirror folder can be read".into(),
         })
+    }
+
+    /// Returns once every read that started before the call has finished fetching
+    /// its chunks: gc calls it between condemning chunks and deleting them.
+    pub fn wait_for_older_reads(&self) {
+        self.reads.wait_for_older();
+    }
+
+    /// The chunk store.
+    pub fn store(&self) -> Arc<MirrorStore> {
+        self.store.clone()
     }
 
     /// The mirrors' health as this mount sees it (lost ones with the reason).

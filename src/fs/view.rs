@@ -311,6 +311,8 @@ impl Fs {
 
     /// Reads file bytes in any view.
     pub fn read_node(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
+        // From taking the extents to fetching their chunks: gc waits for this.
+        let _in_flight = self.reads.enter();
         match ino.split() {
             (View::Live, id) => self.read(id, offset, len),
             (View::Snapshot(gen), id) => {

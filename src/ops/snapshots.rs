@@ -14,7 +14,6 @@ use crate::types::InodeId;
 
 use super::history;
 use crate::error::{Error, Result};
-use crate::store::{MirrorStore, ObjectStore};
 
 /// One snapshot as `snapfs list` shows it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -300,85 +299,4 @@ fn collect(
         }
     }
     Ok(())
-}
-
-/// What gc freed.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
-pub struct GcStats {
-    pub chunks: u64,
-    /// Stored bytes per mirror.
-    pub bytes: u64,
-    /// Object files no catalog row knows (left by a crash or a failed commit), removed
-    /// from all mirrors together; only counted when the sweep ran.
-    pub orphans: u64,
-    /// Whether the mirrors were swept for such files (O(repository), so only when
-    /// something may have left them, or when asked).
-    pub swept: bool,
-    pub dry_run: bool,
-}
-
-/// Deletes every chunk no extent references, from every mirror, then its catalog
-/// row: time in proportion to the garbage. With `sweep`, also lists every mirror and
-/// deletes object files the catalog does not know. Callers run it with no write in
-/// flight (offline under the lock, or in the daemon with writes committed first), so
-/// an unknown object is never a chunk about to be committed. Stops at the first error.
-pub fn gc(catalog: &mut Catalog, store: &MirrorStore, dry_run: bool, sweep: bool) -> Result<GcStats> {
-    gc_with_progress(catalog, store, dry_run, sweep, &mut |_, _| {})
-}
-
-/// `gc`, calling `progress(chunks deleted, chunks to delete)` after each batch.
-pub fn gc_with_progress(
-    catalog: &mut Catalog,
-    store: &MirrorStore,
-    dry_run: bool,
-    sweep: bool,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<GcStats> {
-    let garbage = catalog.garbage()?;
-    let mut stats = GcStats {
-        chunks: garbage.len() as u64,
-        bytes: garbage.iter().map(|c| c.stored_size).sum(),
-        swept: sweep,
-        dry_run,
-        ..Default::default()
-    };
-    if !dry_run {
-        // Rows first, then objects: a crash in between leaves unknown objects, which a
-        // sweep removes; the other order could leave rows naming deleted objects.
-        let ids: Vec<_> = garbage.iter().map(|c| c.id).collect();
-        let mut done = 0u64;
-        for batch in ids.chunks(1000) {
-            catalog.drop_chunks(batch)?;
-            for id in batch {
-                store.remove(id)?;
-            }
-            done += batch.len() as u64;
-            progress(done, ids.len() as u64);
-        }
-    }
-    if sweep {
-        let mut orphans = std::collections::BTreeSet::new();
-        for m in catalog.mirrors()? {
-            let Some(mirror) = store.store(m.id) else { continue };
-            for id in mirror.list()? {
-                if catalog.chunk(&id)?.is_none() {
-                    orphans.insert(id);
-                }
-            }
-        }
-        stats.orphans = orphans.len() as u64;
-        if !dry_run {
-            for id in &orphans {
-                store.remove(id)?;
-            }
-        }
-    }
-    log::debug!(
-        "gc{}: {} unreferenced chunks ({} stored bytes), {} unknown objects",
-        if dry_run { " (dry run)" } else { "" },
-        stats.chunks,
-        stats.bytes,
-        stats.orphans
-    );
-    Ok(stats)
 }

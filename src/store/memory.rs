@@ -99,6 +99,7 @@ pub struct HookedStore {
     inner: MemoryStore,
     before_put: Hook,
     before_get: Hook,
+    before_remove: Option<Hook>,
 }
 
 #[cfg(test)]
@@ -109,7 +110,14 @@ impl HookedStore {
             inner: MemoryStore::new(),
             before_put,
             before_get,
+            before_remove: None,
         }
+    }
+
+    /// Also runs `hook` before every `remove`.
+    pub fn with_before_remove(mut self, hook: Hook) -> HookedStore {
+        self.before_remove = Some(hook);
+        self
     }
 }
 
@@ -130,6 +138,9 @@ impl ObjectStore for HookedStore {
         self.inner.contains(id)
     }
     fn remove(&self, id: &ChunkId) -> Result<()> {
+        if let Some(hook) = &self.before_remove {
+            hook();
+        }
         self.inner.remove(id)
     }
     fn list(&self) -> Result<Vec<ChunkId>> {

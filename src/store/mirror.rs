@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::store::removals::{RemovalGuard, Removals};
 use crate::store::{MirrorSet, ObjectStore};
 use crate::types::{ChunkId, MirrorId};
 
@@ -88,6 +89,8 @@ impl Slot {
 /// Several mirrors of one repository, used as one `ObjectStore`. Thread-safe.
 pub struct MirrorStore {
     slots: Vec<Slot>,
+    /// Chunks gc is deleting: a put of one waits until that is over.
+    removals: std::sync::Arc<Removals>,
 }
 
 impl fmt::Debug for MirrorStore {
@@ -138,7 +141,10 @@ impl MirrorStore {
             };
             slots.push(slot);
         }
-        let store = MirrorStore { slots };
+        let store = MirrorStore {
+            slots,
+            removals: Default::default(),
+        };
         if store.healthy().is_empty() {
             return Err(Error::NoMirror {
                 reason: store.lost_reasons(),
@@ -215,6 +221,7 @@ impl MirrorStore {
     /// where some mirror lacks the chunk). May return an empty set when every target
     /// failed while other mirrors remain healthy.
     pub fn put_to(&self, id: &ChunkId, frame: &[u8], targets: MirrorSet) -> Result<MirrorSet> {
+        self.removals.wait_until_kept(id);
         let mut got = MirrorSet::EMPTY;
         for slot in self.slots.iter().filter(|s| targets.contains(s.id)) {
             let Some(store) = slot.healthy_store() else {
@@ -230,6 +237,12 @@ impl MirrorStore {
         }
         self.check_any_left()?;
         Ok(got)
+    }
+
+    /// Marks `ids` as being deleted by gc until the guard drops: puts of them wait
+    /// (see `removals`). The caller has dropped their catalog rows first.
+    pub fn begin_removal(&self, ids: &[ChunkId]) -> RemovalGuard {
+        self.removals.begin(ids)
     }
 
     fn check_any_left(&self) -> Result<()> {

@@ -19,6 +19,7 @@ mod direct;
 mod fault;
 mod memory;
 mod mirror;
+mod removals;
 
 pub use dir::{read_identity, DirStore};
 pub use fault::FaultStore;
@@ -26,6 +27,7 @@ pub use memory::MemoryStore;
 #[cfg(test)]
 pub use memory::{Hook, HookedStore};
 pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
+pub use removals::RemovalGuard;
 
 /// A store of chunk frames keyed by chunk id. Every method takes `&self` and may be
 /// called from many threads at once.
