@@ -374,3 +374,67 @@ fn fsync_of_a_file_or_folder_in_a_snapshot_succeeds() {
     fs::File::open(m.path(&snap)).unwrap().sync_all().unwrap();
     m.umount();
 }
+
+#[test]
+fn space_of_deleted_files_comes_back_by_itself() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    let empty: Vec<u64> = mirror_dirs(&repo)
+        .iter()
+        .map(|d| tree_bytes(&d.join("objects")))
+        .collect();
+    fs::write(m.path("big"), random_bytes(7, 24 << 20)).unwrap();
+    fs::File::open(m.path("big")).unwrap().sync_all().unwrap();
+    let full: Vec<u64> = mirror_dirs(&repo)
+        .iter()
+        .map(|d| tree_bytes(&d.join("objects")))
+        .collect();
+    assert!(
+        full.iter().zip(&empty).all(|(f, e)| f - e >= 24 << 20),
+        "{full:?}"
+    );
+    fs::remove_file(m.path("big")).unwrap();
+    // No snapshot holds it: the reclaimer (every 10 s) deletes its chunks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut now = full.clone();
+    while std::time::Instant::now() < deadline {
+        now = mirror_dirs(&repo)
+            .iter()
+            .map(|d| tree_bytes(&d.join("objects")))
+            .collect();
+        if now
+            .iter()
+            .zip(&empty)
+            .all(|(n, e)| n.saturating_sub(*e) < 1 << 20)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(
+        now.iter()
+            .zip(&empty)
+            .all(|(n, e)| n.saturating_sub(*e) < 1 << 20),
+        "mirrors still hold {now:?} (empty: {empty:?}) a minute after the delete"
+    );
+    let gc: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["gc", "--json"])).unwrap();
+    assert_eq!(gc["chunks"], 0, "nothing left for gc");
+    m.umount();
+    let check = snapfs_ok(&repo, &["check", "--read-data"]);
+    assert!(check.contains("no problems found"), "{check}");
+}
+
+#[test]
+fn noreclaim_leaves_the_space_to_gc() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::with_args(&repo, &mnt, &["-o", "noreclaim"]);
+    fs::write(m.path("big"), random_bytes(8, 4 << 20)).unwrap();
+    fs::File::open(m.path("big")).unwrap().sync_all().unwrap();
+    fs::remove_file(m.path("big")).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let gc: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["gc", "--json"])).unwrap();
+    assert!(gc["bytes"].as_u64().unwrap() >= 4 << 20, "gc found it all: {gc}");
+    m.umount();
+}

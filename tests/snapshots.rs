@@ -239,7 +239,8 @@ fn rollback_under_a_shell_in_the_tree_and_undo() {
 fn list_prices_each_snapshot_and_forget_plus_gc_frees_exactly_that() {
     require_fuse!();
     let (_tmp, repo, mnt) = setup();
-    let m = Mount::new(&repo, &mnt);
+    // No background reclaim: this gc must be the one that frees the snapshot's bytes.
+    let m = Mount::with_args(&repo, &mnt, &["-o", "noreclaim"]);
     fs::write(m.path("keep.bin"), random_bytes(1, 2 << 20)).unwrap();
     fs::write(m.path("old.bin"), random_bytes(2, 3 << 20)).unwrap();
     let s1 = snapshot(&repo, None);

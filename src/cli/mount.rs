@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(short = 'f', long)]
     pub foreground: bool,
 
-    /// Mount options, comma separated: allow_other
+    /// Mount options, comma separated: allow_other, noreclaim (no background reclaim)
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     pub options: Vec<String>,
 
@@ -106,9 +106,11 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         fs_name: format!("snapfs:{}", std::path::absolute(repo)?.display()),
         ..Default::default()
     };
+    let mut reclaim = true;
     for o in &args.options {
         match o.as_str() {
             "allow_other" => options.allow_other = true,
+            "noreclaim" => reclaim = false,
             // What mount(8) and fstab pass along; the kernel or the helper handles them.
             "" | "rw" | "defaults" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
             | "noatime" | "relatime" | "strictatime" | "auto" | "noauto" | "user" | "nouser" | "users"
@@ -119,11 +121,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
                     "snapfs mounts the live tree read-write; snapshots are the read-only views (drop ro)",
                 ))
             }
-            other => {
-                return Err(super::usage(format!(
-                    "unknown mount option {other:?}; known: allow_other (and the usual rw, nodev, …)"
-                )))
-            }
+            other => return Err(super::usage(format!(
+                "unknown mount option {other:?}; known: allow_other, noreclaim (and the usual rw, nodev, …)"
+            ))),
         }
     }
     let every = args
@@ -151,6 +151,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             &mountpoint,
             &options,
             every.map(|secs| (Duration::from_secs(secs), policy)),
+            reclaim,
         )
     } else {
         spawn_daemon(repo, &mountpoint, &args)
@@ -266,6 +267,7 @@ fn serve(
     mountpoint: &Path,
     options: &MountOptions,
     schedule: Option<(Duration, Policy)>,
+    reclaim: bool,
 ) -> Result<()> {
     let holder = format!("mounted at {}", mountpoint.display());
     let handle = Repo::open(repo, &holder).with_context(|| format!("cannot mount {}", repo.display()))?;
@@ -306,6 +308,10 @@ fn serve(
             }
         })
     };
+    if reclaim {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || reclaim_in_background(&fs, &stop));
+    }
     if let Some((every, policy)) = schedule {
         let (fs, stop) = (fs.clone(), stop.clone());
         let repo = repo.to_path_buf();
@@ -352,6 +358,34 @@ fn warn_lost_mirrors(fs: &Fs, reported: &mut std::collections::BTreeSet<u32>) {
                     m.describe
                 );
             }
+        }
+    }
+}
+
+/// How often the background reclaimer looks for chunks nothing references.
+const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Deletes the chunks that nothing references any more (deleted or overwritten files
+/// no snapshot holds, forgotten snapshots' own chunks) every `RECLAIM_EVERY`, in
+/// gc's batches: each holds the mount for one short transaction only.
+fn reclaim_in_background(fs: &Fs, stop: &AtomicBool) {
+    let mut next = Instant::now() + RECLAIM_EVERY;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + RECLAIM_EVERY;
+        match gc::reclaim(fs) {
+            Ok(stats) if stats.chunks > 0 => {
+                log::info!(
+                    "reclaimed {} chunks ({} bytes per mirror)",
+                    stats.chunks,
+                    stats.bytes
+                )
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("background reclaim failed: {e}"),
         }
     }
 }

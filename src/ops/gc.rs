@@ -163,6 +163,16 @@ pub fn gc_mounted(
     Ok(stats)
 }
 
+/// Background reclaim in a mount: `gc_mounted` when there is garbage (one cheap
+/// query when there is none), never a sweep.
+pub fn reclaim(fs: &Fs) -> Result<GcStats> {
+    let (garbage, _) = fs.with_catalog(|cat, _, _| cat.garbage_totals())?;
+    if garbage == 0 {
+        return Ok(GcStats::default());
+    }
+    gc_mounted(fs, false, false, &mut |_, _| {})
+}
+
 fn add(total: &mut GcStats, batch: GcStats) {
     total.chunks += batch.chunks;
     total.bytes += batch.bytes;
