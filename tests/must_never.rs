@@ -438,3 +438,24 @@ fn noreclaim_leaves_the_space_to_gc() {
     assert!(gc["bytes"].as_u64().unwrap() >= 4 << 20, "gc found it all: {gc}");
     m.umount();
 }
+
+#[test]
+fn a_forgotten_snapshot_folder_is_gone_at_once() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::new(&repo, &mnt);
+    fs::write(m.path("f"), b"x").unwrap();
+    let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
+    assert_eq!(
+        fs::read(m.path(&format!("{snap}/f"))).unwrap(),
+        b"x",
+        "looked up, so cached"
+    );
+    snapfs_ok(&repo, &["forget", &snap]);
+    assert!(
+        !m.path(&snap).exists(),
+        "the kernel forgot the name with the snapshot"
+    );
+    assert!(!names(&m.path("")).contains(&snap));
+    m.umount();
+}

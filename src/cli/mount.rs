@@ -121,9 +121,11 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
                     "snapfs mounts the live tree read-write; snapshots are the read-only views (drop ro)",
                 ))
             }
-            other => return Err(super::usage(format!(
+            other => {
+                return Err(super::usage(format!(
                 "unknown mount option {other:?}; known: allow_other, noreclaim (and the usual rw, nodev, …)"
-            ))),
+            )))
+            }
         }
     }
     let every = args
@@ -467,6 +469,12 @@ fn answer(
         Request::Forget { target, dry_run } => {
             let report =
                 fs.with_catalog(|cat, _, _| snapshots::forget(cat, &target, dry_run, snapfs::ops::now_ns()))?;
+            // The kernel keeps snapshot names for a minute: the forgotten ones go now.
+            let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
+            for name in report.forgotten.iter().filter(|_| !report.dry_run) {
+                inval.entry(Ino::ROOT, name.as_bytes());
+            }
+            drop(inval);
             json(serde_json::to_value(report))
         }
         Request::Rollback { name, path, dry_run } => {
