@@ -332,26 +332,32 @@ impl Catalog {
     /// nothing) if any of them is referenced again.
     pub fn drop_chunks(&mut self, ids: &[ChunkId]) -> Result<()> {
         let tx = self.begin()?;
-        for id in ids {
-            let refs: i64 = tx
-                .query_row(
-                    "SELECT refs FROM chunks WHERE chunk_id = ?1",
-                    params![&id.0[..]],
-                    |r| r.get(0),
-                )
+        {
+            let mut refs = tx
+                .prepare_cached("SELECT refs FROM chunks WHERE chunk_id = ?1")
                 .map_err(sql_err("checking a chunk before removal"))?;
-            if refs != 0 {
-                return Err(Error::CorruptCatalog(format!(
-                    "chunk {id} is referenced again; gc stopped"
-                )));
-            }
-            tx.execute(
-                "DELETE FROM chunk_garbage WHERE chunk_id = ?1",
-                params![&id.0[..]],
-            )
-            .map_err(sql_err("removing a chunk"))?;
-            tx.execute("DELETE FROM chunks WHERE chunk_id = ?1", params![&id.0[..]])
+            let mut unlist = tx
+                .prepare_cached("DELETE FROM chunk_garbage WHERE chunk_id = ?1")
                 .map_err(sql_err("removing a chunk"))?;
+            let mut remove = tx
+                .prepare_cached("DELETE FROM chunks WHERE chunk_id = ?1")
+                .map_err(sql_err("removing a chunk"))?;
+            for id in ids {
+                let n: i64 = refs
+                    .query_row(params![&id.0[..]], |r| r.get(0))
+                    .map_err(sql_err("checking a chunk before removal"))?;
+                if n != 0 {
+                    return Err(Error::CorruptCatalog(format!(
+                        "chunk {id} is referenced again; gc stopped"
+                    )));
+                }
+                unlist
+                    .execute(params![&id.0[..]])
+                    .map_err(sql_err("removing a chunk"))?;
+                remove
+                    .execute(params![&id.0[..]])
+                    .map_err(sql_err("removing a chunk"))?;
+            }
         }
         tx.commit().map_err(sql_err("committing chunk removal"))
     }
