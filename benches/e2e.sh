@@ -12,6 +12,8 @@
 #   ENTRIES=100000 …               # the big-folder listing (ls -f), cold and warm (0 skips)
 #   BIG_ENTRIES=1000000 …          # also list a folder this big (default 0: skipped)
 #   ONLY=listing …                 # only the listings (big folders, find in a snapshot)
+#   ONLY=gc …                      # only the stat+ls probe beside a gc of GC_MIB of 4 KiB chunks
+#   GC_MIB=400 …                   # the garbage that probe's gc frees (default 400 MiB, ~100,000 chunks)
 #
 # On an ext4 without a journal, start a few minutes after any mass deletion (such as
 # the previous run's clean-up): new inodes are slow to allocate until then, and the
@@ -25,6 +27,7 @@ SIZE=${SIZE:-2G}
 ENTRIES=${ENTRIES:-100000}
 BIG_ENTRIES=${BIG_ENTRIES:-0}
 ONLY=${ONLY:-}
+GC_MIB=${GC_MIB:-400}
 READS=${READS:-3} # cold reads per side, alternating; the table shows the medians
 FILES=${FILES:-20000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -99,7 +102,7 @@ EOF
 log "mounting a fresh repository at $MNT…"
 "$BIN" --repo "$REPO" mount "$MNT" >&2
 
-[ "$ONLY" = listing ] && BYTES=0 # no data for the sequential workloads
+[ -n "$ONLY" ] && BYTES=0 # no data for the sequential workloads
 log "generating $SIZE of random and of text-like data…"
 head -c "$BYTES" /dev/urandom >"$DATA/random.bin"
 # Text-like: lines of words from a fixed vocabulary of 4096 words, picked at random.
@@ -340,7 +343,53 @@ EOF
     "$BIN" --repo "$lrepo" umount "$lmnt" >&2
 }
 
-if [ "$ONLY" != listing ]; then
+# probe_until DIR STOPFILE → "p50 p99 worst" ms of `ls DIR` + `stat DIR/probe`, every
+# 20 ms, until STOPFILE exists.
+probe_until() {
+    python3 - "$1" "$2" <<'EOF'
+import os, sys, time
+top, stop = sys.argv[1], sys.argv[2]
+lat = []
+while not os.path.exists(stop):
+    t = time.perf_counter()
+    os.listdir(top)
+    os.stat(os.path.join(top, "probe"))
+    lat.append((time.perf_counter() - t) * 1e3)
+    time.sleep(0.02)
+lat.sort()
+print("%.1f %.1f %.1f" % (lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]))
+EOF
+}
+
+# A repository of 4 KiB chunks, GC_MIB of random data written and deleted with no
+# snapshot (and no background reclaim), then `snapfs gc` while the probe runs.
+gc_probe() {
+    local grepo=$WORK/grepo gmnt=$WORK/gmnt s e
+    mkdir -p "$gmnt"
+    "$BIN" --repo "$grepo" init -q --chunk-size 2K:4K:8K
+    "$BIN" --repo "$grepo" mount "$gmnt" -o noreclaim >&2
+    touch "$gmnt/probe"
+    head -c "$((GC_MIB << 20))" /dev/urandom >"$gmnt/garbage"
+    sync "$gmnt/garbage"
+    rm "$gmnt/garbage"
+    local chunks
+    chunks=$("$BIN" --repo "$grepo" gc --dry-run --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["chunks"])')
+    log "gc of $chunks chunks beside a stat+ls probe…"
+    rm -f "$WORK/stop"
+    probe_until "$gmnt" "$WORK/stop" >"$WORK/probe.gc" &
+    sleep 1
+    s=$(now)
+    "$BIN" --repo "$grepo" gc -q
+    e=$(now)
+    touch "$WORK/stop"
+    wait
+    local p50 p99 worst
+    read -r p50 p99 worst <"$WORK/probe.gc"
+    ROWS+=("| stat+ls every 20 ms beside a gc of $chunks chunks ($(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }') s), p50 / p99 / worst | - | $p50 / $p99 / $worst ms | - | - |")
+    "$BIN" --repo "$grepo" umount "$gmnt" >&2
+}
+
+if [ -z "$ONLY" ]; then
     for kind in random text; do
         src=$DATA/random.bin
         [ "$kind" = text ] && src=$DATA/text.txt
@@ -410,7 +459,12 @@ if [ "$ONLY" != listing ]; then
 fi
 
 "$BIN" --repo "$REPO" umount "$MNT" >&2
-listings
+if [ -z "$ONLY" ] || [ "$ONLY" = listing ]; then
+    listings
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = gc ]; then
+    gc_probe
+fi
 
 echo
 echo "snapfs end-to-end benchmark, $(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r), SIZE=$SIZE"
