@@ -1,8 +1,9 @@
 //! The control socket: how commands reach a running mount.
 //!
 //! Owns: `REPO/control.sock` (mode 0600; a peer whose uid is neither ours nor root is
-//! refused), the request/response protocol (one JSON object per line each way), the
-//! client (`request`) and the server loop (`serve`). What a request does is the
+//! refused), the protocol (one typed `Request` and one typed `Answer` or
+//! `RemoteError`, a JSON line each way, shared by both ends), the client
+//! (`request`) and the server loop (`serve`). What a request does is the
 //! server's handler's business; this module only carries it.
 
 use std::io::{BufRead, BufReader, Write};
@@ -43,14 +44,41 @@ pub enum Request {
     Commit,
 }
 
-/// The mount's answer: a JSON result, or an error message.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Response {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub result: serde_json::Value,
+/// What the mount answers, one kind per request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// The snapshot taken (its `@name`).
+    Snapshot {
+        name: Option<String>,
+    },
+    Forget {
+        report: crate::ops::snapshots::ForgetReport,
+    },
+    Rollback {
+        report: crate::ops::snapshots::RollbackReport,
+    },
+    Gc {
+        stats: crate::ops::gc::GcStats,
+    },
+    /// The snapshot held or released.
+    Hold {
+        name: String,
+    },
+    /// Buffered writes are committed.
+    Committed,
 }
+
+/// An error as it crosses the socket: its errno, which stands for its kind in
+/// `Error::errno`, and its message. The client turns it into `Error::Remote`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteError {
+    pub errno: i32,
+    pub message: String,
+}
+
+/// One line each way: the request, then the answer or the error.
+type Response = std::result::Result<Answer, RemoteError>;
 
 /// The socket path of repository `repo`.
 pub fn socket_path(repo: &Path) -> PathBuf {
@@ -59,7 +87,8 @@ pub fn socket_path(repo: &Path) -> PathBuf {
 
 /// Sends `req` to the mount serving `repo`. `Ok(None)` when no mount is listening
 /// (no socket, or a stale one): the caller then works on the repository directly.
-pub fn request(repo: &Path, req: &Request) -> Result<Option<serde_json::Value>> {
+/// The mount's errors come back as `Error::Remote`, with their errno.
+pub fn request(repo: &Path, req: &Request) -> Result<Option<Answer>> {
     let path = socket_path(repo);
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -90,9 +119,12 @@ pub fn request(repo: &Path, req: &Request) -> Result<Option<serde_json::Value>> 
             )),
         )
     })?;
-    match response.error {
-        Some(message) => Err(Error::Remote(message)),
-        None => Ok(Some(response.result)),
+    match response {
+        Ok(answer) => Ok(Some(answer)),
+        Err(e) => Err(Error::Remote {
+            errno: e.errno,
+            message: e.message,
+        }),
     }
 }
 
@@ -102,7 +134,7 @@ pub fn is_served(repo: &Path) -> bool {
 }
 
 /// The handler a server runs for each request.
-pub type Handler = Arc<dyn Fn(Request) -> Result<serde_json::Value> + Send + Sync>;
+pub type Handler = Arc<dyn Fn(Request) -> Result<Answer> + Send + Sync>;
 
 /// Listens on the socket of `repo` (replacing a stale one: the caller holds the
 /// repository lock) and answers each connection on a thread of its own.
@@ -137,28 +169,61 @@ fn answer(stream: UnixStream, me: u32, handler: &Handler) {
     if reader.read_line(&mut line).is_err() {
         return;
     }
-    let response = if !allowed {
-        Response {
-            error: Some("permission denied: the mount belongs to another user".into()),
-            result: Default::default(),
-        }
+    let response: Response = if !allowed {
+        Err(RemoteError {
+            errno: libc::EACCES,
+            message: "permission denied: the mount belongs to another user".into(),
+        })
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response {
-                error: Some(format!("malformed request: {e}")),
-                result: Default::default(),
-            },
-            Ok(req) => match handler(req) {
-                Ok(result) => Response { error: None, result },
-                Err(e) => Response {
-                    error: Some(e.to_string()),
-                    result: Default::default(),
-                },
-            },
+            Err(e) => Err(RemoteError {
+                errno: libc::EINVAL,
+                message: format!("malformed request: {e}"),
+            }),
+            Ok(req) => handler(req).map_err(|e| RemoteError {
+                errno: e.errno(),
+                message: e.to_string(),
+            }),
         }
     };
     if let Ok(mut text) = serde_json::to_string(&response) {
         text.push('\n');
         let _ = (&stream).write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_and_errors_cross_the_socket_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let handler: Handler = Arc::new(|req| match req {
+            Request::Commit => Ok(Answer::Committed),
+            Request::Hold { name, .. } => Err(Error::NotFound(format!("{name} (see `snapfs list`)"))),
+            _ => Err(Error::ReadOnly("nope".into())),
+        });
+        serve(dir.path(), handler).unwrap();
+        assert_eq!(
+            request(dir.path(), &Request::Commit).unwrap(),
+            Some(Answer::Committed)
+        );
+        let hold = Request::Hold {
+            name: "@x".into(),
+            held: true,
+        };
+        let err = request(dir.path(), &hold).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOENT, "the kind survives: {err:?}");
+        assert_eq!(err.to_string(), "@x (see `snapfs list`): not found");
+        let err = request(
+            dir.path(),
+            &Request::Gc {
+                dry_run: true,
+                sweep: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.errno(), libc::EROFS);
     }
 }

@@ -113,9 +113,10 @@ pub enum Error {
     /// The operation is not supported here.
     #[error("{0}: not supported")]
     Unsupported(String),
-    /// The running mount refused or failed a request; its message.
-    #[error("{0}")]
-    Remote(String),
+    /// The running mount refused or failed a request: its error's errno (which
+    /// stands for its kind, see `errno`) and message.
+    #[error("{message}")]
+    Remote { errno: i32, message: String },
     /// An extended attribute is absent.
     #[error("no such extended attribute")]
     NoXattr,
@@ -165,6 +166,7 @@ impl Error {
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::NoXattr => libc::ENODATA,
             Error::Locked { .. } => libc::EBUSY,
+            Error::Remote { errno, .. } => *errno,
             _ => libc::EIO,
         }
     }

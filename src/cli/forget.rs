@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use snapfs::control::Request;
+use snapfs::control::{Answer, Request};
 use snapfs::ops::retention::{parse_duration, Policy};
 use snapfs::ops::snapshots::{self, ForgetTarget};
 
@@ -100,31 +100,28 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         target: target.clone(),
         dry_run,
     };
-    let result = remote::run(repo, request, "snapfs forget", |r| {
-        snapshots::forget(&mut r.catalog, &target, dry_run, snapfs::ops::now_ns())
-    })?;
+    let result = remote::run(
+        repo,
+        request,
+        "snapfs forget",
+        |r| snapshots::forget(&mut r.catalog, &target, dry_run, snapfs::ops::now_ns()),
+        |a| match a {
+            Answer::Forget { report } => Some(report),
+            _ => None,
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
     }
-    for kept in result["kept"].as_array().into_iter().flatten() {
-        let reasons: Vec<&str> = kept["reasons"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_str())
-            .collect();
-        println!(
-            "keep   {} ({})",
-            kept["name"].as_str().unwrap_or_default(),
-            reasons.join(", ")
-        );
+    for kept in &result.kept {
+        println!("keep   {} ({})", kept.name, kept.reasons.join(", "));
     }
     let verb = if dry_run { "would forget" } else { "forgot" };
-    for name in result["forgotten"].as_array().into_iter().flatten() {
-        println!("{verb} {}", name.as_str().unwrap_or_default());
+    for name in &result.forgotten {
+        println!("{verb} {name}");
     }
-    let bytes = result["frees_bytes"].as_u64().unwrap_or(0);
+    let bytes = result.frees_bytes;
     println!(
         "snapfs gc {} {} ({bytes} bytes) per mirror",
         if dry_run { "would then free" } else { "will free" },
@@ -143,11 +140,11 @@ pub fn hold(repo: &Path, args: HoldArgs, held: bool) -> Result<()> {
         },
         "snapfs hold",
         |r| snapshots::hold(&mut r.catalog, &name, held),
+        |a| match a {
+            Answer::Hold { name } => Some(name),
+            _ => None,
+        },
     )?;
-    println!(
-        "{} {}",
-        if held { "held" } else { "released" },
-        result.as_str().unwrap_or_default()
-    );
+    println!("{} {result}", if held { "held" } else { "released" });
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use snapfs::control::Request;
+use snapfs::control::{Answer, Request};
 use snapfs::ops::gc;
 
 use super::{human_bytes, remote};
@@ -31,21 +31,31 @@ pub struct Args {
 pub fn run(repo: &Path, args: Args) -> Result<()> {
     let (dry_run, json) = (args.dry_run, args.json);
     let sweep = args.sweep || snapfs::repo::sweep_needed(repo);
-    let result = remote::run(repo, Request::Gc { dry_run, sweep }, "snapfs gc", |r| {
-        let bar = if json {
-            super::progress::Progress::hidden()
-        } else {
-            super::progress::Progress::new("gc", "chunks")
-        };
-        let stats = gc::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
-            bar.set(done, total)
-        })?;
-        bar.finish();
-        if sweep && !dry_run {
-            snapfs::repo::clear_sweep_needed(&r.path);
-        }
-        Ok(stats)
-    })?;
+    let result = remote::run(
+        repo,
+        Request::Gc { dry_run, sweep },
+        "snapfs gc",
+        |r| {
+            let bar = if json {
+                super::progress::Progress::hidden()
+            } else {
+                super::progress::Progress::new("gc", "chunks")
+            };
+            let stats =
+                gc::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
+                    bar.set(done, total)
+                })?;
+            bar.finish();
+            if sweep && !dry_run {
+                snapfs::repo::clear_sweep_needed(&r.path);
+            }
+            Ok(stats)
+        },
+        |a| match a {
+            Answer::Gc { stats } => Some(stats),
+            _ => None,
+        },
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
@@ -53,14 +63,14 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     println!(
         "{} {} chunks, {} per mirror",
         if dry_run { "would free" } else { "freed" },
-        result["chunks"].as_u64().unwrap_or(0),
-        human_bytes(result["bytes"].as_u64().unwrap_or(0))
+        result.chunks,
+        human_bytes(result.bytes)
     );
-    if result["swept"].as_bool() == Some(true) {
+    if result.swept {
         println!(
             "{} {} object files no catalog row knows (left by a crash or a failed commit)",
             if dry_run { "would remove" } else { "removed" },
-            result["orphans"].as_u64().unwrap_or(0)
+            result.orphans
         );
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use snapfs::control::{self, Request};
+use snapfs::control::{self, Answer, Request};
 use snapfs::fs::{Fs, FsOptions, SnapDir};
 use snapfs::fuse::{Invalidator, MountOptions};
 use snapfs::ops::retention::{parse_duration, Policy};
@@ -455,16 +455,13 @@ fn answer(
     repo_path: &Path,
     invalidator: &Mutex<Invalidator>,
     req: Request,
-) -> snapfs::Result<serde_json::Value> {
+) -> snapfs::Result<Answer> {
     log::debug!("control request {req:?}");
-    let json = |v: serde_json::Result<serde_json::Value>| {
-        v.map_err(|e| snapfs::Error::InvalidArgument(e.to_string()))
-    };
     match req {
         Request::Snapshot { label } => {
             let name = fs.snapshot(label.as_deref())?.name;
             copy_catalog_in_background(fs, repo_path);
-            json(serde_json::to_value(name))
+            Ok(Answer::Snapshot { name })
         }
         Request::Forget { target, dry_run } => {
             let report =
@@ -475,7 +472,7 @@ fn answer(
                 inval.entry(Ino::ROOT, name.as_bytes());
             }
             drop(inval);
-            json(serde_json::to_value(report))
+            Ok(Answer::Forget { report })
         }
         Request::Rollback { name, path, dry_run } => {
             let now = snapfs::ops::now_ns();
@@ -490,7 +487,7 @@ fn answer(
             for inode in &report.changes.inodes {
                 inval.inode(Ino::live(*inode));
             }
-            json(serde_json::to_value(report))
+            Ok(Answer::Rollback { report })
         }
         Request::Gc { dry_run, sweep } => {
             let sweep = sweep || (!dry_run && fs.take_commit_failed()) || repo::sweep_needed(repo_path);
@@ -498,15 +495,15 @@ fn answer(
             if sweep && !dry_run {
                 repo::clear_sweep_needed(repo_path);
             }
-            json(serde_json::to_value(stats))
+            Ok(Answer::Gc { stats })
         }
         Request::Commit => {
             fs.commit()?;
-            Ok(serde_json::Value::Null)
+            Ok(Answer::Committed)
         }
-        Request::Hold { name, held } => json(serde_json::to_value(
-            fs.with_catalog(|cat, _, _| snapshots::hold(cat, &name, held))?,
-        )),
+        Request::Hold { name, held } => Ok(Answer::Hold {
+            name: fs.with_catalog(|cat, _, _| snapshots::hold(cat, &name, held))?,
+        }),
     }
 }
 

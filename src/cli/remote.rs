@@ -4,26 +4,30 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use serde::Serialize;
+use anyhow::{anyhow, Context, Result};
 
-use snapfs::control::{self, Request};
+use snapfs::control::{self, Answer, Request};
 use snapfs::repo::Repo;
 
-/// Sends `req` to the running mount, or runs `direct` on the repository opened with
-/// its lock. Either way returns the operation's result as JSON.
-pub fn run<T: Serialize>(
+/// Sends `req` to the running mount and takes its answer with `pick`, or runs
+/// `direct` on the repository opened with its lock. Either way returns the
+/// operation's typed result.
+pub fn run<T>(
     repo: &Path,
     req: Request,
     holder: &str,
     direct: impl FnOnce(&mut Repo) -> snapfs::Result<T>,
-) -> Result<serde_json::Value> {
+    pick: impl FnOnce(Answer) -> Option<T>,
+) -> Result<T> {
     if let Some(answer) = control::request(repo, &req)? {
-        return Ok(answer);
+        let what = format!("{answer:?}");
+        return pick(answer).ok_or_else(|| {
+            anyhow!("the mount answered {req:?} with {what}; is it the same snapfs version?")
+        });
     }
     let mut handle =
         Repo::open(repo, holder).with_context(|| format!("cannot open repository {}", repo.display()))?;
-    Ok(serde_json::to_value(direct(&mut handle)?)?)
+    Ok(direct(&mut handle)?)
 }
 
 /// When a mount serves `repo`, asks it to commit buffered writes first, so that a

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use snapfs::control::Request;
+use snapfs::control::{Answer, Request};
 use snapfs::ops::snapshots;
 
 use super::remote;
@@ -34,23 +34,32 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         path: path.clone(),
         dry_run,
     };
-    let result = remote::run(repo, request, "snapfs rollback", |r| {
-        snapshots::rollback(
-            &mut r.catalog,
-            &name,
-            path.as_deref(),
-            dry_run,
-            snapfs::ops::now_ns(),
-            &[],
-        )
-    })?;
-    let target = result["target"].as_str().unwrap_or_default();
+    let result = remote::run(
+        repo,
+        request,
+        "snapfs rollback",
+        |r| {
+            snapshots::rollback(
+                &mut r.catalog,
+                &name,
+                path.as_deref(),
+                dry_run,
+                snapfs::ops::now_ns(),
+                &[],
+            )
+        },
+        |a| match a {
+            Answer::Rollback { report } => Some(report),
+            _ => None,
+        },
+    )?;
+    let target = &result.target;
     let what = args.path.as_deref().unwrap_or("the live tree");
     if dry_run {
         println!("would roll {what} back to {target}");
         return Ok(());
     }
-    if let Some(safety) = result["safety_snapshot"].as_str() {
+    if let Some(safety) = &result.safety_snapshot {
         println!("safety snapshot {safety} (undo with: snapfs rollback {safety})");
     }
     println!("rolled {what} back to {target}");

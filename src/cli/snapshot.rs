@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use snapfs::control::Request;
+use snapfs::control::{Answer, Request};
 use snapfs::ops::snapshots::{self, SnapshotInfo};
 
 use super::{human_bytes, remote};
@@ -41,8 +41,12 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             snapfs::ops::recover::save_copies(&r.path, &mirrors, snapfs::ops::now_ns())?;
             Ok(name)
         },
+        |a| match a {
+            Answer::Snapshot { name } => Some(name),
+            _ => None,
+        },
     )?;
-    println!("{}", result.as_str().unwrap_or_default());
+    println!("{}", result.unwrap_or_default());
     Ok(())
 }
 

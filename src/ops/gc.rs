@@ -13,7 +13,7 @@
 //! Time is in proportion to the garbage: the catalog keeps a list of unreferenced
 //! chunks (`chunk_garbage`), so gc never walks the repository, except a sweep.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, ChunkInfo};
 use crate::error::Result;
@@ -25,7 +25,7 @@ use crate::store::{MirrorStore, ObjectStore, RemovalGuard};
 pub const BATCH: usize = 1000;
 
 /// What gc freed.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct GcStats {
     pub chunks: u64,
     /// Stored bytes per mirror.

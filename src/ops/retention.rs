@@ -33,7 +33,7 @@ impl Policy {
 }
 
 /// One snapshot's fate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Decision {
     pub name: String,
     /// Why it is kept; empty when it is to be forgotten.

@@ -88,7 +88,7 @@ pub fn list(catalog: &Catalog) -> Result<Vec<SnapshotInfo>> {
 }
 
 /// What forget did (or, in a dry run, would do).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct ForgetReport {
     pub forgotten: Vec<String>,
     /// Snapshots a policy kept, with why (empty when snapshots were named).
@@ -171,7 +171,7 @@ pub fn hold(catalog: &mut Catalog, name: &str, held: bool) -> Result<String> {
 }
 
 /// What a rollback did.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RollbackReport {
     /// The snapshot rolled back to.
     pub target: String,
