@@ -79,6 +79,11 @@ pub fn condemn(catalog: &mut Catalog, store: &MirrorStore, limit: usize) -> Resu
     // running for these ids now.
     let going = store.begin_removal(&ids);
     catalog.drop_chunks(&ids)?;
+    // The rows' removal must be durable before any object goes: a mount commits
+    // without syncing, and a power cut after the deletion would bring back rows
+    // naming objects that are gone. (A cut before it leaves unknown objects, which
+    // a sweep removes.)
+    catalog.sync()?;
     Ok(Condemned {
         chunks,
         _going: going,
