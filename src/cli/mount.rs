@@ -1,23 +1,20 @@
-//! `snapfs mount` and `snapfs umount`: serve the live tree through FUSE.
+//! `snapfs mount` and `snapfs umount`: parse the options, create the repository on
+//! first use, start the mount daemon (`snapfs::daemon`) in the foreground or as a
+//! background process, and wait for it to be ready or gone.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use snapfs::control::{self, Answer, Request};
-use snapfs::fs::{Fs, FsOptions, SnapDir};
-use snapfs::fuse::{Invalidator, MountOptions};
-use snapfs::ops::retention::{parse_duration, Policy};
-use snapfs::ops::snapshots::{self, ForgetTarget};
-use snapfs::ops::{gc, recover};
+use snapfs::daemon::{self, DaemonOptions};
+use snapfs::fs::SnapDir;
+use snapfs::fuse::MountOptions;
+use snapfs::ops::retention::parse_duration;
 use snapfs::repo::{self, InitOptions, Repo, RepoLock};
-use snapfs::types::Ino;
 
 /// Log file of a background mount, inside the repository.
 const LOG_FILE: &str = "mount.log";
@@ -148,13 +145,12 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         println!("created repository {}", repo.display());
     }
     if args.foreground {
-        serve(
-            repo,
-            &mountpoint,
-            &options,
-            every.map(|secs| (Duration::from_secs(secs), policy)),
+        let daemon = DaemonOptions {
+            schedule: every.map(|secs| (Duration::from_secs(secs), policy)),
             reclaim,
-        )
+        };
+        daemon::serve(repo, &mountpoint, &options, daemon)
+            .with_context(|| format!("cannot mount {}", repo.display()))
     } else {
         spawn_daemon(repo, &mountpoint, &args)
     }
@@ -261,250 +257,6 @@ fn mounted_source(mountpoint: &Path) -> Option<String> {
         let here = head.split(' ').nth(4) == Some(target.as_str()) && fstype.starts_with("fuse");
         (here && source.starts_with("snapfs")).then(|| source.replace("\\040", " "))
     })
-}
-
-/// Serves the mount in this process until it is unmounted or signalled.
-fn serve(
-    repo: &Path,
-    mountpoint: &Path,
-    options: &MountOptions,
-    schedule: Option<(Duration, Policy)>,
-    reclaim: bool,
-) -> Result<()> {
-    let holder = format!("mounted at {}", mountpoint.display());
-    let handle = Repo::open(repo, &holder).with_context(|| format!("cannot mount {}", repo.display()))?;
-    let (catalog, store, _lock) = handle.into_parts();
-    // A marker left by a daemon that did not exit cleanly: its uncommitted chunks may
-    // sit in the mirrors, so the next gc sweeps.
-    let running = repo.join(repo::RUNNING_MARKER);
-    if running.exists() {
-        repo::mark_sweep_needed(repo)?;
-    }
-    std::fs::write(&running, std::process::id().to_string())?;
-    let fs = Arc::new(Fs::new(catalog, store, FsOptions::default())?);
-    let mount = snapfs::fuse::mount(fs.clone(), mountpoint, options)?;
-    let (handler_fs, handler_repo) = (fs.clone(), repo.to_path_buf());
-    let invalidator = Arc::new(Mutex::new(mount.invalidator()));
-    control::serve(
-        repo,
-        Arc::new(move |req| answer(&handler_fs, &handler_repo, &invalidator, req)),
-    )?;
-    log::info!(
-        "serving {} at {} (pid {})",
-        repo.display(),
-        mountpoint.display(),
-        std::process::id()
-    );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let flusher = {
-        let (fs, stop) = (fs.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut reported = std::collections::BTreeSet::new();
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
-                if let Err(e) = fs.flush_old() {
-                    log::warn!("committing buffered writes failed: {e}");
-                }
-                warn_lost_mirrors(&fs, &mut reported);
-            }
-        })
-    };
-    if reclaim {
-        let (fs, stop) = (fs.clone(), stop.clone());
-        std::thread::spawn(move || reclaim_in_background(&fs, &stop));
-    }
-    if let Some((every, policy)) = schedule {
-        let (fs, stop) = (fs.clone(), stop.clone());
-        let repo = repo.to_path_buf();
-        std::thread::spawn(move || scheduled_snapshots(&fs, &repo, every, &policy, &stop));
-    }
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ])?;
-    let signal_handle = signals.handle();
-    let unmount_at = mountpoint.to_path_buf();
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            log::info!("signal {sig}: unmounting");
-            if let Err(e) = snapfs::fuse::unmount(&unmount_at) {
-                log::error!("{e}");
-            }
-        }
-    });
-    let served = mount.join();
-    signal_handle.close();
-    stop.store(true, Ordering::Relaxed);
-    let _ = flusher.join();
-    fs.fsync(None).context("committing buffered writes at unmount")?;
-    if let Err(e) = recover::save_copies(repo, fs.mirror_paths(), snapfs::ops::now_ns()) {
-        log::warn!("could not save a catalog copy at unmount: {e}");
-    }
-    let _ = std::fs::remove_file(control::socket_path(repo));
-    served?;
-    let _ = std::fs::remove_file(&running);
-    log::info!("unmounted {}", mountpoint.display());
-    Ok(())
-}
-
-/// Logs each mirror this mount has set aside, once.
-fn warn_lost_mirrors(fs: &Fs, reported: &mut std::collections::BTreeSet<u32>) {
-    for m in fs.mirror_status() {
-        if let snapfs::store::MirrorState::Lost { reason } = &m.state {
-            if reported.insert(m.id.0) {
-                log::warn!(
-                    "{} is lost ({reason}); reads and writes go on with the other mirrors; \
-                     when it is back, `snapfs scrub` refills it",
-                    m.describe
-                );
-            }
-        }
-    }
-}
-
-/// How often the background reclaimer looks for chunks nothing references.
-const RECLAIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Deletes the chunks that nothing references any more (deleted or overwritten files
-/// no snapshot holds, forgotten snapshots' own chunks) every `RECLAIM_EVERY`, in
-/// gc's batches: each holds the mount for one short transaction only.
-fn reclaim_in_background(fs: &Fs, stop: &AtomicBool) {
-    let mut next = Instant::now() + RECLAIM_EVERY;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        if Instant::now() < next {
-            continue;
-        }
-        next = Instant::now() + RECLAIM_EVERY;
-        match gc::reclaim(fs) {
-            Ok(stats) if stats.chunks > 0 => {
-                log::info!(
-                    "reclaimed {} chunks ({} bytes per mirror)",
-                    stats.chunks,
-                    stats.bytes
-                )
-            }
-            Ok(_) => {}
-            Err(e) => log::warn!("background reclaim failed: {e}"),
-        }
-    }
-}
-
-/// Every `every`: a snapshot when the tree changed, then the retention policy and gc.
-fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, stop: &AtomicBool) {
-    let mut next = Instant::now() + every;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        if Instant::now() < next {
-            continue;
-        }
-        next += every;
-        match fs.snapshot_if_changed(Some("scheduled")) {
-            Ok(Some(g)) => {
-                log::info!("scheduled snapshot {}", g.name.unwrap_or_default());
-                copy_catalog_in_background(fs, repo);
-            }
-            Ok(None) => continue,
-            Err(e) => {
-                log::warn!("scheduled snapshot failed: {e}");
-                continue;
-            }
-        }
-        if policy.is_empty() {
-            continue;
-        }
-        let target = ForgetTarget::Policy(policy.clone());
-        let pruned = fs
-            .with_catalog(|cat, _, _| snapshots::forget(cat, &target, false, snapfs::ops::now_ns()))
-            .and_then(|report| {
-                Ok((
-                    report.forgotten,
-                    gc::gc_mounted(fs, false, false, &mut |_, _| {})?,
-                ))
-            });
-        match pruned {
-            Ok((forgotten, freed)) if !forgotten.is_empty() => {
-                log::info!(
-                    "retention forgot {} snapshots, freed {} bytes",
-                    forgotten.len(),
-                    freed.bytes
-                )
-            }
-            Ok(_) => {}
-            Err(e) => log::warn!("retention failed: {e}"),
-        }
-    }
-}
-
-/// Saves a catalog copy into the mirrors on a thread of its own (it reads a
-/// consistent snapshot of the database; the mount goes on meanwhile).
-fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
-    let (repo, mirrors) = (repo.to_path_buf(), fs.mirror_paths().to_vec());
-    std::thread::spawn(move || {
-        if let Err(e) = recover::save_copies(&repo, &mirrors, snapfs::ops::now_ns()) {
-            log::warn!("could not save a catalog copy: {e}");
-        }
-    });
-}
-
-/// Answers a control request inside the daemon, on its own catalog.
-fn answer(
-    fs: &Fs,
-    repo_path: &Path,
-    invalidator: &Mutex<Invalidator>,
-    req: Request,
-) -> snapfs::Result<Answer> {
-    log::debug!("control request {req:?}");
-    match req {
-        Request::Snapshot { label } => {
-            let name = fs.snapshot(label.as_deref())?.name;
-            copy_catalog_in_background(fs, repo_path);
-            Ok(Answer::Snapshot { name })
-        }
-        Request::Forget { target, dry_run } => {
-            let report =
-                fs.with_catalog(|cat, _, _| snapshots::forget(cat, &target, dry_run, snapfs::ops::now_ns()))?;
-            // The kernel keeps snapshot names for a minute: the forgotten ones go now.
-            let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
-            for name in report.forgotten.iter().filter(|_| !report.dry_run) {
-                inval.entry(Ino::ROOT, name.as_bytes());
-            }
-            drop(inval);
-            Ok(Answer::Forget { report })
-        }
-        Request::Rollback { name, path, dry_run } => {
-            let now = snapfs::ops::now_ns();
-            let report = fs.with_catalog(|cat, _, open| {
-                snapshots::rollback(cat, &name, path.as_deref(), dry_run, now, open)
-            })?;
-            // Outside the filesystem lock: the kernel may call back in while it drops.
-            let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
-            for (parent, entry) in &report.changes.entries {
-                inval.entry(Ino::live(*parent), entry);
-            }
-            for inode in &report.changes.inodes {
-                inval.inode(Ino::live(*inode));
-            }
-            Ok(Answer::Rollback { report })
-        }
-        Request::Gc { dry_run, sweep } => {
-            let sweep = sweep || (!dry_run && fs.take_commit_failed()) || repo::sweep_needed(repo_path);
-            let stats = gc::gc_mounted(fs, dry_run, sweep, &mut |_, _| {})?;
-            if sweep && !dry_run {
-                repo::clear_sweep_needed(repo_path);
-            }
-            Ok(Answer::Gc { stats })
-        }
-        Request::Commit => {
-            fs.commit()?;
-            Ok(Answer::Committed)
-        }
-        Request::Hold { name, held } => Ok(Answer::Hold {
-            name: fs.with_catalog(|cat, _, _| snapshots::hold(cat, &name, held))?,
-        }),
-    }
 }
 
 pub fn umount(repo: &Path, args: UmountArgs) -> Result<()> {

@@ -1,0 +1,268 @@
+//! The mount daemon: what runs while a repository is mounted, besides the kernel's
+//! requests. Owns: the flusher (commits buffered writes every 250 ms), the
+//! background reclaimer, the snapshot scheduler and its retention, the control
+//! requests (answered on the mount's own core), kernel cache invalidation after
+//! operations that change the live tree or the snapshot list behind the kernel's
+//! back, signals, and the clean shutdown. The CLI only parses its options and
+//! starts it (`serve`). Nothing here prints: it logs.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::control::{self, Answer, Request};
+use crate::error::{Error, Result};
+use crate::fs::{Fs, FsOptions};
+use crate::fuse::{Invalidator, MountOptions};
+use crate::ops::retention::Policy;
+use crate::ops::snapshots::{self, ForgetTarget};
+use crate::ops::{gc, recover};
+use crate::repo::{self, Repo};
+use crate::types::Ino;
+
+/// What the daemon does besides serving requests.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonOptions {
+    /// Take a snapshot this often when the tree changed, then apply this policy.
+    pub schedule: Option<(Duration, Policy)>,
+    /// Delete unreferenced chunks in the background (`-o noreclaim` turns it off).
+    pub reclaim: bool,
+}
+
+/// Serves the repository at `repo` on `mountpoint` in this process until it is
+/// unmounted or signalled (SIGINT, SIGTERM, SIGHUP unmount it); on return every
+/// buffered write is committed and durable, and a catalog copy is saved.
+pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: DaemonOptions) -> Result<()> {
+    let holder = format!("mounted at {}", mountpoint.display());
+    let handle = Repo::open(repo, &holder)?;
+    let (catalog, store, _lock) = handle.into_parts();
+    // A marker left by a daemon that did not exit cleanly: its uncommitted chunks may
+    // sit in the mirrors, so the next gc sweeps.
+    let running = repo.join(repo::RUNNING_MARKER);
+    if running.exists() {
+        repo::mark_sweep_needed(repo)?;
+    }
+    std::fs::write(&running, std::process::id().to_string())
+        .map_err(Error::io_with(format!("writing {}", running.display())))?;
+    let fs = Arc::new(Fs::new(catalog, store, FsOptions::default())?);
+    let mount = crate::fuse::mount(fs.clone(), mountpoint, options)?;
+    let (handler_fs, handler_repo) = (fs.clone(), repo.to_path_buf());
+    let invalidator = Arc::new(Mutex::new(mount.invalidator()));
+    control::serve(
+        repo,
+        Arc::new(move |req| answer(&handler_fs, &handler_repo, &invalidator, req)),
+    )?;
+    log::info!(
+        "serving {} at {} (pid {})",
+        repo.display(),
+        mountpoint.display(),
+        std::process::id()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reported = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                if let Err(e) = fs.flush_old() {
+                    log::warn!("committing buffered writes failed: {e}");
+                }
+                warn_lost_mirrors(&fs, &mut reported);
+            }
+        })
+    };
+    if daemon.reclaim {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        std::thread::spawn(move || reclaim_in_background(&fs, &stop));
+    }
+    if let Some((every, policy)) = daemon.schedule {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        let repo = repo.to_path_buf();
+        std::thread::spawn(move || scheduled_snapshots(&fs, &repo, every, &policy, &stop));
+    }
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(Error::io_with("listening for signals"))?;
+    let signal_handle = signals.handle();
+    let unmount_at = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: unmounting");
+            if let Err(e) = crate::fuse::unmount(&unmount_at) {
+                log::error!("{e}");
+            }
+        }
+    });
+    let served = mount.join();
+    signal_handle.close();
+    stop.store(true, Ordering::Relaxed);
+    let _ = flusher.join();
+    fs.fsync(None)?;
+    if let Err(e) = recover::save_copies(repo, fs.mirror_paths(), crate::ops::now_ns()) {
+        log::warn!("could not save a catalog copy at unmount: {e}");
+    }
+    let _ = std::fs::remove_file(control::socket_path(repo));
+    served?;
+    let _ = std::fs::remove_file(&running);
+    log::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Logs each mirror this mount has set aside, once.
+fn warn_lost_mirrors(fs: &Fs, reported: &mut std::collections::BTreeSet<u32>) {
+    for m in fs.mirror_status() {
+        if let crate::store::MirrorState::Lost { reason } = &m.state {
+            if reported.insert(m.id.0) {
+                log::warn!(
+                    "{} is lost ({reason}); reads and writes go on with the other mirrors; \
+                     when it is back, `snapfs scrub` refills it",
+                    m.describe
+                );
+            }
+        }
+    }
+}
+
+/// How often the background reclaimer looks for chunks nothing references.
+const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Deletes the chunks that nothing references any more (deleted or overwritten files
+/// no snapshot holds, forgotten snapshots' own chunks) every `RECLAIM_EVERY`, in
+/// gc's batches: each holds the mount for one short transaction only.
+fn reclaim_in_background(fs: &Fs, stop: &AtomicBool) {
+    let mut next = Instant::now() + RECLAIM_EVERY;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + RECLAIM_EVERY;
+        match gc::reclaim(fs) {
+            Ok(stats) if stats.chunks > 0 => {
+                log::info!(
+                    "reclaimed {} chunks ({} bytes per mirror)",
+                    stats.chunks,
+                    stats.bytes
+                )
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("background reclaim failed: {e}"),
+        }
+    }
+}
+
+/// Every `every`: a snapshot when the tree changed, then the retention policy and gc.
+fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, stop: &AtomicBool) {
+    let mut next = Instant::now() + every;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if Instant::now() < next {
+            continue;
+        }
+        next += every;
+        match fs.snapshot_if_changed(Some("scheduled")) {
+            Ok(Some(g)) => {
+                log::info!("scheduled snapshot {}", g.name.unwrap_or_default());
+                copy_catalog_in_background(fs, repo);
+            }
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("scheduled snapshot failed: {e}");
+                continue;
+            }
+        }
+        if policy.is_empty() {
+            continue;
+        }
+        let target = ForgetTarget::Policy(policy.clone());
+        let pruned = fs
+            .with_catalog(|cat, _, _| snapshots::forget(cat, &target, false, crate::ops::now_ns()))
+            .and_then(|report| {
+                Ok((
+                    report.forgotten,
+                    gc::gc_mounted(fs, false, false, &mut |_, _| {})?,
+                ))
+            });
+        match pruned {
+            Ok((forgotten, freed)) if !forgotten.is_empty() => {
+                log::info!(
+                    "retention forgot {} snapshots, freed {} bytes",
+                    forgotten.len(),
+                    freed.bytes
+                )
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("retention failed: {e}"),
+        }
+    }
+}
+
+/// Saves a catalog copy into the mirrors on a thread of its own (it reads a
+/// consistent snapshot of the database; the mount goes on meanwhile).
+fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
+    let (repo, mirrors) = (repo.to_path_buf(), fs.mirror_paths().to_vec());
+    std::thread::spawn(move || {
+        if let Err(e) = recover::save_copies(&repo, &mirrors, crate::ops::now_ns()) {
+            log::warn!("could not save a catalog copy: {e}");
+        }
+    });
+}
+
+/// Answers a control request inside the daemon, on its own catalog.
+fn answer(fs: &Fs, repo_path: &Path, invalidator: &Mutex<Invalidator>, req: Request) -> Result<Answer> {
+    log::debug!("control request {req:?}");
+    match req {
+        Request::Snapshot { label } => {
+            let name = fs.snapshot(label.as_deref())?.name;
+            copy_catalog_in_background(fs, repo_path);
+            Ok(Answer::Snapshot { name })
+        }
+        Request::Forget { target, dry_run } => {
+            let report =
+                fs.with_catalog(|cat, _, _| snapshots::forget(cat, &target, dry_run, crate::ops::now_ns()))?;
+            // The kernel keeps snapshot names for a minute: the forgotten ones go now.
+            let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
+            for name in report.forgotten.iter().filter(|_| !report.dry_run) {
+                inval.entry(Ino::ROOT, name.as_bytes());
+            }
+            drop(inval);
+            Ok(Answer::Forget { report })
+        }
+        Request::Rollback { name, path, dry_run } => {
+            let now = crate::ops::now_ns();
+            let report = fs.with_catalog(|cat, _, open| {
+                snapshots::rollback(cat, &name, path.as_deref(), dry_run, now, open)
+            })?;
+            // Outside the filesystem lock: the kernel may call back in while it drops.
+            let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
+            for (parent, entry) in &report.changes.entries {
+                inval.entry(Ino::live(*parent), entry);
+            }
+            for inode in &report.changes.inodes {
+                inval.inode(Ino::live(*inode));
+            }
+            Ok(Answer::Rollback { report })
+        }
+        Request::Gc { dry_run, sweep } => {
+            let sweep = sweep || (!dry_run && fs.take_commit_failed()) || repo::sweep_needed(repo_path);
+            let stats = gc::gc_mounted(fs, dry_run, sweep, &mut |_, _| {})?;
+            if sweep && !dry_run {
+                repo::clear_sweep_needed(repo_path);
+            }
+            Ok(Answer::Gc { stats })
+        }
+        Request::Commit => {
+            fs.commit()?;
+            Ok(Answer::Committed)
+        }
+        Request::Hold { name, held } => Ok(Answer::Hold {
+            name: fs.with_catalog(|cat, _, _| snapshots::hold(cat, &name, held))?,
+        }),
+    }
+}
