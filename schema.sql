@@ -29,6 +29,8 @@
 --   zstd_level    zstd level for new chunks, or 'none'
 --   created_ns    when the repository was made
 --   next_inode_id the next inode id to hand out (ids are never reused)
+--   sync_count    durable syncs of the catalog so far (each `sync` commits a change to
+--                 it, so the commit has something to write and fsync; see Catalog::sync)
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
