@@ -54,8 +54,11 @@ const SYNC_THREADS: usize = 4;
 /// A sync with fewer files than this fsyncs them on the calling thread.
 const FILES_PER_SYNC_THREAD: usize = 8;
 
+/// A test's hook, run before each fsync with the path.
+#[cfg(test)]
+type FsyncHook = std::sync::Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// One mirror folder holding chunk frames as files.
-#[derive(Debug)]
 pub struct DirStore {
     path: PathBuf,
     objects: PathBuf,
@@ -64,9 +67,24 @@ pub struct DirStore {
     sync: SyncChoice,
     /// What the next sync must fsync (fsync mode only; empty in syncfs mode).
     unsynced: Mutex<Unsynced>,
+    /// Held by a sync in fsync mode for as long as it runs (see `fsync_each`).
+    syncing: Mutex<()>,
+    /// Runs before each fsync, for the tests of the fsync mode.
+    #[cfg(test)]
+    before_fsync: Mutex<Option<FsyncHook>>,
     /// Every path fsynced, in order, for the tests of the fsync mode.
     #[cfg(test)]
     fsynced: Mutex<Vec<PathBuf>>,
+}
+
+impl std::fmt::Debug for DirStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirStore")
+            .field("path", &self.path)
+            .field("mirror", &self.mirror)
+            .field("sync", &self.sync)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Chunk files written and folders changed since the last sync (fsync mode).
@@ -294,6 +312,9 @@ impl DirStore {
             mirror,
             sync,
             unsynced: Mutex::default(),
+            syncing: Mutex::default(),
+            #[cfg(test)]
+            before_fsync: Mutex::default(),
             #[cfg(test)]
             fsynced: Mutex::default(),
         }
@@ -310,6 +331,18 @@ impl DirStore {
     pub(crate) fn with_sync_mode(mut self, mode: SyncMode) -> DirStore {
         self.sync.mode = mode;
         self
+    }
+
+    /// Runs `hook` before each fsync from now on.
+    #[cfg(test)]
+    pub(crate) fn set_before_fsync(&self, hook: impl Fn(&Path) + Send + Sync + 'static) {
+        *self.before_fsync.lock().unwrap() = Some(std::sync::Arc::new(hook));
+    }
+
+    /// Chunk files the next sync has to fsync.
+    #[cfg(test)]
+    pub(crate) fn unsynced_files(&self) -> usize {
+        self.unsynced().files.len()
     }
 
     /// Every path fsynced so far, in order, and clears the record.
@@ -356,7 +389,16 @@ impl DirStore {
     /// before its data could name an empty file after a crash (harmless here, as no
     /// committed row names a chunk before this returns, but there is no reason to).
     /// On failure everything taken is put back, so the next sync tries it all again.
+    ///
+    /// One sync at a time: a sync that took the set and is still fsyncing it would
+    /// otherwise let a second, concurrent one find the set empty and return at once,
+    /// before the files the first took are durable (the flusher's sync outside the
+    /// filesystem lock runs beside a commit's sync), and that commit would then name
+    /// chunks that a power cut can still take away. Waiting for the first makes them
+    /// durable for the second too.
     fn fsync_each(&self) -> Result<()> {
+        // A panic in an earlier sync left nothing half done that this one relies on.
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
         let taken = std::mem::take(&mut *self.unsynced());
         let files: Vec<&PathBuf> = taken.files.iter().collect();
         let dirs: Vec<&PathBuf> = taken.dirs.iter().collect();
@@ -404,6 +446,13 @@ impl DirStore {
     /// is all a reader needs). A chunk file removed since it was written (gc, a
     /// replacing put's rename) has nothing left to sync.
     fn fsync_one(&self, path: &Path, dir: bool) -> Result<()> {
+        #[cfg(test)]
+        {
+            let hook = self.before_fsync.lock().unwrap().clone();
+            if let Some(hook) = hook {
+                hook(path);
+            }
+        }
         let synced = fs::File::open(path).and_then(|f| if dir { f.sync_all() } else { f.sync_data() });
         #[cfg(test)]
         self.fsynced.lock().unwrap().push(path.to_path_buf());

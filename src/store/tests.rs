@@ -833,3 +833,56 @@ fn create_dir_all_durably_creates_every_missing_level() {
     create_dir_all_durably(&deep).unwrap();
     create_dir_all_durably(tmp.path()).unwrap();
 }
+
+#[test]
+fn a_sync_in_fsync_mode_returns_only_once_a_concurrent_syncs_files_are_durable() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(dir_store(tmp.path(), "m", 0).with_sync_mode(SyncMode::FsyncEach));
+    let (_, frame) = chunk(33, 500, true);
+    let (a, b) = (id_with_prefix(0x01, 1), id_with_prefix(0x02, 2));
+    let a_path = store.object_path(&a);
+    // The fsync of A waits until the test lets it go.
+    let (release, wait) = mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let events = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (hook_events, hook_a) = (events.clone(), a_path.clone());
+    store.set_before_fsync(move |path| {
+        if path == hook_a {
+            wait.lock().unwrap().recv().unwrap();
+            hook_events.lock().unwrap().push("A fsynced".into());
+        }
+    });
+    store.put(&a, &frame.frame).unwrap();
+    let first = {
+        let store = store.clone();
+        std::thread::spawn(move || store.sync().unwrap())
+    };
+    // Let the first sync take A and block in its fsync.
+    while store.unsynced_files() != 0 {
+        std::thread::yield_now();
+    }
+    store.put(&b, &frame.frame).unwrap();
+    let second = {
+        let (store, events) = (store.clone(), events.clone());
+        std::thread::spawn(move || {
+            store.sync().unwrap();
+            events.lock().unwrap().push("second sync returned".into());
+        })
+    };
+    // Without waiting for the first, the second would return now, A not yet durable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !second.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    release.send(()).unwrap();
+    first.join().unwrap();
+    second.join().unwrap();
+    assert_eq!(*events.lock().unwrap(), vec!["A fsynced", "second sync returned"]);
+    let synced = store.take_fsynced();
+    assert!(
+        synced.contains(&a_path) && synced.contains(&store.object_path(&b)),
+        "{synced:?}"
+    );
+}
