@@ -992,6 +992,18 @@ impl Filesystem for Layer {
     }
 }
 
+/// Tells other threads whether the power of one layer is cut (a `restart` makes a new
+/// layer: its watch is another one).
+#[derive(Clone)]
+pub struct CutWatch(Arc<Shared>);
+
+impl CutWatch {
+    /// True once the power is cut.
+    pub fn is_cut(&self) -> bool {
+        self.0.lock().is_cut()
+    }
+}
+
 /// A mounted power-cut layer. Dropping it unmounts it (the test must first stop
 /// whatever uses it).
 pub struct PowerCut {
@@ -1043,6 +1055,11 @@ impl PowerCut {
         let mut st = self.shared.lock();
         st.cut_at = st.requests + n.max(1);
         st.seed = seed;
+    }
+
+    /// A watch on this layer's power, for other threads.
+    pub fn watch(&self) -> CutWatch {
+        CutWatch(self.shared.clone())
     }
 
     /// Changing requests served since the layer was mounted.
