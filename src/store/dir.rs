@@ -48,7 +48,11 @@ const CHUNK_TMP_PREFIX: &str = ".tmp-";
 /// Makes temp names unique within this process (the pid makes them unique across).
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// At most this many threads fsync one sync's files at once (fsync mode).
+/// At most this many threads fsync one sync's files at once (fsync mode). On this
+/// machine's ext4, forced to fsync mode, 4 threads against 1 (alternating, 3 runs
+/// each): 4 KiB random writes 1,471-1,482 against 1,182-1,272 writes/s, a 1 GiB
+/// sequential write 177-198 against 167-190 MB/s. On a FUSE or network filesystem
+/// each fsync is a round trip, which threads overlap further.
 const SYNC_THREADS: usize = 4;
 
 /// A sync with fewer files than this fsyncs them on the calling thread.
