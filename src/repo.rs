@@ -206,7 +206,8 @@ impl Repo {
 
         let mut created_mirrors: Vec<(PathBuf, bool)> = Vec::new();
         let result = (|| -> Result<Repo> {
-            std::fs::create_dir_all(path).map_err(Error::io_with(format!("creating {}", path.display())))?;
+            crate::store::create_dir_all_durably(path)
+                .map_err(Error::io_with(format!("creating {}", path.display())))?;
             for (i, m) in mirrors.iter().enumerate() {
                 created_mirrors.push((m.clone(), m.exists()));
                 DirStore::create(m, repo_id, MirrorId(i as u32))?;
@@ -225,6 +226,10 @@ impl Repo {
                     mirrors: mirrors.clone(),
                 },
             )?);
+            // SQLite syncs the folder of a journal it creates, never that of a new
+            // database file: without this, a power cut could leave the repository
+            // with mirrors and no catalog.
+            sync_dir(path)?;
             Repo::open(path, "init")
         })();
         if result.is_err() {
@@ -283,12 +288,22 @@ pub const SWEEP_MARKER: &str = "sweep-needed";
 /// one did not exit cleanly.
 pub const RUNNING_MARKER: &str = "mounted";
 
-/// Asks the next gc to sweep the mirrors for unknown objects.
+/// Asks the next gc to sweep the mirrors for unknown objects. Durable on return, so
+/// that a power cut does not hide the objects a crash left from the next gc.
 pub fn mark_sweep_needed(repo: &Path) -> Result<()> {
-    std::fs::write(repo.join(SWEEP_MARKER), b"").map_err(Error::io_with(format!(
-        "writing {}",
-        repo.join(SWEEP_MARKER).display()
-    )))
+    let marker = repo.join(SWEEP_MARKER);
+    File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io_with(format!("writing {}", marker.display())))?;
+    sync_dir(repo)
+}
+
+/// fsync of the folder `dir`: names created, renamed or removed in it are durable on
+/// return (on every filesystem; a FUSE one included).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io_with(format!("syncing folder {}", dir.display())))
 }
 
 /// True when a sweep was asked for.

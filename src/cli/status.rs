@@ -53,8 +53,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             .available_bytes
             .map(|b| format!(", {} free", human_bytes(b)))
             .unwrap_or_default();
+        let sync = match (m.sync.as_deref(), m.filesystem.as_deref()) {
+            (Some(mode), _) if m.sync_forced => format!(", {} (forced by SNAPFS_SYNC)", sync_words(mode)),
+            (Some(mode), Some(fs)) => format!(", {} ({fs})", sync_words(mode)),
+            _ => String::new(),
+        };
         println!(
-            "  {} {:<9} {} ({} chunks, {}{free})",
+            "  {} {:<9} {} ({} chunks, {}{free}{sync})",
             m.id,
             m.state,
             m.path.display(),
@@ -66,4 +71,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a mirror's sync mode is called in the text output.
+fn sync_words(mode: &str) -> &str {
+    match mode {
+        "syncfs" => "synced by syncfs",
+        "fsync" => "synced by fsync per file",
+        other => other,
+    }
 }

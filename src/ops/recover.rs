@@ -52,13 +52,17 @@ fn save_one(mirror: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         )));
     }
     let dir = mirror.join(COPIES_DIR);
-    std::fs::create_dir_all(&dir).map_err(Error::io_with(format!("creating {}", dir.display())))?;
+    crate::store::create_dir_all_durably(&dir)
+        .map_err(Error::io_with(format!("creating {}", dir.display())))?;
     let tmp = dir.join(format!(".tmp-{name}"));
     let ctx = || format!("writing {}", tmp.display());
     let mut f = std::fs::File::create(&tmp).map_err(Error::io_with(ctx()))?;
     f.write_all(bytes).map_err(Error::io_with(ctx()))?;
     f.sync_all().map_err(Error::io_with(ctx()))?;
     std::fs::rename(&tmp, dir.join(name)).map_err(Error::io_with(ctx()))?;
+    // The new name is durable only once its folder is (and before any old copy goes:
+    // a power cut must never leave fewer good copies than before).
+    repo::sync_dir(&dir)?;
     let mut copies = list_copies(mirror);
     while copies.len() > KEEP_COPIES {
         let oldest = copies.remove(copies.len() - 1);
@@ -187,6 +191,10 @@ pub fn recover_with_progress(
             let _ = std::fs::remove_file(repo_path.join(format!("{CATALOG_FILE}{suffix}")));
         }
         std::fs::rename(&staging, &db).map_err(Error::io_with(format!("installing {}", db.display())))?;
+        // The staged file's data, then the renames: durable before recover reports.
+        std::fs::File::open(&db)
+            .and_then(|f| f.sync_all())
+            .map_err(Error::io_with(format!("syncing {}", db.display())))?;
         repo::mark_sweep_needed(repo_path)?;
         let taken = copy
             .file_name()

@@ -27,6 +27,17 @@ pub struct MirrorReport {
     /// Free bytes on the mirror's filesystem; absent when it cannot be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub available_bytes: Option<u64>,
+    /// How a commit makes new chunks durable here: `syncfs` (one per mirror) or
+    /// `fsync` (every new chunk file and folder); absent when the mirror is lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<String>,
+    /// The mirror's filesystem type, which chose `sync` (`ext2/3/4`, `fuse` …, or the
+    /// statfs magic number in hex); absent when the mirror is lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<String>,
+    /// True when `SNAPFS_SYNC=fsync` chose `sync`, not the filesystem type.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sync_forced: bool,
 }
 
 /// Everything `snapfs status` reports.
@@ -77,9 +88,14 @@ pub fn status(path: &Path) -> Result<StatusReport> {
     let mut mirrors = Vec::new();
     for m in catalog.mirrors()? {
         let totals = catalog.chunk_totals(Some(m.id))?;
-        let (state, problem, available) = match DirStore::open(&m.path, settings.repo_id, m.id) {
-            Ok(store) => (m.state.clone(), None, store.available_bytes().ok()),
-            Err(e) => ("lost".to_string(), Some(e.to_string()), None),
+        let (state, problem, available, sync) = match DirStore::open(&m.path, settings.repo_id, m.id) {
+            Ok(store) => (
+                m.state.clone(),
+                None,
+                store.available_bytes().ok(),
+                Some(store.sync_choice().clone()),
+            ),
+            Err(e) => ("lost".to_string(), Some(e.to_string()), None, None),
         };
         mirrors.push(MirrorReport {
             id: m.id.0,
@@ -89,6 +105,9 @@ pub fn status(path: &Path) -> Result<StatusReport> {
             chunks: totals.chunks,
             stored_bytes: totals.stored_bytes,
             available_bytes: available,
+            sync: sync.as_ref().map(|c| c.mode.as_str().to_string()),
+            filesystem: sync.as_ref().map(|c| c.filesystem.clone()),
+            sync_forced: sync.is_some_and(|c| c.forced),
         });
     }
     let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };

@@ -6,7 +6,8 @@
 //!
 //! Knows nothing of files, inodes, generations or the catalog; depends only on `codec`,
 //! `types` and `error`. Durability contract shared by every store: a `put` is durable
-//! only once a later `sync` has returned Ok.
+//! only once a later `sync` has returned Ok; a `remove` may be undone by a crash, even
+//! after a sync (nothing may rely on a removal being durable).
 
 use std::fmt;
 
@@ -20,14 +21,16 @@ mod fault;
 mod memory;
 mod mirror;
 mod removals;
+mod sync;
 
-pub use dir::{read_identity, DirStore};
+pub use dir::{create_dir_all_durably, read_identity, DirStore};
 pub use fault::FaultStore;
 pub use memory::MemoryStore;
 #[cfg(test)]
 pub use memory::{Hook, HookedStore};
 pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
 pub use removals::RemovalGuard;
+pub use sync::{mode_for_filesystem, SyncChoice, SyncMode, SYNC_ENV};
 
 /// A store of chunk frames keyed by chunk id. Every method takes `&self` and may be
 /// called from many threads at once.
@@ -58,13 +61,17 @@ pub trait ObjectStore: Send + Sync {
     /// True if a copy of `id` is stored (good or bad: this does not verify).
     fn contains(&self, id: &ChunkId) -> Result<bool>;
 
-    /// Deletes the copy of `id`; absent is fine.
+    /// Deletes the copy of `id`; absent is fine. A crash may bring the copy back, even
+    /// after a later `sync` (a `DirStore` in fsync mode does not sync removals): a
+    /// caller that removes copies must make sure that a copy coming back is harmless
+    /// (gc deletes the catalog rows first, so a returning copy is an unknown object).
     fn remove(&self, id: &ChunkId) -> Result<()>;
 
     /// Every stored id, in no promised order, ignoring temporary files.
     fn list(&self) -> Result<Vec<ChunkId>>;
 
-    /// On return, every `put` and `remove` that returned before the call is durable.
+    /// On return, every `put` that returned before the call is durable (and, in most
+    /// stores, every `remove`; see `remove`).
     fn sync(&self) -> Result<()>;
 }
 

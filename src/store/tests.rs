@@ -655,3 +655,234 @@ fn mirror_set_behaves_like_a_set() {
     assert_eq!(s, one);
     assert_eq!(MirrorSet::EMPTY.to_string(), "");
 }
+
+// ---- sync modes ----
+
+#[test]
+fn syncfs_is_trusted_only_on_local_kernel_filesystems() {
+    for (magic, name) in [
+        (0xEF53, "ext2/3/4"),
+        (0x5846_5342, "xfs"),
+        (0x9123_683E, "btrfs"),
+        (0xF2F5_2010, "f2fs"),
+        (0x0102_1994, "tmpfs"),
+        (0x8584_58F6, "ramfs"),
+    ] {
+        assert_eq!(mode_for_filesystem(magic), (SyncMode::Syncfs, name.to_string()));
+    }
+    for (magic, name) in [
+        (0x6573_5546, "fuse"),
+        (0x6969, "nfs"),
+        (0xFF53_4D42, "cifs"),
+        (0xFE53_4D42, "smb2"),
+        (0x0102_1997, "9p"),
+        (0x794C_7630, "overlay"),
+        (0x2FC1_2FC1, "zfs"),
+        (0x1234_5678, "0x12345678"),
+    ] {
+        assert_eq!(
+            mode_for_filesystem(magic),
+            (SyncMode::FsyncEach, name.to_string())
+        );
+    }
+    assert_eq!(SyncMode::Syncfs.as_str(), "syncfs");
+    assert_eq!(SyncMode::FsyncEach.as_str(), "fsync");
+    assert_eq!(SyncMode::FsyncEach.to_string(), "fsync per file");
+}
+
+#[test]
+fn snapfs_sync_forces_fsync_and_refuses_unknown_values() {
+    use super::sync::forced_by;
+    assert!(!forced_by(None).unwrap());
+    assert!(!forced_by(Some("")).unwrap());
+    assert!(!forced_by(Some("auto")).unwrap());
+    assert!(forced_by(Some("fsync")).unwrap());
+    for bad in ["syncfs", "yes", "FSYNC"] {
+        let e = forced_by(Some(bad)).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(e.to_string().contains(&format!("SNAPFS_SYNC={bad}")), "{e}");
+    }
+}
+
+#[test]
+fn dir_store_chooses_its_sync_mode_by_the_folders_filesystem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path(), "m", 0);
+    let magic = rustix::fs::statfs(tmp.path()).unwrap().f_type as u32;
+    let (mode, name) = mode_for_filesystem(magic);
+    let choice = store.sync_choice();
+    assert_eq!(choice.filesystem, name);
+    // The test run may force fsync (SNAPFS_SYNC=fsync) to measure or test that mode.
+    if choice.forced {
+        assert_eq!(choice.mode, SyncMode::FsyncEach);
+    } else {
+        assert_eq!(choice.mode, mode);
+    }
+}
+
+#[test]
+fn dir_store_in_fsync_mode_meets_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    contract(
+        &dir_store(tmp.path(), "m", 0).with_sync_mode(SyncMode::FsyncEach),
+        &no_damage,
+    );
+}
+
+/// A chunk id whose file lands in `objects/<prefix>/`.
+fn id_with_prefix(prefix: u8, n: u8) -> ChunkId {
+    let mut id = [n; 32];
+    id[0] = prefix;
+    ChunkId(id)
+}
+
+#[test]
+fn fsync_mode_syncs_exactly_the_written_files_and_the_changed_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path(), "m", 0).with_sync_mode(SyncMode::FsyncEach);
+    let objects = store.path().join("objects");
+    let (_, frame) = chunk(30, 2_000, true);
+    let (a, b, c) = (
+        id_with_prefix(0xab, 1),
+        id_with_prefix(0xab, 2),
+        id_with_prefix(0x12, 3),
+    );
+    for id in [a, b, c] {
+        store.put(&id, &frame.frame).unwrap();
+    }
+    // A put of the same chunk again is synced once.
+    store.put(&a, &frame.frame).unwrap();
+    assert!(store.take_fsynced().is_empty(), "a put fsyncs nothing by itself");
+    store.sync().unwrap();
+    let dir = |id: &ChunkId| store.object_path(id).parent().unwrap().to_path_buf();
+    // Files first (in path order), then folders: both prefix folders were created, so
+    // objects/ changed too.
+    assert_eq!(
+        store.take_fsynced(),
+        vec![
+            store.object_path(&c),
+            store.object_path(&a),
+            store.object_path(&b),
+            objects.clone(),
+            dir(&c),
+            dir(&a),
+        ]
+    );
+
+    // Nothing written since: nothing to sync.
+    store.sync().unwrap();
+    assert!(store.take_fsynced().is_empty());
+
+    // A removal is not synced (see DirStore::remove); a put into an existing prefix
+    // folder syncs that file and that folder only.
+    store.remove(&b).unwrap();
+    store.sync().unwrap();
+    assert!(store.take_fsynced().is_empty());
+    let d = id_with_prefix(0x12, 4);
+    store.put(&d, &frame.frame).unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.take_fsynced(), vec![store.object_path(&d), dir(&d)]);
+
+    // A chunk removed between its put and the sync has nothing left to sync.
+    let e = id_with_prefix(0x12, 5);
+    store.put(&e, &frame.frame).unwrap();
+    store.remove(&e).unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.take_fsynced(), vec![store.object_path(&e), dir(&e)]);
+}
+
+#[test]
+fn fsync_mode_syncs_a_large_batch_on_several_threads_and_misses_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path(), "m", 0).with_sync_mode(SyncMode::FsyncEach);
+    let (_, frame) = chunk(31, 500, true);
+    let ids: Vec<ChunkId> = (0..100u8).map(|n| id_with_prefix(n % 10, n)).collect();
+    for id in &ids {
+        store.put(id, &frame.frame).unwrap();
+    }
+    store.sync().unwrap();
+    let synced: std::collections::BTreeSet<PathBuf> = store.take_fsynced().into_iter().collect();
+    let mut expected: std::collections::BTreeSet<PathBuf> =
+        ids.iter().map(|id| store.object_path(id)).collect();
+    expected.extend(
+        ids.iter()
+            .map(|id| store.object_path(id).parent().unwrap().to_path_buf()),
+    );
+    expected.insert(store.path().join("objects"));
+    assert_eq!(synced, expected);
+    assert_eq!(synced.len(), 100 + 10 + 1);
+}
+
+#[test]
+fn syncfs_mode_keeps_no_list_of_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path(), "m", 0).with_sync_mode(SyncMode::Syncfs);
+    let (_, c) = chunk(32, 500, true);
+    store.put(&c.id, &c.frame).unwrap();
+    store.sync().unwrap();
+    assert!(store.take_fsynced().is_empty());
+}
+
+#[test]
+fn create_dir_all_durably_creates_every_missing_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = tmp.path().join("a/b/c");
+    create_dir_all_durably(&deep).unwrap();
+    assert!(deep.is_dir());
+    // Existing folders are fine.
+    create_dir_all_durably(&deep).unwrap();
+    create_dir_all_durably(tmp.path()).unwrap();
+}
+
+#[test]
+fn a_sync_in_fsync_mode_returns_only_once_a_concurrent_syncs_files_are_durable() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(dir_store(tmp.path(), "m", 0).with_sync_mode(SyncMode::FsyncEach));
+    let (_, frame) = chunk(33, 500, true);
+    let (a, b) = (id_with_prefix(0x01, 1), id_with_prefix(0x02, 2));
+    let a_path = store.object_path(&a);
+    // The fsync of A waits until the test lets it go.
+    let (release, wait) = mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let events = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (hook_events, hook_a) = (events.clone(), a_path.clone());
+    store.set_before_fsync(move |path| {
+        if path == hook_a {
+            wait.lock().unwrap().recv().unwrap();
+            hook_events.lock().unwrap().push("A fsynced".into());
+        }
+    });
+    store.put(&a, &frame.frame).unwrap();
+    let first = {
+        let store = store.clone();
+        std::thread::spawn(move || store.sync().unwrap())
+    };
+    // Let the first sync take A and block in its fsync.
+    while store.unsynced_files() != 0 {
+        std::thread::yield_now();
+    }
+    store.put(&b, &frame.frame).unwrap();
+    let second = {
+        let (store, events) = (store.clone(), events.clone());
+        std::thread::spawn(move || {
+            store.sync().unwrap();
+            events.lock().unwrap().push("second sync returned".into());
+        })
+    };
+    // Without waiting for the first, the second would return now, A not yet durable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while !second.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    release.send(()).unwrap();
+    first.join().unwrap();
+    second.join().unwrap();
+    assert_eq!(*events.lock().unwrap(), vec!["A fsynced", "second sync returned"]);
+    let synced = store.take_fsynced();
+    assert!(
+        synced.contains(&a_path) && synced.contains(&store.object_path(&b)),
+        "{synced:?}"
+    );
+}

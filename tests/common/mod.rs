@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod powercut;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
