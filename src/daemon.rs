@@ -43,7 +43,10 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     if running.exists() {
         repo::mark_sweep_needed(repo)?;
     }
+    // Durable, name included: after a power cut the next mount must see it too.
     std::fs::write(&running, std::process::id().to_string())
+        .and_then(|()| std::fs::File::open(&running)?.sync_all())
+        .and_then(|()| std::fs::File::open(repo)?.sync_all())
         .map_err(Error::io_with(format!("writing {}", running.display())))?;
     let fs = Arc::new(Fs::new(catalog, store, FsOptions::default())?);
     let mount = crate::fuse::mount(fs.clone(), mountpoint, options)?;

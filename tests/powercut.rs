@@ -78,10 +78,6 @@ fn fsynced_file_survives_a_power_cut_of_mirrors_on_a_fuse_filesystem() {
 /// The whole repository on the layer (catalog.db and its WAL too): a file fsynced
 /// through the mount, and a snapshot `snapfs snapshot` named, survive a power cut.
 #[test]
-#[ignore = "DEFECT in src/catalog/mod.rs: Catalog::sync commits a transaction that changes \
-            no byte (UPDATE settings SET value = value), which SQLite writes and syncs \
-            nothing for, so fsync and snapshot leave the catalog's last commits unsynced. \
-            Run with --ignored."]
 fn fsynced_file_and_reported_snapshot_survive_a_power_cut_of_the_whole_repository() {
     require_fuse!();
     let tmp = tempfile::tempdir().unwrap();
@@ -143,9 +139,6 @@ fn fsynced_file_and_reported_snapshot_survive_a_power_cut_of_the_whole_repositor
 /// writes do (fsync mode); here that later commit is a plain one (`snapfs list` asks
 /// the mount to commit), with no fsync or snapshot after it.
 #[test]
-#[ignore = "DEFECT in src/catalog/mod.rs: condemn (src/ops/gc.rs) syncs the catalog \
-            before objects go, but Catalog::sync syncs nothing (see the test above), so \
-            the dropped rows and the forget can still come back. Run with --ignored."]
 fn power_cut_after_gc_and_a_later_commit_leaves_no_snapshot_without_its_chunks() {
     require_fuse!();
     let tmp = tempfile::tempdir().unwrap();
@@ -924,9 +917,6 @@ enum Layout {
 /// `SNAPFS_POWERCUT_CUTS` sets the number of cuts, `SNAPFS_POWERCUT_SEED` the first
 /// seed (a failure names its cut; replaying needs the same first seed and count).
 #[test]
-#[ignore = "DEFECT in src/catalog/mod.rs: Catalog::sync syncs nothing, so fsync, \
-            snapshot and gc's condemn leave the catalog's last commits unsynced; see the \
-            focused tests above. Run with --ignored."]
 fn power_cuts_at_random_moments_lose_nothing_that_was_promised() {
     power_cuts(Layout::WholeRepository);
 }
