@@ -11,7 +11,7 @@ mod common;
 
 use std::io::Write;
 
-use common::mount::{require_fuse, Mount};
+use common::mount::{kill_daemon_pid, require_fuse, Mount};
 use common::powercut::PowerCut;
 use common::*;
 
@@ -211,7 +211,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mount::{is_daemon_alive, is_mounted, run_with_timeout};
+use common::mount::run_with_timeout;
 use common::powercut::{CutWatch, Rng};
 
 /// Cuts in one run, unless `SNAPFS_POWERCUT_CUTS` says otherwise.
@@ -637,7 +637,7 @@ fn new_bytes(model: &Model, rng: &mut Rng, len: usize) -> Vec<u8> {
             return src[at..at + len].to_vec();
         }
     }
-    random_bytes(rng.next_u64(), len)
+    random_bytes(rng.next(), len)
 }
 
 /// Writes `bytes` at `offset` into file `id` (open as `file`), in pieces of at most
@@ -866,30 +866,6 @@ fn step(root: &Path, repo: &Path, model: &mut Model, rng: &mut Rng) -> Result<()
         }
     }
     Ok(())
-}
-
-/// kill -9 of the daemon `pid`, then a lazy unmount of its dead mount.
-fn kill_daemon_pid(pid: i32, repo: &Path, mountpoint: &Path) {
-    if let Some(p) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while is_daemon_alive(pid, repo) {
-        assert!(
-            Instant::now() < deadline,
-            "daemon {pid} survived kill -9 for 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = run_with_timeout(
-        Command::new("fusermount3").arg("-uz").arg(mountpoint),
-        Duration::from_secs(30),
-    );
-    assert!(
-        !is_mounted(mountpoint),
-        "{} still mounted after kill",
-        mountpoint.display()
-    );
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

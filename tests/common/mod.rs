@@ -63,6 +63,7 @@ fn snapfs_fails_with(code: i32, repo: &Path, args: &[&str], needles: &[&str]) ->
 }
 
 /// splitmix64: a small seeded generator for reproducible workloads.
+#[derive(Clone, Debug)]
 pub struct Rng(pub u64);
 
 impl Rng {
@@ -74,8 +75,23 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// A generator for `seed` (mixed, so that nearby seeds start far apart).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    /// Uniform in `0..n` (0 when n is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+
+    /// True with probability `num/den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.below(den) < num
     }
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {

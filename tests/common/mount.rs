@@ -197,6 +197,12 @@ pub fn kill_daemon(repo: &Path, mountpoint: &Path) {
         is_daemon_alive(pid, repo),
         "pid {pid} from REPO/lock is not a live snapfs daemon"
     );
+    kill_daemon_pid(pid, repo, mountpoint);
+}
+
+/// kill -9 of daemon `pid` of `repo`, waits for it to die, then detaches its dead
+/// mount at `mountpoint` (`fusermount3 -uz`).
+pub fn kill_daemon_pid(pid: i32, repo: &Path, mountpoint: &Path) {
     kill9(pid);
     let deadline = Instant::now() + Duration::from_secs(30);
     while is_daemon_alive(pid, repo) {
@@ -204,7 +210,7 @@ pub fn kill_daemon(repo: &Path, mountpoint: &Path) {
             Instant::now() < deadline,
             "daemon {pid} survived kill -9 for 30 s"
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let _ = run_with_timeout(
         Command::new("fusermount3").arg("-uz").arg(mountpoint),
