@@ -75,19 +75,26 @@ fn fsynced_file_survives_a_power_cut_of_mirrors_on_a_fuse_filesystem() {
     drop(layer);
 }
 
-/// The whole repository on the layer (catalog.db and its WAL too): a file fsynced
-/// through the mount, and a snapshot `snapfs snapshot` named, survive a power cut.
-#[test]
-fn fsynced_file_and_reported_snapshot_survive_a_power_cut_of_the_whole_repository() {
-    require_fuse!();
+/// A temporary folder holding the layer's mount point (`layer`, mounted) and a
+/// mount point for snapfs (`mnt`), with a new repository at `layer/repo`.
+fn repository_on_the_layer() -> (tempfile::TempDir, PathBuf, PowerCut, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (layer_dir, mnt) = (tmp.path().join("layer"), tmp.path().join("mnt"));
     for d in [&layer_dir, &mnt] {
         std::fs::create_dir(d).unwrap();
     }
-    let mut layer = PowerCut::mount(&layer_dir);
+    let layer = PowerCut::mount(&layer_dir);
     let repo = layer_dir.join("repo");
     snapfs_ok(&repo, &["init"]);
+    (tmp, mnt, layer, repo)
+}
+
+/// The whole repository on the layer (catalog.db and its WAL too): a file fsynced
+/// through the mount, and a snapshot `snapfs snapshot` named, survive a power cut.
+#[test]
+fn fsynced_file_and_reported_snapshot_survive_a_power_cut_of_the_whole_repository() {
+    require_fuse!();
+    let (_tmp, mnt, mut layer, repo) = repository_on_the_layer();
     let (a, b) = (random_bytes(1, 300_000), random_bytes(2, 5_000));
     let snapshot = {
         let mount = Mount::new(&repo, &mnt);
@@ -141,14 +148,7 @@ fn fsynced_file_and_reported_snapshot_survive_a_power_cut_of_the_whole_repositor
 #[test]
 fn power_cut_after_gc_and_a_later_commit_leaves_no_snapshot_without_its_chunks() {
     require_fuse!();
-    let tmp = tempfile::tempdir().unwrap();
-    let (layer_dir, mnt) = (tmp.path().join("layer"), tmp.path().join("mnt"));
-    for d in [&layer_dir, &mnt] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let mut layer = PowerCut::mount(&layer_dir);
-    let repo = layer_dir.join("repo");
-    snapfs_ok(&repo, &["init"]);
+    let (_tmp, mnt, mut layer, repo) = repository_on_the_layer();
     let old = random_bytes(11, 8 << 20);
     let snapshot = {
         let mount = Mount::new(&repo, &mnt);
