@@ -489,27 +489,14 @@ fn settle_unnamed(
     Ok(written)
 }
 
-/// Closes every live row of inode `id` (its attributes, extents and xattrs): deleted
-/// when born in `live`, else ended there. Returns the rows touched.
+/// Closes every live row of inode `id` (its attributes, extents and xattrs).
+/// Returns the rows touched.
 fn close_live_rows(tx: &rusqlite::Connection, live: GenId, id: InodeId) -> Result<u64> {
     let mut touched = 0;
     for table in ["inodes", "extents", "xattrs"] {
-        touched += tx
-            .execute(
-                &format!("DELETE FROM {table} WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from = ?3"),
-                params![id.0, GenId::OPEN.0, live.0],
-            )
-            .map_err(sql_err("closing rows"))?;
-        touched += tx
-            .execute(
-                &format!(
-                    "UPDATE {table} SET gen_to = ?3 WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from < ?3"
-                ),
-                params![id.0, GenId::OPEN.0, live.0],
-            )
-            .map_err(sql_err("closing rows"))?;
+        touched += super::write::close_live_rows(tx, live, table, id)?;
     }
-    Ok(touched as u64)
+    Ok(touched)
 }
 
 /// Rolls the rows of `table` that match `filter` back to generation `gen`: live rows

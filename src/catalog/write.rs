@@ -313,15 +313,7 @@ impl<'c> Txn<'c> {
     /// Closes every live row of `table` (extents or xattrs) that belongs to `inode`,
     /// without looking at the inode (which a damaged catalog may lack).
     pub(super) fn close_live_rows_of(&self, table: &str, inode: InodeId) -> Result<()> {
-        for sql in [
-            format!("DELETE FROM {table} WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from = ?3"),
-            format!("UPDATE {table} SET gen_to = ?3 WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from < ?3"),
-        ] {
-            self.tx
-                .execute(&sql, params![inode.0, GenId::OPEN.0, self.live.0])
-                .map_err(sql_err("closing orphan rows"))?;
-        }
-        Ok(())
+        close_live_rows(&self.tx, self.live, table, inode).map(|_| ())
     }
 
     /// Sets every chunk's reference count to the extent rows that name it, and keeps
@@ -664,4 +656,20 @@ pub(super) fn chunk(conn: &Connection, id: &ChunkId) -> Result<Option<ChunkInfo>
     stmt.query_row(params![&id.0[..]], read::chunk_from_row)
         .optional()
         .map_err(sql_err("reading a chunk"))
+}
+
+/// Closes every live row of `table` that belongs to `inode`: deleted when born in
+/// `live`, else ended there. Returns the rows touched. For tables keyed by
+/// `inode_id` (inodes, extents, xattrs).
+pub(super) fn close_live_rows(conn: &Connection, live: GenId, table: &str, inode: InodeId) -> Result<u64> {
+    let mut touched = 0;
+    for sql in [
+        format!("DELETE FROM {table} WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from = ?3"),
+        format!("UPDATE {table} SET gen_to = ?3 WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from < ?3"),
+    ] {
+        touched += conn
+            .execute(&sql, params![inode.0, GenId::OPEN.0, live.0])
+            .map_err(sql_err("closing rows"))?;
+    }
+    Ok(touched as u64)
 }
