@@ -285,6 +285,12 @@ impl Catalog {
         self.touched
     }
 
+    /// True while a group-commit batch holds changes that other connections do not
+    /// see yet.
+    pub fn batch_open(&self) -> bool {
+        self.batch_open
+    }
+
     /// True when opened with `open_read_only`.
     pub fn is_read_only(&self) -> bool {
         self.read_only

@@ -1,7 +1,8 @@
 //! Read connections beside the writer: a pool of read-only catalogs on the same
 //! database, for reads that must not wait for the writer's lock (everything inside
-//! a snapshot, which never changes). WAL gives each statement a consistent view of
-//! the last commit, whatever the writer is doing.
+//! a snapshot, which never changes, and the live tree while nothing is buffered).
+//! WAL gives each statement (and each read transaction of `with_consistent`) a
+//! consistent view of the last commit, whatever the writer is doing.
 //!
 //! Lock scope: the pool's mutex is held only to take a connection out of the idle
 //! list or put it back, never while a query runs.
@@ -44,6 +45,20 @@ impl ReadPool {
             idle.push(catalog);
         }
         result
+    }
+
+    /// `with`, inside one read transaction: every query of `f` sees the same commit,
+    /// which a reader of the live tree (which changes between queries) needs.
+    pub fn with_consistent<T>(&self, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+        self.with(|cat| {
+            cat.conn
+                .execute_batch("BEGIN DEFERRED")
+                .map_err(super::sql_err("starting a read transaction"))?;
+            let result = f(cat);
+            // A read transaction changes nothing: ending it cannot lose anything.
+            let _ = cat.conn.execute_batch("COMMIT");
+            result
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Catalog>> {

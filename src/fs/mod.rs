@@ -6,14 +6,20 @@
 //! translates kernel requests into calls here, so everything is testable without a
 //! kernel. Depends on `catalog`, `store` and `ingest`.
 //!
-//! Concurrency: one mutex guards the catalog and the write buffers. Writes are
+//! Concurrency: one mutex (`Fs::state`) guards the writer's catalog connection, the
+//! write buffers, the open counts and the unlinked-but-open files. Writes are
 //! buffered per file and committed in groups (by the flusher every second, on fsync,
 //! or before a size change, hole punch or copy needs them), with the mirrors synced
 //! before each commit (once without the lock, then under it). Reads see buffered
-//! writes without committing them (see `write`).
+//! writes without committing them (see `write`). Reads take the lock only while
+//! something is buffered or uncommitted: otherwise lookups, attributes, listings,
+//! xattrs and file reads of the live tree, like everything in a snapshot, run on
+//! read connections of their own (see `published`), beside any writer, gc, forget
+//! or rollback.
 
 mod inflight;
 mod privileges;
+mod published;
 mod read;
 mod space;
 mod view;
@@ -32,7 +38,7 @@ use crate::catalog::{Catalog, FileKind, InodeAttr, NewInode, Settings};
 use crate::error::{Error, Result};
 use crate::ingest::{Backlog, ChunkSink};
 use crate::store::{MirrorStore, ObjectStore};
-use crate::types::InodeId;
+use crate::types::{GenId, InodeId};
 use write::DirtyFile;
 
 /// Who is asking: the caller's ids, from the kernel request.
@@ -117,9 +123,6 @@ struct State {
     /// catalog operation such as rollback): at their last release the catalog, not
     /// this set, decides whether they go. A superset, never a verdict.
     maybe_unnamed: HashSet<InodeId>,
-    /// Where the last read of each file ended and how far read-ahead was asked for,
-    /// to spot sequential readers.
-    read_ends: HashMap<InodeId, ReadPosition>,
 }
 
 /// A file's last read and read-ahead, for `Fs::read`.
@@ -151,7 +154,14 @@ impl State {
 
 /// The live tree of one repository, served to many threads.
 pub struct Fs {
+    /// Lock scope: one catalog change (a transaction or a batch commit) with the
+    /// buffers it reads or drops, never chunk I/O (see the module doc).
     state: Mutex<State>,
+    /// What readers may rely on without `state` (written as `state` is released).
+    published: published::Published,
+    /// Where the last read of each file ended and how far read-ahead was asked for,
+    /// to spot sequential readers. Lock scope: one lookup or update, nothing else.
+    read_ends: Mutex<HashMap<InodeId, ReadPosition>>,
     /// Read connections for what needs no lock: everything inside a snapshot.
     readers: crate::catalog::ReadPool,
     /// Reads fetching chunks, which gc waits for before it deletes any.
@@ -215,7 +225,6 @@ impl Fs {
             dirty: HashMap::new(),
             open: HashMap::new(),
             maybe_unnamed: HashSet::new(),
-            read_ends: HashMap::new(),
         };
         let orphans = state.catalog.live_orphans()?;
         if !orphans.is_empty() {
@@ -229,6 +238,8 @@ impl Fs {
         Ok(Fs {
             readers: state.catalog.read_pool(),
             reads: Default::default(),
+            published: Default::default(),
+            read_ends: Mutex::new(HashMap::new()),
             state: Mutex::new(state),
             prefetcher: Prefetcher::new(store.clone(), cache.clone(), options.readahead_threads),
             store,
@@ -244,37 +255,64 @@ impl Fs {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> published::Locked<'_> {
         // A panic in another thread poisoned the mutex; the state is still the last
         // consistent one (every change is a transaction), so keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        published::Locked::new(guard, &self.published)
+    }
+
+    /// Runs the read `f` on a read connection of its own, at the live generation,
+    /// when the committed catalog is the whole truth (see `published`); `None` when
+    /// the caller must read under the lock instead.
+    fn unlocked<T>(&self, f: impl FnOnce(&Catalog, GenId) -> Result<T>) -> Option<Result<T>> {
+        let live = self.published.quiet_live()?;
+        Some(self.readers.with_consistent(|cat| f(cat, live)))
     }
 
     /// The attributes of `ino`, with buffered writes counted in size and mtime.
     pub fn getattr(&self, ino: InodeId) -> Result<InodeAttr> {
+        if let Some(found) = self.unlocked(|cat, live| committed_attr(cat, live, ino)) {
+            return found;
+        }
         let st = self.lock();
         attr_of(&st, ino)
     }
 
     /// Looks `name` up in folder `parent`.
     pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
+        if let Some(found) = self.unlocked(|cat, live| self.lookup_in(cat, live, None, parent, name)) {
+            return found;
+        }
         let st = self.lock();
-        let live = st.catalog.live();
-        let parent_attr = st
-            .catalog
-            .inode(live, parent)?
-            .ok_or_else(|| Error::NotFound(format!("inode {parent}")))?;
+        self.lookup_in(&st.catalog, st.catalog.live(), Some(&st), parent, name)
+    }
+
+    /// `lookup` on `cat` at live generation `live`, counting the buffered writes of
+    /// `buffered` when the caller holds the lock.
+    fn lookup_in(
+        &self,
+        cat: &Catalog,
+        live: GenId,
+        buffered: Option<&State>,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Result<InodeAttr> {
+        let parent_attr = committed_attr(cat, live, parent)?;
         if parent_attr.kind != FileKind::Dir {
             return Err(Error::NotDir(lossy(name)));
         }
         if name.len() > 255 {
             return Err(Error::NameTooLong);
         }
-        let id = st
-            .catalog
+        let id = cat
             .lookup(live, parent, name)?
             .ok_or_else(|| Error::NotFound(lossy(name)))?;
-        attr_of(&st, id).map_err(|e| self.dangling(e, parent, name, id))
+        let mut attr = committed_attr(cat, live, id).map_err(|e| self.dangling(e, parent, name, id))?;
+        if let Some(st) = buffered {
+            with_buffered(st, &mut attr);
+        }
+        Ok(attr)
     }
 
     /// The target of symlink `ino`.
@@ -554,7 +592,7 @@ impl Fs {
             return Ok(());
         }
         st.open.remove(&ino);
-        st.read_ends.remove(&ino);
+        self.lock_read_ends().remove(&ino);
         if !st.maybe_unnamed.remove(&ino) {
             return Ok(());
         }
@@ -577,36 +615,40 @@ impl Fs {
     /// Reads up to `len` bytes of `ino` at `offset`, buffered writes included (laid
     /// over the committed bytes, without committing them).
     pub fn read(&self, ino: InodeId, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut st = self.lock();
-        let attr = attr_of(&st, ino)?;
+        let end = offset.saturating_add(len as u64);
+        let ahead = self.read_ahead_range(ino, offset, end);
+        let planned = match self.unlocked(|cat, live| plan_read(cat, live, ino, offset, end, ahead)) {
+            Some(planned) => planned?,
+            None => {
+                let mut st = self.lock();
+                let attr = attr_of(&st, ino)?;
+                match write::buffered_view(&mut st, ino, offset, end)? {
+                    Some(view) => {
+                        let live = st.catalog.live();
+                        let later = match ahead {
+                            Some((from, to)) => st.catalog.extents(live, ino, from, to)?,
+                            None => Vec::new(),
+                        };
+                        PlannedRead {
+                            attr,
+                            extents: view.extents,
+                            tail: Some((view.tail_offset, view.tail)),
+                            later,
+                        }
+                    }
+                    None => plan_read(&st.catalog, st.catalog.live(), ino, offset, end, ahead)?,
+                }
+            }
+        };
+        let PlannedRead {
+            attr,
+            extents,
+            tail,
+            later,
+        } = planned;
         if attr.kind == FileKind::Dir {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
-        let end = offset.saturating_add(len as u64);
-        let buffered = write::buffered_view(&mut st, ino, offset, end)?;
-        let live = st.catalog.live();
-        let (extents, tail) = match buffered {
-            Some(view) => (view.extents, Some((view.tail_offset, view.tail))),
-            None => (st.catalog.extents(live, ino, offset, end)?, None),
-        };
-        // A sequential reader gets the next `readahead_bytes` loaded in the background,
-        // asked for in steps of half that, so most reads query only their own range.
-        let last = st.read_ends.get(&ino).copied();
-        let sequential = last.is_some_and(|p| offset.abs_diff(p.end) <= SEQUENTIAL_SLACK);
-        let mut position = ReadPosition {
-            end: end.max(last.map_or(0, |p| p.end)),
-            prefetched_to: last.map_or(0, |p| p.prefetched_to),
-        };
-        let ahead = self.options.readahead_bytes;
-        let mut later = Vec::new();
-        if sequential && position.prefetched_to < end.saturating_add(ahead / 2) {
-            let from = position.prefetched_to.max(end);
-            let to = end.saturating_add(ahead);
-            later = st.catalog.extents(live, ino, from, to)?;
-            position.prefetched_to = to;
-        }
-        st.read_ends.insert(ino, position);
-        drop(st);
         // This read's own chunks after its first go to the loaders too, so that a
         // large read (the kernel asks for up to 1 MiB) loads them in parallel while
         // this thread loads the first; then the read-ahead.
@@ -623,6 +665,34 @@ impl Fs {
                 .copy_from_slice(&tail);
         }
         Ok(out)
+    }
+
+    /// Notes a read of `ino` over `offset..end` and returns the range to read ahead,
+    /// if any: a sequential reader gets the next `readahead_bytes` loaded in the
+    /// background, asked for in steps of half that, so most reads query only their
+    /// own range.
+    fn read_ahead_range(&self, ino: InodeId, offset: u64, end: u64) -> Option<(u64, u64)> {
+        let mut ends = self.lock_read_ends();
+        let last = ends.get(&ino).copied();
+        let sequential = last.is_some_and(|p| offset.abs_diff(p.end) <= SEQUENTIAL_SLACK);
+        let mut position = ReadPosition {
+            end: end.max(last.map_or(0, |p| p.end)),
+            prefetched_to: last.map_or(0, |p| p.prefetched_to),
+        };
+        let ahead = self.options.readahead_bytes;
+        let mut range = None;
+        if sequential && position.prefetched_to < end.saturating_add(ahead / 2) {
+            let to = end.saturating_add(ahead);
+            range = Some((position.prefetched_to.max(end), to));
+            position.prefetched_to = to;
+        }
+        ends.insert(ino, position);
+        range
+    }
+
+    fn lock_read_ends(&self) -> MutexGuard<'_, HashMap<InodeId, ReadPosition>> {
+        // One insert or remove at a time: a poisoned lock leaves a whole map.
+        self.read_ends.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes `data` at `offset` into `ino` as a privileged writer. Buffered: durable
@@ -693,7 +763,7 @@ impl Fs {
     /// commits, and that sync then finds little left to write back, so other requests
     /// wait that much less (DESIGN §6). A failure here is handed to the sink, so the
     /// commit fails as if its own sync had failed (a writeback error is reported once).
-    fn lock_after_presync(&self) -> MutexGuard<'_, State> {
+    fn lock_after_presync(&self) -> published::Locked<'_> {
         let failed = if self
             .chunks_written
             .swap(false, std::sync::atomic::Ordering::Relaxed)
@@ -733,21 +803,26 @@ impl Fs {
 
     /// Value of xattr `name` of `ino`.
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>> {
-        let st = self.lock();
-        st.catalog
-            .xattr(st.catalog.live(), ino, name)?
-            .ok_or(Error::NoXattr)
+        let found = match self.unlocked(|cat, live| cat.xattr(live, ino, name)) {
+            Some(found) => found?,
+            None => {
+                let st = self.lock();
+                st.catalog.xattr(st.catalog.live(), ino, name)?
+            }
+        };
+        found.ok_or(Error::NoXattr)
     }
 
     /// Names of every xattr of `ino`.
     pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>> {
-        let st = self.lock();
-        Ok(st
-            .catalog
-            .xattrs(st.catalog.live(), ino)?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect())
+        let all = match self.unlocked(|cat, live| cat.xattrs(live, ino)) {
+            Some(all) => all?,
+            None => {
+                let st = self.lock();
+                st.catalog.xattrs(st.catalog.live(), ino)?
+            }
+        };
+        Ok(all.into_iter().map(|(n, _)| n).collect())
     }
 
     /// Sets xattr `name`; `create_only` / `replace_only` follow XATTR_CREATE / XATTR_REPLACE.
@@ -859,7 +934,11 @@ impl Fs {
         if self.flush_locked(&mut st, None).is_err() {
             self.flush_locked(&mut st, None)?;
         }
-        st.read_ends.clear();
+        // With nothing left buffered or in a batch, readers go on without the lock
+        // while `f` runs (they see its transactions as they commit).
+        st.catalog.commit_batch()?;
+        st.publish();
+        self.lock_read_ends().clear();
         let open: Vec<InodeId> = st.open.keys().copied().collect();
         let result = f(&mut st.catalog, &self.store, &open);
         st.maybe_unnamed.extend(open);
@@ -920,12 +999,50 @@ impl Fs {
 
 /// The attributes of `ino`, with buffered writes counted.
 fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
-    let mut attr = st
-        .catalog
-        .inode(st.catalog.live(), ino)?
-        .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+    let mut attr = committed_attr(&st.catalog, st.catalog.live(), ino)?;
     with_buffered(st, &mut attr);
     Ok(attr)
+}
+
+/// The committed attributes of live inode `ino` (generation `live` of `cat`).
+fn committed_attr(cat: &Catalog, live: GenId, ino: InodeId) -> Result<InodeAttr> {
+    cat.inode(live, ino)?
+        .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
+}
+
+/// What a read of a live file fetches: its attributes, the extents of the range
+/// read, the buffered tail laid over them (if any) and the extents to read ahead.
+struct PlannedRead {
+    attr: InodeAttr,
+    extents: Vec<crate::catalog::Extent>,
+    tail: Option<(u64, Vec<u8>)>,
+    later: Vec<crate::catalog::Extent>,
+}
+
+/// `PlannedRead` of `offset..end` of committed `ino`, with read-ahead over `ahead`.
+fn plan_read(
+    cat: &Catalog,
+    live: GenId,
+    ino: InodeId,
+    offset: u64,
+    end: u64,
+    ahead: Option<(u64, u64)>,
+) -> Result<PlannedRead> {
+    let attr = committed_attr(cat, live, ino)?;
+    if attr.kind == FileKind::Dir {
+        return Err(Error::IsDir(format!("inode {ino}")));
+    }
+    let extents = cat.extents(live, ino, offset, end)?;
+    let later = match ahead {
+        Some((from, to)) => cat.extents(live, ino, from, to)?,
+        None => Vec::new(),
+    };
+    Ok(PlannedRead {
+        attr,
+        extents,
+        tail: None,
+        later,
+    })
 }
 
 /// Counts the buffered writes of a live inode in its committed attributes.

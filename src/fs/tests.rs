@@ -1101,3 +1101,102 @@ fn gc_waits_for_reads_that_began_before_it_condemned_their_chunks() {
     let (left, _) = f.fs.with_catalog(|cat, _, _| cat.garbage_totals()).unwrap();
     assert_eq!(left, 0);
 }
+
+/// Runs `reads` on another thread while `f.fs` holds its lock inside `with_catalog`,
+/// and returns what they returned, or `None` when they did not finish within 20 s
+/// (they waited for the lock).
+fn beside_a_held_lock<T: Send + 'static>(
+    f: &Arc<Fixture>,
+    reads: impl FnOnce(&Fs) -> T + Send + 'static,
+) -> Option<T> {
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let reader = f.clone();
+    let holder = std::thread::spawn({
+        let f = f.clone();
+        move || {
+            f.fs.with_catalog(|_, _, _| {
+                held_tx.send(()).unwrap();
+                // Hold the lock until the reads finish or give up.
+                let _ = done_rx.recv_timeout(Duration::from_secs(20));
+                Ok(())
+            })
+            .unwrap();
+        }
+    });
+    held_rx.recv().unwrap();
+    let (out_tx, out_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = out_tx.send(reads(&reader.fs));
+    });
+    let out = out_rx.recv_timeout(Duration::from_secs(20)).ok();
+    let _ = done_tx.send(());
+    holder.join().unwrap();
+    out
+}
+
+#[test]
+fn live_reads_of_committed_data_do_not_wait_for_the_lock() {
+    let f = Arc::new(fixture());
+    let folder = dir(&f, InodeId::ROOT, "d");
+    let id =
+        f.fs.create(ME, folder, b"a", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    let data = random(5, 300_000);
+    f.fs.write(id, 0, &data).unwrap();
+    f.fs.setxattr(id, b"user.k", b"v", false, false).unwrap();
+    f.fs.commit().unwrap();
+
+    let got = beside_a_held_lock(&f, move |fs| {
+        let attr = fs.lookup(folder, b"a").unwrap();
+        let listed = fs
+            .readdir_nodes(Ino::live(folder), SnapDir::Visible)
+            .unwrap()
+            .into_iter()
+            .map(|(name, node)| (name, node.attr.size))
+            .collect::<Vec<_>>();
+        let root = fs
+            .list_dir(Ino::live(InodeId::ROOT), 0, 100, SnapDir::Visible)
+            .unwrap();
+        let bytes = fs.read(id, 0, 300_000).unwrap();
+        let xattr = fs.getxattr(id, b"user.k").unwrap();
+        (attr.size, listed, root.len(), bytes, xattr)
+    });
+    let (size, listed, root_entries, bytes, xattr) =
+        got.expect("reads of committed live data waited for the core's lock");
+    assert_eq!(size, 300_000);
+    assert_eq!(listed, vec![(b"a".to_vec(), 300_000)]);
+    assert_eq!(root_entries, 1);
+    assert!(bytes == data, "read back other bytes than were written");
+    assert_eq!(xattr, b"v");
+}
+
+#[test]
+fn a_read_after_a_buffered_write_sees_it_not_the_committed_catalog() {
+    let f = Arc::new(fixture());
+    let id = file(&f, "a");
+    f.fs.write(id, 0, b"committed").unwrap();
+    f.fs.commit().unwrap();
+    // Buffered, and a name created in the open batch: neither is in the catalog's
+    // last commit, so readers must not answer from it.
+    f.fs.write(id, 9, b" and buffered").unwrap();
+    f.fs.create(ME, InodeId::ROOT, b"new", FileKind::File, 0o644, 0, b"")
+        .unwrap();
+    assert!(
+        f.fs.published.quiet_live().is_none(),
+        "buffered writes leave readers the lock"
+    );
+    assert_eq!(f.fs.getattr(id).unwrap().size, 22);
+    assert_eq!(f.fs.read(id, 0, 100).unwrap(), b"committed and buffered");
+    assert!(f.fs.lookup(InodeId::ROOT, b"new").is_ok());
+    // After the commit, the same answers come from a read connection.
+    f.fs.commit().unwrap();
+    assert!(
+        f.fs.published.quiet_live().is_some(),
+        "nothing is buffered after a commit"
+    );
+    assert_eq!(f.fs.getattr(id).unwrap().size, 22);
+    assert_eq!(f.fs.read(id, 0, 100).unwrap(), b"committed and buffered");
+    assert!(f.fs.lookup(InodeId::ROOT, b"new").is_ok());
+}

@@ -47,6 +47,14 @@ pub enum SnapDir {
     Hidden,
 }
 
+/// Which view a page is read in: a snapshot, or the live tree, whose buffered
+/// writes count in the attributes when the caller holds the core's state.
+#[derive(Clone, Copy)]
+enum Overlay<'a> {
+    Snapshot,
+    Live { buffered: Option<&'a State> },
+}
+
 fn read_only(what: &str) -> Error {
     Error::ReadOnly(format!("{what} is in a snapshot"))
 }
@@ -185,14 +193,21 @@ impl Fs {
             // A snapshot never changes: a read connection of its own, no lock.
             View::Snapshot(gen) => self
                 .readers
-                .with(|cat| self.page_in(cat, None, gen, id, after, limit, snapdir, with_attrs)),
+                .with(|cat| self.page_in(cat, Overlay::Snapshot, gen, id, after, limit, snapdir, with_attrs)),
             View::Live => {
+                let unlocked = self.unlocked(|cat, live| {
+                    let overlay = Overlay::Live { buffered: None };
+                    self.page_in(cat, overlay, live, id, after, limit, snapdir, with_attrs)
+                });
+                if let Some(page) = unlocked {
+                    return page;
+                }
                 let st = self.lock();
-                let live = st.catalog.live();
+                let overlay = Overlay::Live { buffered: Some(&st) };
                 self.page_in(
                     &st.catalog,
-                    Some(&st),
-                    live,
+                    overlay,
+                    st.catalog.live(),
                     id,
                     after,
                     limit,
@@ -203,13 +218,12 @@ impl Fs {
         }
     }
 
-    /// `page` on catalog `cat` at generation `gen` (the live one when `live` holds
-    /// the core's state, whose buffered writes then count in the attributes).
+    /// `page` on catalog `cat` at generation `gen`, of the view `overlay` names.
     #[allow(clippy::too_many_arguments)]
     fn page_in(
         &self,
         cat: &Catalog,
-        live: Option<&State>,
+        overlay: Overlay<'_>,
         gen: GenId,
         id: InodeId,
         after: u64,
@@ -237,14 +251,14 @@ impl Fs {
                     let _ = self.dangling(Error::NotFound(String::new()), id, &e.name, e.inode);
                     continue;
                 };
-                let ino = match live {
-                    Some(st) => {
-                        if let Some(a) = attr.as_mut() {
+                let ino = match overlay {
+                    Overlay::Live { buffered } => {
+                        if let (Some(st), Some(a)) = (buffered, attr.as_mut()) {
                             super::with_buffered(st, a);
                         }
                         Ino::live(e.inode)
                     }
-                    None => Ino::snapshot(gen, e.inode),
+                    Overlay::Snapshot => Ino::snapshot(gen, e.inode),
                 };
                 let listed = Listed {
                     cookie: e.cookie,
@@ -259,7 +273,8 @@ impl Fs {
                 return Ok(out);
             }
         }
-        if live.is_some() && id == InodeId::ROOT && snapdir == SnapDir::Visible {
+        let live = matches!(overlay, Overlay::Live { .. });
+        if live && id == InodeId::ROOT && snapdir == SnapDir::Visible {
             for g in cat.generations()? {
                 let cookie = COOKIE_END + g.id.0 as u64;
                 if out.len() >= limit {
