@@ -14,6 +14,8 @@
 #   ONLY=listing …                 # only the listings (big folders, find in a snapshot)
 #   ONLY=gc …                      # only the stat+ls probe beside a gc of GC_MIB of 4 KiB chunks
 #   GC_MIB=400 …                   # the garbage that probe's gc frees (default 400 MiB, ~100,000 chunks)
+#   ONLY=ops …                     # only the stat+ls probe beside a forget and a rollback
+#   OPS_FILES=50000 …              # files of the tree those two work on (in 500 folders)
 #
 # On an ext4 without a journal, start a few minutes after any mass deletion (such as
 # the previous run's clean-up): new inodes are slow to allocate until then, and the
@@ -28,6 +30,7 @@ ENTRIES=${ENTRIES:-100000}
 BIG_ENTRIES=${BIG_ENTRIES:-0}
 ONLY=${ONLY:-}
 GC_MIB=${GC_MIB:-400}
+OPS_FILES=${OPS_FILES:-50000}
 READS=${READS:-3} # cold reads per side, alternating; the table shows the medians
 FILES=${FILES:-20000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -389,6 +392,67 @@ gc_probe() {
     "$BIN" --repo "$grepo" umount "$gmnt" >&2
 }
 
+# probe_beside NAME CMD… → runs CMD through the mount of the ops probe while
+# `probe_until` watches it, and records a row NAME.
+probe_beside() {
+    local name=$1 s e p50 p99 worst
+    shift
+    rm -f "$WORK/stop"
+    probe_until "$omnt" "$WORK/stop" >"$WORK/probe.ops" &
+    sleep 1
+    s=$(now)
+    "$@" >&2
+    e=$(now)
+    touch "$WORK/stop"
+    wait
+    read -r p50 p99 worst <"$WORK/probe.ops"
+    ROWS+=("| stat+ls every 20 ms beside $name ($(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }') s), p50 / p99 / worst | - | $p50 / $p99 / $worst ms | - | - |")
+}
+
+# ops_tree DIR FILES ROUND → writes every tenth file of a tree of FILES small files
+# in 500 folders (every file when ROUND is 0), each saying which round wrote it.
+ops_tree() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import os, sys
+top, n, round_ = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+step = 1 if round_ == 0 else 10
+for i in range(round_ % 10 if round_ else 0, n, step):
+    d = os.path.join(top, "d%03d" % (i % 500))
+    if round_ == 0 and i < 500:
+        os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%06d" % i), "w") as f:
+        f.write("file %d round %d\n" % (i, round_))
+EOF
+}
+
+# A tree of OPS_FILES small files and 20 snapshots, each after rewriting a tenth of
+# the files; then a forget of the 10 oldest and a rollback of the whole tree
+# (emptied first, so that it brings back every file), each beside the probe.
+ops_probe() {
+    local orepo=$WORK/orepo r target back
+    omnt=$WORK/omnt
+    mkdir -p "$omnt"
+    "$BIN" --repo "$orepo" init -q
+    "$BIN" --repo "$orepo" mount "$omnt" -o noreclaim >&2
+    touch "$omnt/probe"
+    log "ops probe: $OPS_FILES files, 20 snapshots…"
+    ops_tree "$omnt/tree" "$OPS_FILES" 0
+    for r in $(seq 1 20); do
+        ops_tree "$omnt/tree" "$OPS_FILES" "$r"
+        "$BIN" --repo "$orepo" snapshot -q >/dev/null
+    done
+    probe_beside "a forget of 10 of 20 snapshots of $OPS_FILES files" \
+        "$BIN" --repo "$orepo" forget -q --keep-last 10
+    target=$("$BIN" --repo "$orepo" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["name"])')
+    rm -rf "$omnt/tree"
+    "$BIN" --repo "$orepo" snapshot -q >/dev/null
+    probe_beside "a rollback bringing back $OPS_FILES files" \
+        "$BIN" --repo "$orepo" rollback -q "$target"
+    back=$(find "$omnt/tree" -type f | wc -l)
+    [ "$back" -eq "$OPS_FILES" ] || { log "rollback brought back $back files, not $OPS_FILES"; exit 1; }
+    "$BIN" --repo "$orepo" umount "$omnt" >&2
+}
+
 if [ -z "$ONLY" ]; then
     for kind in random text; do
         src=$DATA/random.bin
@@ -464,6 +528,9 @@ if [ -z "$ONLY" ] || [ "$ONLY" = listing ]; then
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = gc ]; then
     gc_probe
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = ops ]; then
+    ops_probe
 fi
 
 echo

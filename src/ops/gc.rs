@@ -134,7 +134,8 @@ pub fn gc_with_progress(
     Ok(stats)
 }
 
-/// gc on a mounted repository, beside the requests it serves: each batch is
+/// gc on a mounted repository, beside the requests it serves, of the garbage there
+/// was when it started: each batch is
 /// condemned under the core's lock with writes committed first (one short
 /// transaction), then deleted with no lock held, after the reads that might still
 /// fetch its chunks. A sweep (rare: after a crash or a failed commit) runs under the
@@ -151,14 +152,18 @@ pub fn gc_mounted(
     let (total, _) = fs.with_catalog(|cat, _, _| cat.garbage_totals())?;
     let store = fs.store();
     let mut stats = GcStats::default();
-    loop {
-        let batch = fs.with_catalog(|cat, store, _| condemn(cat, store, BATCH))?;
+    // As many chunks as were garbage when the run started: writers that go on making
+    // garbage (overwrites) cannot keep the run going without end; what they leave is
+    // the next run's (background reclaim's).
+    while stats.chunks < total {
+        let limit = BATCH.min((total - stats.chunks) as usize);
+        let batch = fs.with_catalog(|cat, store, _| condemn(cat, store, limit))?;
         if batch.is_empty() {
             break;
         }
         fs.wait_for_older_reads();
         add(&mut stats, batch.delete(&store)?);
-        progress(stats.chunks, total.max(stats.chunks));
+        progress(stats.chunks, total);
     }
     if sweep {
         stats.orphans = fs.with_catalog(|cat, store, _| sweep_unknown(cat, store, false))?;
