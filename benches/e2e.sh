@@ -13,9 +13,11 @@
 #   BIG_ENTRIES=1000000 …          # also list a folder this big (default 0: skipped)
 #   ONLY=listing …                 # only the listings (big folders, find in a snapshot)
 #   ONLY=gc …                      # only the stat+ls probe beside a gc of GC_MIB of 4 KiB chunks
-#   GC_MIB=400 …                   # the garbage that probe's gc frees (default 400 MiB, ~100,000 chunks)
+#   GC_MIB=400 …                   # the garbage that probe's gc frees (default 520 MiB, ~100,000 chunks)
 #   ONLY=ops …                     # only the stat+ls probe beside a forget and a rollback
 #   OPS_FILES=50000 …              # files of the tree those two work on (in 500 folders)
+#   ONLY=reclaim …                 # only background reclaim of a deleted 1 GiB file, with the probe
+#   ONLY=parallel …                # only one vs two cold readers and one vs two small-file creators
 #
 # On an ext4 without a journal, start a few minutes after any mass deletion (such as
 # the previous run's clean-up): new inodes are slow to allocate until then, and the
@@ -29,7 +31,7 @@ SIZE=${SIZE:-2G}
 ENTRIES=${ENTRIES:-100000}
 BIG_ENTRIES=${BIG_ENTRIES:-0}
 ONLY=${ONLY:-}
-GC_MIB=${GC_MIB:-400}
+GC_MIB=${GC_MIB:-520}
 OPS_FILES=${OPS_FILES:-50000}
 READS=${READS:-3} # cold reads per side, alternating; the table shows the medians
 FILES=${FILES:-20000}
@@ -453,6 +455,116 @@ ops_probe() {
     "$BIN" --repo "$orepo" umount "$omnt" >&2
 }
 
+# mirror_bytes REPO → stored bytes of mirror 0 as `status` reports them
+mirror_bytes() {
+    "$BIN" --repo "$1" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["mirrors"][0]["stored_bytes"])'
+}
+
+# A mount with background reclaim on: 1 GiB written, synced and deleted with no
+# snapshot holding it, then the time until `status` shows mirror 0 back to its size
+# before, with the stat+ls probe running throughout.
+reclaim_probe() {
+    local rrepo=$WORK/rrepo rmnt=$WORK/rmnt before now_bytes s e p50 p99 worst waited
+    mkdir -p "$rmnt"
+    "$BIN" --repo "$rrepo" init -q
+    "$BIN" --repo "$rrepo" mount "$rmnt" >&2
+    touch "$rmnt/probe"
+    sync "$rmnt/probe"
+    before=$(mirror_bytes "$rrepo")
+    head -c 1G /dev/urandom >"$rmnt/big"
+    sync "$rmnt/big"
+    log "reclaim: $(mirror_bytes "$rrepo") bytes stored with the file, $before before"
+    rm -f "$WORK/stop"
+    probe_until "$rmnt" "$WORK/stop" >"$WORK/probe.reclaim" &
+    sleep 1
+    rm "$rmnt/big"
+    s=$(now)
+    waited=0
+    while now_bytes=$(mirror_bytes "$rrepo") && [ "$now_bytes" -gt "$before" ]; do
+        sleep 0.5
+        waited=$((waited + 1))
+        [ "$waited" -le 240 ] || { log "reclaim: still $now_bytes bytes after 120 s"; break; }
+    done
+    e=$(now)
+    sleep 1
+    touch "$WORK/stop"
+    wait
+    read -r p50 p99 worst <"$WORK/probe.reclaim"
+    ROWS+=("| background reclaim of a deleted 1 GiB file: until status shows the mirror back to $before bytes (now $now_bytes) | - | $(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }') s | - | - |")
+    ROWS+=("| stat+ls every 20 ms beside that reclaim, p50 / p99 / worst | - | $p50 / $p99 / $worst ms | - | - |")
+    "$BIN" --repo "$rrepo" umount "$rmnt" >&2
+}
+
+# readers DIR N → MB/s of N processes reading N different cold 1 GiB files of DIR at
+# once (files r0 … r(N-1)), all bytes together.
+readers() {
+    local dir=$1 n=$2 i s e
+    drop_caches "$dir"
+    s=$(now)
+    for i in $(seq 0 $((n - 1))); do
+        dd if="$dir/r$i" of=/dev/null bs=1M status=none &
+    done
+    wait
+    e=$(now)
+    rate "$((n * 1024 * 1048576 / 1000000))" "$s" "$e"
+}
+
+# creators DIR N → files/s of N processes creating 10,000 small files each, each in
+# a folder of its own, all together.
+creators() {
+    local dir=$1 n=$2 i s e
+    rm -rf "$dir/c"
+    mkdir -p "$dir/c"
+    sync -f "$dir"
+    s=$(now)
+    for i in $(seq 0 $((n - 1))); do
+        python3 - "$dir/c/p$i" <<'EOF' &
+import os, sys
+top = sys.argv[1]
+os.mkdir(top)
+for i in range(10000):
+    fd = os.open(os.path.join(top, "f%05d" % i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, b"x" * (64 + i % 512))
+    os.close(fd)
+EOF
+    done
+    wait
+    e=$(now)
+    rate "$((n * 10000))" "$s" "$e"
+}
+
+# One and two readers of cold 1 GiB files, one and two creators of small files, in a
+# plain folder and through a mount, alternating sides.
+parallel_probe() {
+    local prepo=$WORK/prepo pmnt=$WORK/pmnt pplain=$WORK/pplain i side one two
+    mkdir -p "$pmnt" "$pplain"
+    "$BIN" --repo "$prepo" init -q
+    "$BIN" --repo "$prepo" mount "$pmnt" >&2
+    for i in 0 1; do
+        head -c 1G /dev/urandom >"$pplain/r$i"
+        cp "$pplain/r$i" "$pmnt/r$i"
+    done
+    sync
+    for what in readers creators; do
+        for side in plain mount; do
+            local dir=$pplain
+            [ "$side" = mount ] && dir=$pmnt
+            one=$($what "$dir" 1)
+            two=$($what "$dir" 2)
+            eval "${what}_${side}=\"$one $two\""
+        done
+        local p m
+        p=${what}_plain m=${what}_mount
+        read -r p1 p2 <<<"${!p}"
+        read -r m1 m2 <<<"${!m}"
+        local unit=MB/s
+        [ "$what" = creators ] && unit=files/s
+        ROWS+=("| one of $what ($unit) | $p1 | $m1 | $(awk -v a="$m1" -v b="$p1" 'BEGIN { printf "%.0f%%", 100 * a / b }') | - |")
+        ROWS+=("| two $what at once ($unit, together; two/one) | $p2 ($(awk -v a="$p2" -v b="$p1" 'BEGIN { printf "%.2fx", a / b }')) | $m2 ($(awk -v a="$m2" -v b="$m1" 'BEGIN { printf "%.2fx", a / b }')) | $(awk -v a="$m2" -v b="$p2" 'BEGIN { printf "%.0f%%", 100 * a / b }') | - |")
+    done
+    "$BIN" --repo "$prepo" umount "$pmnt" >&2
+}
+
 if [ -z "$ONLY" ]; then
     for kind in random text; do
         src=$DATA/random.bin
@@ -531,6 +643,12 @@ if [ -z "$ONLY" ] || [ "$ONLY" = gc ]; then
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = ops ]; then
     ops_probe
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = reclaim ]; then
+    reclaim_probe
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = parallel ]; then
+    parallel_probe
 fi
 
 echo

@@ -74,6 +74,11 @@ impl<'c> Txn<'c> {
             .ok_or_else(|| Error::NotFound(format!("inode {id}")))
     }
 
+    /// Every live name of `inode`: (folder, name).
+    pub fn names_of(&self, inode: InodeId) -> Result<Vec<(InodeId, Vec<u8>)>> {
+        read::names_of(&self.tx, self.live, inode)
+    }
+
     /// The inode `name` in `parent` points at in the live tree.
     pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Option<InodeId>> {
         read::lookup(&self.tx, self.live, parent, name)
@@ -279,7 +284,9 @@ impl<'c> Txn<'c> {
     /// Closes (older generations still see it) or deletes (born live) one row.
     /// `key` selects exactly that row by its primary key, whose last part is `gen_from`.
     fn close_row(&self, table: &str, key: &str, args: &[&dyn rusqlite::ToSql], gen_from: i64) -> Result<()> {
-        let sql = if gen_from == self.live.0 {
+        // A row no snapshot sees (born live, or born in snapshots all forgotten
+        // since) goes; ended instead, it would keep its chunks referenced forever.
+        let sql = if gen_from == self.live.0 || !seen_by_a_snapshot(&self.tx, gen_from, self.live)? {
             format!("DELETE FROM {table} WHERE {key}")
         } else {
             format!("UPDATE {table} SET gen_to = {} WHERE {key}", self.live.0)
@@ -658,13 +665,26 @@ pub(super) fn chunk(conn: &Connection, id: &ChunkId) -> Result<Option<ChunkInfo>
         .map_err(sql_err("reading a chunk"))
 }
 
-/// Closes every live row of `table` that belongs to `inode`: deleted when born in
-/// `live`, else ended there. Returns the rows touched. For tables keyed by
-/// `inode_id` (inodes, extents, xattrs).
+/// True when a snapshot (a generation in `[gen_from, live)`) sees a row born in
+/// generation `gen_from`.
+fn seen_by_a_snapshot(conn: &Connection, gen_from: i64, live: GenId) -> Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM generations WHERE gen_id >= ?1 AND gen_id < ?2)")
+        .map_err(sql_err("preparing snapshot probe"))?
+        .query_row(params![gen_from, live.0], |r| r.get(0))
+        .map_err(sql_err("finding a snapshot that sees a row"))
+}
+
+/// Closes every live row of `table` that belongs to `inode`: deleted when no
+/// snapshot sees it (born in `live`, or in snapshots all forgotten since), else
+/// ended there. Returns the rows touched. For tables keyed by `inode_id` (inodes,
+/// extents, xattrs).
 pub(super) fn close_live_rows(conn: &Connection, live: GenId, table: &str, inode: InodeId) -> Result<u64> {
     let mut touched = 0;
     for sql in [
-        format!("DELETE FROM {table} WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from = ?3"),
+        format!(
+            "DELETE FROM {table} WHERE inode_id = ?1 AND gen_to = ?2 AND (gen_from = ?3 OR NOT EXISTS (
+                 SELECT 1 FROM generations g WHERE g.gen_id >= {table}.gen_from AND g.gen_id < ?3))"
+        ),
         format!("UPDATE {table} SET gen_to = ?3 WHERE inode_id = ?1 AND gen_to = ?2 AND gen_from < ?3"),
     ] {
         touched += conn

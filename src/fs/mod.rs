@@ -119,10 +119,22 @@ struct State {
     dirty: HashMap<InodeId, DirtyFile>,
     /// Open handles per inode, for unlinked-but-open files.
     open: HashMap<InodeId, u32>,
+    /// Files that lost, or may have lost, their last name.
+    nameless: Nameless,
+}
+
+/// Files that lost, or may have lost, their last name, and are not removed yet.
+#[derive(Default)]
+struct Nameless {
     /// Open inodes that may have lost their last name (unlink, rename over them, or a
     /// catalog operation such as rollback): at their last release the catalog, not
     /// this set, decides whether they go. A superset, never a verdict.
-    maybe_unnamed: HashSet<InodeId>,
+    maybe: HashSet<InodeId>,
+    /// Big files whose last name went with no handle open: nameless now, their
+    /// extents are dropped a step at a time by `finish_removals` (in one go, they
+    /// would hold the lock, and the kernel's lock of their folder, for as long as
+    /// closing every extent takes). A crash leaves them to `Fs::new`'s clean-up.
+    removing: Vec<InodeId>,
 }
 
 /// A file's last read and read-ahead, for `Fs::read`.
@@ -137,6 +149,10 @@ struct ReadPosition {
 /// lock, so this bounds how long a big streaming write makes `ls` wait (1,024 extents
 /// are 16-256 MiB of data and about 10 ms of catalog work).
 const COMMIT_EXTENTS: usize = 1024;
+
+/// Extents (counted at the average chunk size) that one step of removing a file
+/// drops: about 10 ms of catalog work. A file with fewer goes at once.
+const REMOVAL_STEP_EXTENTS: u64 = 1024;
 
 /// How far from the last read a read may start and still count as sequential: the
 /// kernel's own read-ahead sends several reads at once, which arrive out of order.
@@ -224,7 +240,7 @@ impl Fs {
             sink,
             dirty: HashMap::new(),
             open: HashMap::new(),
-            maybe_unnamed: HashSet::new(),
+            nameless: Nameless::default(),
         };
         let orphans = state.catalog.live_orphans()?;
         if !orphans.is_empty() {
@@ -424,7 +440,8 @@ impl Fs {
         }
         let after = txn.unlink(parent, name)?;
         touch_dir(&txn, parent, now)?;
-        name_removed(&txn, &after, now, &st.open, &mut st.dirty, &mut st.maybe_unnamed)?;
+        let step = self.removal_step();
+        name_removed(&txn, &after, now, &st.open, &mut st.dirty, &mut st.nameless, step)?;
         txn.commit()
     }
 
@@ -482,14 +499,8 @@ impl Fs {
                     }
                 }
                 if let Some(replaced) = txn.rename(parent, name, new_parent, new_name)? {
-                    name_removed(
-                        &txn,
-                        &replaced,
-                        now,
-                        &st.open,
-                        &mut st.dirty,
-                        &mut st.maybe_unnamed,
-                    )?;
+                    let (open, dirty, nameless) = (&st.open, &mut st.dirty, &mut st.nameless);
+                    name_removed(&txn, &replaced, now, open, dirty, nameless, self.removal_step())?;
                 }
                 let mut a = txn.expect_inode(src)?;
                 a.ctime_ns = now;
@@ -593,7 +604,7 @@ impl Fs {
         }
         st.open.remove(&ino);
         self.lock_read_ends().remove(&ino);
-        if !st.maybe_unnamed.remove(&ino) {
+        if !st.nameless.maybe.remove(&ino) {
             return Ok(());
         }
         // The catalog decides: a rollback, a link or a rename may have given the file
@@ -736,8 +747,53 @@ impl Fs {
         st.catalog.commit_batch()
     }
 
+    /// Bytes of a file that one step of `finish_removals` drops.
+    fn removal_step(&self) -> u64 {
+        REMOVAL_STEP_EXTENTS * self.settings.chunker.avg_size.max(1) as u64
+    }
+
+    /// Finishes removing the big files that lost their last name (see
+    /// `Nameless::removing`): drops their extents from the end, one step per hold of
+    /// the lock, each committed at once so readers go on without the lock between
+    /// steps. A file that has a name or a handle again (a rollback brought it back)
+    /// is left alone. gc calls it first, so that the chunks become garbage.
+    pub fn finish_removals(&self) -> Result<()> {
+        let step = self.removal_step();
+        loop {
+            let mut st = self.lock();
+            let Some(&id) = st.nameless.removing.last() else {
+                return Ok(());
+            };
+            let st = &mut *st;
+            let txn = st.catalog.write()?;
+            let wanted = match txn.inode(id)? {
+                Some(attr) if st.open.get(&id).copied().unwrap_or(0) == 0 => {
+                    txn.names_of(id)?.is_empty().then_some(attr)
+                }
+                _ => None,
+            };
+            match wanted {
+                Some(mut attr) if attr.size > step => {
+                    attr.size -= step;
+                    txn.set_extents(id, attr.size, u64::MAX, &[])?;
+                    txn.set_inode(&attr)?;
+                }
+                Some(_) => {
+                    txn.remove_inode(id)?;
+                    st.nameless.removing.pop();
+                }
+                None => {
+                    st.nameless.removing.pop();
+                }
+            }
+            txn.commit()?;
+            st.catalog.commit_batch()?;
+        }
+    }
+
     /// Commits every buffered write once one file's are older than
-    /// `FsOptions::flush_after` or number `COMMIT_EXTENTS` extents (the flusher's tick).
+    /// `FsOptions::flush_after` or number `COMMIT_EXTENTS` extents, then finishes
+    /// removing deleted big files (the flusher's tick).
     pub fn flush_old(&self) -> Result<()> {
         let mut st = self.lock_after_presync();
         let due = st
@@ -748,7 +804,9 @@ impl Fs {
             self.flush_locked(&mut st, None)?;
         }
         // The batch of metadata changes since the last tick.
-        st.catalog.commit_batch()
+        st.catalog.commit_batch()?;
+        drop(st);
+        self.finish_removals()
     }
 
     /// Makes `ino`'s data and metadata (and everything committed before) durable.
@@ -941,7 +999,7 @@ impl Fs {
         self.lock_read_ends().clear();
         let open: Vec<InodeId> = st.open.keys().copied().collect();
         let result = f(&mut st.catalog, &self.store, &open);
-        st.maybe_unnamed.extend(open);
+        st.nameless.maybe.extend(open);
         result
     }
 
@@ -1055,25 +1113,31 @@ fn with_buffered(st: &State, attr: &mut InodeAttr) {
 }
 
 /// After a name of `after.id` went away (unlink, rmdir, or replaced by rename):
-/// with no name left (a folder: only its own "."), the inode is removed, or kept as
-/// an orphan until its last open handle closes; otherwise its ctime changes.
+/// with no name left (a folder: only its own "."), the inode is removed (a file
+/// bigger than `removal_step` bytes: later, in steps, see `Nameless::removing`), or
+/// kept as an orphan until its last open handle closes; otherwise its ctime changes.
 fn name_removed(
     txn: &crate::catalog::Txn<'_>,
     after: &InodeAttr,
     now: i64,
     open: &HashMap<InodeId, u32>,
     dirty: &mut HashMap<InodeId, DirtyFile>,
-    maybe_unnamed: &mut HashSet<InodeId>,
+    nameless: &mut Nameless,
+    removal_step: u64,
 ) -> Result<()> {
     let dir = after.kind == FileKind::Dir;
     let gone = if dir { after.nlink <= 1 } else { after.nlink == 0 };
-    if gone && open.get(&after.id).copied().unwrap_or(0) == 0 {
+    let open = open.get(&after.id).copied().unwrap_or(0) > 0;
+    if gone && !open && (dir || after.size <= removal_step) {
         txn.remove_inode(after.id)?;
         dirty.remove(&after.id);
         return Ok(());
     }
-    if gone {
-        maybe_unnamed.insert(after.id);
+    if gone && !open {
+        dirty.remove(&after.id);
+        nameless.removing.push(after.id);
+    } else if gone {
+        nameless.maybe.insert(after.id);
     }
     let mut attr = txn.expect_inode(after.id)?;
     if dir {

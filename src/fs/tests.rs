@@ -1200,3 +1200,89 @@ fn a_read_after_a_buffered_write_sees_it_not_the_committed_catalog() {
     assert_eq!(f.fs.read(id, 0, 100).unwrap(), b"committed and buffered");
     assert!(f.fs.lookup(InodeId::ROOT, b"new").is_ok());
 }
+
+#[test]
+fn a_big_file_goes_in_steps_after_its_last_name_and_a_rollback_can_still_bring_it_back() {
+    let f = fixture();
+    let ino = file(&f, "big");
+    // Over twice the removal step (1,024 average chunks of 16 KiB).
+    let data = random(9, 40 << 20);
+    f.fs.write(ino, 0, &data).unwrap();
+    let snap = f.fs.snapshot(None).unwrap().name.unwrap();
+    let garbage = |f: &Fixture| f.fs.with_catalog(|cat, _, _| cat.garbage_totals()).unwrap().0;
+
+    // Forgotten by name at once, its chunks still held by the snapshot.
+    f.fs.unlink(InodeId::ROOT, b"big").unwrap();
+    assert_eq!(
+        f.fs.lookup(InodeId::ROOT, b"big").unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(f.fs.lock().nameless.removing, vec![ino]);
+    // A rollback before the steps ran brings it back whole, and the steps leave it be.
+    f.fs.with_catalog(|cat, _, open| crate::ops::snapshots::rollback(cat, &snap, None, false, 7, open))
+        .unwrap();
+    f.fs.finish_removals().unwrap();
+    let back = f.fs.lookup(InodeId::ROOT, b"big").unwrap();
+    assert_eq!(back.size, data.len() as u64);
+    assert!(
+        f.fs.read(back.id, 0, data.len()).unwrap() == data,
+        "brought back other bytes"
+    );
+
+    // Without a snapshot holding it, its chunks become garbage once the steps ran.
+    f.fs.unlink(InodeId::ROOT, b"big").unwrap();
+    f.fs.with_catalog(|cat, _, _| {
+        for g in cat.generations()? {
+            if g.name.is_some() {
+                cat.forget(g.id)?;
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    let before = garbage(&f);
+    f.fs.finish_removals().unwrap();
+    assert!(f.fs.lock().nameless.removing.is_empty());
+    let after = garbage(&f);
+    assert!(
+        after > before + 2000,
+        "its chunks became garbage: {before} before, {after} after"
+    );
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn a_file_deleted_after_its_snapshots_were_forgotten_leaves_its_chunks_to_gc() {
+    // Either order of forgetting the snapshot and deleting the file must leave the
+    // same garbage (the first used to keep the chunks referenced by rows that no
+    // generation saw).
+    let mut found = Vec::new();
+    for forget_first in [true, false] {
+        let f = fixture();
+        let ino = file(&f, "small");
+        f.fs.write(ino, 0, &random(3, 100_000)).unwrap();
+        f.fs.snapshot(None).unwrap();
+        let forget_all = |f: &Fixture| {
+            f.fs.with_catalog(|cat, _, _| {
+                for g in cat.generations()? {
+                    if g.name.is_some() {
+                        cat.forget(g.id)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap()
+        };
+        if forget_first {
+            forget_all(&f);
+        }
+        f.fs.unlink(InodeId::ROOT, b"small").unwrap();
+        if !forget_first {
+            forget_all(&f);
+        }
+        found.push(f.fs.with_catalog(|cat, _, _| cat.garbage_totals()).unwrap());
+    }
+    assert!(found[0].0 > 0, "no garbage after the file went: {found:?}");
+    assert_eq!(found[0], found[1]);
+}

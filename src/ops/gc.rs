@@ -149,6 +149,8 @@ pub fn gc_mounted(
     if dry_run {
         return fs.with_catalog(|cat, store, _| gc(cat, store, true, sweep));
     }
+    // Big deleted files drop their extents first, so that their chunks count.
+    fs.finish_removals()?;
     let (total, _) = fs.with_catalog(|cat, _, _| cat.garbage_totals())?;
     let store = fs.store();
     let mut stats = GcStats::default();
@@ -176,6 +178,7 @@ pub fn gc_mounted(
 /// Background reclaim in a mount: `gc_mounted` when there is garbage (one cheap
 /// query when there is none), never a sweep.
 pub fn reclaim(fs: &Fs) -> Result<GcStats> {
+    fs.finish_removals()?;
     let (garbage, _) = fs.with_catalog(|cat, _, _| cat.garbage_totals())?;
     if garbage == 0 {
         return Ok(GcStats::default());
