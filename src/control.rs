@@ -202,6 +202,7 @@ mod tests {
         let handler: Handler = Arc::new(|req| match req {
             Request::Commit => Ok(Answer::Committed),
             Request::Hold { name, .. } => Err(Error::NotFound(format!("{name} (see `snapfs list`)"))),
+            Request::Snapshot { .. } => Err(Error::no_space("catalog: taking a snapshot")),
             _ => Err(Error::ReadOnly("nope".into())),
         });
         serve(dir.path(), handler).unwrap();
@@ -225,5 +226,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.errno(), libc::EROFS);
+        let err = request(dir.path(), &Request::Snapshot { label: None }).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOSPC, "a full disk stays one: {err:?}");
+        assert!(err.is_no_space());
+        assert_eq!(
+            err.to_string(),
+            Error::no_space("catalog: taking a snapshot").to_string()
+        );
     }
 }

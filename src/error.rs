@@ -120,6 +120,20 @@ pub enum Error {
     /// An extended attribute is absent.
     #[error("no such extended attribute")]
     NoXattr,
+    /// A disk under the repository (a mirror's or the catalog's) is full, or its quota
+    /// is used up; `context` says what was being written. Not a mirror failure: the
+    /// mirror stays healthy and the writer hears ENOSPC (EDQUOT for a quota).
+    #[error("{context}: {}; free space with `snapfs forget` and `snapfs gc`", no_space_what(*.quota))]
+    NoSpace { context: String, quota: bool },
+}
+
+/// What `Error::NoSpace` says ran out.
+fn no_space_what(quota: bool) -> &'static str {
+    if quota {
+        "the disk quota is used up"
+    } else {
+        "the disk is full"
+    }
 }
 
 /// What `Error::Locked` adds after the pid: what the holder is doing, and what to do.
@@ -134,18 +148,32 @@ fn locked_advice(holder: Option<&str>) -> String {
 }
 
 impl Error {
-    /// Wraps an I/O error with what was being done.
+    /// Wraps an I/O error with what was being done. A full disk (ENOSPC) or a used-up
+    /// quota (EDQUOT) becomes `NoSpace`, so it keeps its kind wherever it was found.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            context: context.into(),
-            source,
+        let context = context.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) => Error::NoSpace {
+                context,
+                quota: false,
+            },
+            Some(libc::EDQUOT) => Error::NoSpace { context, quota: true },
+            _ => Error::Io { context, source },
         }
     }
 
-    /// A closure for `map_err` that wraps an I/O error with `context`.
+    /// A closure for `map_err` that wraps an I/O error with `context` (as `io` does).
     pub fn io_with(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
-        move |source| Error::Io { context, source }
+        move |source| Error::io(context, source)
+    }
+
+    /// A full disk found while `context` was being done.
+    pub fn no_space(context: impl Into<String>) -> Error {
+        Error::NoSpace {
+            context: context.into(),
+            quota: false,
+        }
     }
 
     /// The kernel error number this kind stands for. Unknown kinds are `EIO`;
@@ -166,14 +194,17 @@ impl Error {
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::NoXattr => libc::ENODATA,
             Error::Locked { .. } => libc::EBUSY,
+            Error::NoSpace { quota: false, .. } => libc::ENOSPC,
+            Error::NoSpace { quota: true, .. } => libc::EDQUOT,
             Error::Remote { errno, .. } => *errno,
             _ => libc::EIO,
         }
     }
 
-    /// True when the error says the disk is full.
+    /// True when the error says a disk is full or a quota is used up (here, or in the
+    /// mount that answered a control request).
     pub fn is_no_space(&self) -> bool {
-        self.errno() == libc::ENOSPC
+        matches!(self.errno(), libc::ENOSPC | libc::EDQUOT)
     }
 }
 
@@ -196,11 +227,54 @@ mod tests {
 
     #[test]
     fn io_errors_keep_their_errno() {
-        let e = Error::io("writing", std::io::Error::from_raw_os_error(libc::ENOSPC));
-        assert!(e.is_no_space());
+        let e = Error::io("writing", std::io::Error::from_raw_os_error(libc::EROFS));
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert_eq!(e.errno(), libc::EROFS);
         assert_eq!(
             e.to_string(),
-            format!("writing: {}", std::io::Error::from_raw_os_error(libc::ENOSPC))
+            format!("writing: {}", std::io::Error::from_raw_os_error(libc::EROFS))
         );
+        let other = Error::io("reading", std::io::Error::other("no errno"));
+        assert_eq!(other.errno(), libc::EIO);
+    }
+
+    #[test]
+    fn a_full_disk_found_by_io_becomes_no_space() {
+        let full = Error::io(
+            "writing chunk 00ab to m0",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(
+            matches!(&full, Error::NoSpace { context, quota: false } if context == "writing chunk 00ab to m0"),
+            "{full:?}"
+        );
+        assert_eq!(full.errno(), libc::ENOSPC);
+        assert!(full.is_no_space());
+        assert_eq!(
+            full.to_string(),
+            "writing chunk 00ab to m0: the disk is full; free space with `snapfs forget` and `snapfs gc`"
+        );
+
+        let quota = Error::io_with("syncing m1")(std::io::Error::from_raw_os_error(libc::EDQUOT));
+        assert!(matches!(quota, Error::NoSpace { quota: true, .. }), "{quota:?}");
+        assert_eq!(quota.errno(), libc::EDQUOT);
+        assert!(quota.is_no_space());
+        assert!(quota
+            .to_string()
+            .starts_with("syncing m1: the disk quota is used up;"));
+    }
+
+    #[test]
+    fn new_kinds_map_to_their_errno() {
+        assert_eq!(Error::no_space("catalog: committing").errno(), libc::ENOSPC);
+        assert!(Error::no_space("x").is_no_space());
+        assert_eq!(Error::NoXattr.errno(), libc::ENODATA);
+        assert!(!Error::NoXattr.is_no_space());
+        // A mount's answer keeps the kind's errno.
+        let remote = Error::Remote {
+            errno: libc::ENOSPC,
+            message: "full".into(),
+        };
+        assert!(remote.is_no_space());
     }
 }

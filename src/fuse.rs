@@ -4,11 +4,12 @@
 //! `Error` → errno, TTLs, replies. The only module that names `fuser`. Every callback
 //! is a few lines; logic lives in `fs`.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -52,12 +53,37 @@ pub struct MountOptions {
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     snapdir: SnapDir,
+    eio_log: EioLog,
 }
 
 impl FuseAdapter {
     /// An adapter serving `fs`.
     pub fn new(fs: Arc<Fs>, snapdir: SnapDir) -> FuseAdapter {
-        FuseAdapter { fs, snapdir }
+        FuseAdapter {
+            fs,
+            snapdir,
+            eio_log: EioLog::default(),
+        }
+    }
+}
+
+/// Distinct (operation, message) pairs of EIO replies kept, so a failing disk logs
+/// each failure once, not once per request; past this many nothing more is logged.
+const EIO_LOG_LIMIT: usize = 1000;
+
+/// Which EIO replies were logged already (bounded by `EIO_LOG_LIMIT`).
+#[derive(Default)]
+struct EioLog {
+    seen: Mutex<HashSet<(&'static str, String)>>,
+}
+
+impl EioLog {
+    /// True the first time `op` fails with `message` (and while fewer than
+    /// `EIO_LOG_LIMIT` pairs were seen): the caller logs it then.
+    fn first(&self, op: &'static str, message: &str) -> bool {
+        // Poisoned: a thread panicked while inserting; the set is still a set.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.len() < EIO_LOG_LIMIT && seen.insert((op, message.to_string()))
     }
 }
 
@@ -176,10 +202,6 @@ fn ttl(node: &Node) -> Duration {
     }
 }
 
-fn errno(e: &Error) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
 fn time(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -265,33 +287,63 @@ fn caller_in_group(req: &Request, gid: u32) -> bool {
         .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
-fn reply_entry(reply: ReplyEntry, result: Result<Node>) {
-    match result {
-        Ok(n) => reply.entry(&ttl(&n), &file_attr(&n), Generation(0)),
-        Err(e) => reply.error(errno(&e)),
+impl FuseAdapter {
+    /// The errno replying `e` to `op` on inode `n`. An EIO (a kind with no errno of
+    /// its own: corruption, a failing disk, a bug) is logged with what failed, once
+    /// per operation and message; other errnos are the caller's business.
+    fn errno(&self, op: &'static str, n: INodeNo, e: &Error) -> Errno {
+        let errno = e.errno();
+        if errno == libc::EIO {
+            let message = e.to_string();
+            if self.eio_log.first(op, &message) {
+                log::error!("{op} of inode {}: {message} (answered EIO)", n.0);
+            }
+        }
+        Errno::from_i32(errno)
     }
-}
 
-fn reply_data(reply: ReplyData, result: Result<Vec<u8>>) {
-    match result {
-        Ok(data) => reply.data(&data),
-        Err(e) => reply.error(errno(&e)),
+    fn reply_entry(&self, reply: ReplyEntry, op: &'static str, n: INodeNo, result: Result<Node>) {
+        match result {
+            Ok(node) => reply.entry(&ttl(&node), &file_attr(&node), Generation(0)),
+            Err(e) => reply.error(self.errno(op, n, &e)),
+        }
     }
-}
 
-fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(&e)),
+    fn reply_attr(&self, reply: ReplyAttr, op: &'static str, n: INodeNo, result: Result<Node>) {
+        match result {
+            Ok(node) => reply.attr(&ttl(&node), &file_attr(&node)),
+            Err(e) => reply.error(self.errno(op, n, &e)),
+        }
     }
-}
 
-fn reply_xattr(reply: ReplyXattr, size: u32, bytes: Result<Vec<u8>>) {
-    match bytes {
-        Ok(b) if size == 0 => reply.size(b.len() as u32),
-        Ok(b) if b.len() <= size as usize => reply.data(&b),
-        Ok(_) => reply.error(Errno::ERANGE),
-        Err(e) => reply.error(errno(&e)),
+    fn reply_data(&self, reply: ReplyData, op: &'static str, n: INodeNo, result: Result<Vec<u8>>) {
+        match result {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(self.errno(op, n, &e)),
+        }
+    }
+
+    fn reply_empty(&self, reply: ReplyEmpty, op: &'static str, n: INodeNo, result: Result<()>) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.errno(op, n, &e)),
+        }
+    }
+
+    fn reply_xattr(
+        &self,
+        reply: ReplyXattr,
+        op: &'static str,
+        n: INodeNo,
+        size: u32,
+        bytes: Result<Vec<u8>>,
+    ) {
+        match bytes {
+            Ok(b) if size == 0 => reply.size(b.len() as u32),
+            Ok(b) if b.len() <= size as usize => reply.data(&b),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(self.errno(op, n, &e)),
+        }
     }
 }
 
@@ -347,13 +399,6 @@ fn open_flags(flags: i32) -> FopenFlags {
     }
 }
 
-fn reply_attr(reply: ReplyAttr, result: Result<Node>) {
-    match result {
-        Ok(n) => reply.attr(&ttl(&n), &file_attr(&n)),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large requests: fewer, bigger writes through the chunker; long read-ahead.
@@ -370,16 +415,24 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
-        // The mount is going away: everything buffered must be committed now.
-        let _ = self.fs.fsync(None);
+        // The mount is going away: everything buffered must be committed now. Nobody
+        // is left to hear of a failure but the log.
+        if let Err(e) = self.fs.fsync(None) {
+            log::error!("committing buffered writes at unmount: {e}");
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup_node(ino(parent), name.as_bytes()));
+        self.reply_entry(
+            reply,
+            "lookup",
+            parent,
+            self.fs.lookup_node(ino(parent), name.as_bytes()),
+        );
     }
 
     fn getattr(&self, _req: &Request, n: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply_attr(reply, self.fs.node(ino(n)));
+        self.reply_attr(reply, "getattr", n, self.fs.node(ino(n)));
     }
 
     fn setattr(
@@ -409,14 +462,16 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(set_time),
         };
         let in_group = |gid| caller_in_group(req, gid);
-        reply_attr(
+        self.reply_attr(
             reply,
+            "setattr",
+            n,
             self.fs.setattr_node(ino(n), &set, &writer_of(req, &in_group)),
         );
     }
 
     fn readlink(&self, _req: &Request, n: INodeNo, reply: ReplyData) {
-        reply_data(reply, self.fs.readlink_node(ino(n)));
+        self.reply_data(reply, "readlink", n, self.fs.readlink_node(ino(n)));
     }
 
     fn mknod(
@@ -442,7 +497,7 @@ impl Filesystem for FuseAdapter {
             rdev as u64,
             b"",
         );
-        reply_entry(reply, made);
+        self.reply_entry(reply, "mknod", parent, made);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -456,15 +511,25 @@ impl Filesystem for FuseAdapter {
             0,
             b"",
         );
-        reply_entry(reply, made);
+        self.reply_entry(reply, "mkdir", parent, made);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.remove_node(ino(parent), name.as_bytes(), false));
+        self.reply_empty(
+            reply,
+            "unlink",
+            parent,
+            self.fs.remove_node(ino(parent), name.as_bytes(), false),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.remove_node(ino(parent), name.as_bytes(), true));
+        self.reply_empty(
+            reply,
+            "rmdir",
+            parent,
+            self.fs.remove_node(ino(parent), name.as_bytes(), true),
+        );
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -478,7 +543,7 @@ impl Filesystem for FuseAdapter {
             0,
             target,
         );
-        reply_entry(reply, made);
+        self.reply_entry(reply, "symlink", parent, made);
     }
 
     fn rename(
@@ -505,12 +570,14 @@ impl Filesystem for FuseAdapter {
             newname.as_bytes(),
             mode,
         );
-        reply_empty(reply, renamed);
+        self.reply_empty(reply, "rename", parent, renamed);
     }
 
     fn link(&self, _req: &Request, n: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        reply_entry(
+        self.reply_entry(
             reply,
+            "link",
+            n,
             self.fs.link_node(ino(n), ino(newparent), newname.as_bytes()),
         );
     }
@@ -524,7 +591,7 @@ impl Filesystem for FuseAdapter {
             // pages of every file it changes. So an open keeps what is cached.
             Ok(node) if node.is_snapshot() => reply.opened(FileHandle(n.0), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(_) => reply.opened(FileHandle(n.0), open_flags(flags.0)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("open", n, &e)),
         }
     }
 
@@ -539,7 +606,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply_data(reply, self.fs.read_node(ino(n), offset, size as usize));
+        self.reply_data(reply, "read", n, self.fs.read_node(ino(n), offset, size as usize));
     }
 
     fn write(
@@ -570,7 +637,7 @@ impl Filesystem for FuseAdapter {
             .and_then(|id| self.fs.write_as(id, offset, data, &writer))
         {
             Ok(written) => reply.written(written as u32),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("write", n, &e)),
         }
     }
 
@@ -591,11 +658,11 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.release_node(ino(n)));
+        self.reply_empty(reply, "release", n, self.fs.release_node(ino(n)));
     }
 
     fn fsync(&self, _req: &Request, n: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.fsync_node(ino(n)));
+        self.reply_empty(reply, "fsync", n, self.fs.fsync_node(ino(n)));
     }
 
     fn opendir(&self, _req: &Request, n: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -636,7 +703,7 @@ impl Filesystem for FuseAdapter {
         );
         match result {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("readdir", n, &e)),
         }
     }
 
@@ -650,7 +717,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let dir = match self.fs.node(ino(n)) {
             Ok(d) => d,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(self.errno("readdirplus", n, &e)),
         };
         for (cookie, name) in [(1, "."), (2, "..")] {
             let attr = file_attr(&dir);
@@ -687,15 +754,15 @@ impl Filesystem for FuseAdapter {
         );
         match result {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("readdirplus", n, &e)),
         }
     }
 
     fn fsyncdir(&self, _req: &Request, n: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.fsync_node(ino(n)));
+        self.reply_empty(reply, "fsyncdir", n, self.fs.fsync_node(ino(n)));
     }
 
-    fn statfs(&self, _req: &Request, _n: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, n: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -707,7 +774,7 @@ impl Filesystem for FuseAdapter {
                 255,
                 s.block_size,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("statfs", n, &e)),
         }
     }
 
@@ -726,11 +793,17 @@ impl Filesystem for FuseAdapter {
         let set = self
             .live(n)
             .and_then(|id| self.fs.setxattr(id, name.as_bytes(), value, create, replace));
-        reply_empty(reply, set);
+        self.reply_empty(reply, "setxattr", n, set);
     }
 
     fn getxattr(&self, _req: &Request, n: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.getxattr_node(ino(n), name.as_bytes()));
+        self.reply_xattr(
+            reply,
+            "getxattr",
+            n,
+            size,
+            self.fs.getxattr_node(ino(n), name.as_bytes()),
+        );
     }
 
     fn listxattr(&self, _req: &Request, n: INodeNo, size: u32, reply: ReplyXattr) {
@@ -743,12 +816,14 @@ impl Filesystem for FuseAdapter {
                 })
                 .collect()
         });
-        reply_xattr(reply, size, list);
+        self.reply_xattr(reply, "listxattr", n, size, list);
     }
 
     fn removexattr(&self, _req: &Request, n: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(
+        self.reply_empty(
             reply,
+            "removexattr",
+            n,
             self.live(n)
                 .and_then(|id| self.fs.removexattr(id, name.as_bytes())),
         );
@@ -763,7 +838,7 @@ impl Filesystem for FuseAdapter {
                 Ok(())
             }
         });
-        reply_empty(reply, result);
+        self.reply_empty(reply, "access", n, result);
     }
 
     fn create(
@@ -797,7 +872,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(node.ino.0),
                 open_flags(flags),
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("create", parent, &e)),
         }
     }
 
@@ -824,8 +899,10 @@ impl Filesystem for FuseAdapter {
             libc::FALLOC_FL_INSERT_RANGE => Allocate::InsertRange,
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        reply_empty(
+        self.reply_empty(
             reply,
+            "fallocate",
+            n,
             self.live(n).and_then(|id| {
                 let in_group = |gid| caller_in_group(req, gid);
                 self.fs
@@ -850,7 +927,7 @@ impl Filesystem for FuseAdapter {
         };
         match self.fs.seek_node(ino(n), offset.max(0) as u64, what) {
             Ok(pos) => reply.offset(pos as i64),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("lseek", n, &e)),
         }
     }
 
@@ -874,7 +951,41 @@ impl Filesystem for FuseAdapter {
             .and_then(|out| self.fs.copy_range(ino(ino_in), offset_in, out, offset_out, len));
         match copied {
             Ok(count) => reply.written(count as u32),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno("copy_file_range", ino_in, &e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_eio_is_logged_once_per_operation_and_message() {
+        let log = EioLog::default();
+        assert!(log.first("read", "chunk 00 is missing from every mirror"));
+        assert!(
+            !log.first("read", "chunk 00 is missing from every mirror"),
+            "a repeat"
+        );
+        assert!(
+            log.first("read", "chunk 01 is missing from every mirror"),
+            "another message"
+        );
+        assert!(
+            log.first("write", "chunk 00 is missing from every mirror"),
+            "another operation"
+        );
+        assert!(!log.first("write", "chunk 00 is missing from every mirror"));
+    }
+
+    #[test]
+    fn the_eio_log_stays_bounded() {
+        let log = EioLog::default();
+        for i in 0..EIO_LOG_LIMIT {
+            assert!(log.first("read", &format!("failure {i}")));
+        }
+        assert!(!log.first("read", "one failure too many"), "nothing more is kept");
+        assert_eq!(log.seen.lock().unwrap().len(), EIO_LOG_LIMIT);
     }
 }

@@ -171,7 +171,25 @@ fn a_chunk_bad_in_every_mirror_fails_with_eio_and_scrub_names_the_file() {
     for (n, data) in others {
         assert_eq!(&fs::read(m.path(n)).unwrap(), data, "{n} is unharmed");
     }
+    // Read the bad file again: the log names the failure once, not once per request.
+    assert!(fs::read(m.path(&hurt)).is_err());
     m.umount();
+    let log = fs::read_to_string(repo.join("mount.log")).unwrap();
+    let mut eio: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            l.split_once("snapfs: error: read of inode ")
+                .map(|(_, rest)| rest)
+        })
+        .collect();
+    assert!(
+        !eio.is_empty() && eio.iter().all(|l| l.ends_with("(answered EIO)")),
+        "the EIO is logged with what failed:\n{log}"
+    );
+    let logged = eio.len();
+    eio.sort();
+    eio.dedup();
+    assert_eq!(eio.len(), logged, "each EIO logged once:\n{log}");
 }
 
 #[test]

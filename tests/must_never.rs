@@ -135,11 +135,18 @@ fn one_bad_entry_leaves_the_rest_of_its_folder_listed_and_check_repair_mends_it(
     assert_eq!(fs::read(m.path("c")).unwrap(), b"c");
     m.umount();
     let log = fs::read_to_string(repo.join("mount.log")).unwrap();
-    let logged = log
-        .lines()
-        .filter(|l| l.contains(&format!("points at inode {inode}")))
-        .count();
-    assert_eq!(logged, 1, "logged once with its inode and name:\n{log}");
+    let logged = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("points at inode {inode}")) && l.contains(what))
+            .count()
+    };
+    // Once by the core with what to do, once by the adapter for the EIO it answered.
+    assert_eq!(
+        logged("snapfs check"),
+        1,
+        "logged once with its inode and name:\n{log}"
+    );
+    assert_eq!(logged("answered EIO"), 1, "its EIO logged once:\n{log}");
 
     let found = snapfs(&repo, &["check"]);
     assert_eq!(found.status.code(), Some(3), "damage found: exit code 3");

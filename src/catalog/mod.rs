@@ -46,10 +46,7 @@ pub(crate) fn sql_err(context: &'static str) -> impl Fn(rusqlite::Error) -> Erro
     move |e| {
         // A full disk under the catalog is ENOSPC to the writer, like a full mirror.
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            return Error::io(
-                format!("catalog: {context}"),
-                std::io::Error::from_raw_os_error(libc::ENOSPC),
-            );
+            return Error::no_space(format!("catalog: {context}"));
         }
         Error::Catalog {
             context: context.to_string(),

@@ -945,10 +945,7 @@ impl Fs {
             *cached = (std::time::Instant::now(), free);
         }
         if cached.1 < reserve + incoming {
-            return Err(Error::io(
-                "writing: a mirror's disk is full; forget snapshots and run snapfs gc to free space",
-                std::io::Error::from_raw_os_error(libc::ENOSPC),
-            ));
+            return Err(Error::no_space("writing to a mirror"));
         }
         // Account for what this write will take until the next reading.
         cached.1 -= incoming;
