@@ -146,11 +146,12 @@ pub fn gc_mounted(
     sweep: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<GcStats> {
+    // Big deleted files drop their extents first, so that their chunks count (in a
+    // dry run too: it finishes a deletion the user already made).
+    fs.finish_removals()?;
     if dry_run {
         return fs.with_catalog(|cat, store, _| gc(cat, store, true, sweep));
     }
-    // Big deleted files drop their extents first, so that their chunks count.
-    fs.finish_removals()?;
     let (total, _) = fs.with_catalog(|cat, _, _| cat.garbage_totals())?;
     let store = fs.store();
     let mut stats = GcStats::default();
