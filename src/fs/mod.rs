@@ -632,9 +632,9 @@ impl Fs {
             Some(planned) => planned?,
             None => {
                 let mut st = self.lock();
-                let attr = attr_of(&st, ino)?;
                 match write::buffered_view(&mut st, ino, offset, end)? {
                     Some(view) => {
+                        let attr = attr_of(&st, ino)?;
                         let live = st.catalog.live();
                         let later = match ahead {
                             Some((from, to)) => st.catalog.extents(live, ino, from, to)?,
