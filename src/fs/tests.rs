@@ -987,27 +987,18 @@ fn everything_inside_a_snapshot_is_served_while_the_core_is_locked() {
     f.fs.write(ino, 0, &data).unwrap();
     f.fs.setxattr(ino, b"user.k", b"v", false, false).unwrap();
     let snap = f.fs.snapshot(None).unwrap().name.unwrap();
-    let held = f.fs.lock();
-    std::thread::scope(|s| {
-        let reader = s.spawn(|| {
-            let root = f.fs.lookup_node(Ino::ROOT, snap.as_bytes()).unwrap().ino;
-            let d = f.fs.lookup_node(root, b"d").unwrap().ino;
-            let listed = f.fs.readdir_nodes(d, SnapDir::Hidden).unwrap();
-            assert_eq!(listed.len(), 1);
-            let file = listed[0].1.ino;
-            assert_eq!(f.fs.node(file).unwrap().attr.size, 200_000);
-            assert_eq!(f.fs.getxattr_node(file, b"user.k").unwrap(), b"v");
-            f.fs.read_node(file, 0, 200_000).unwrap() == data
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !reader.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let finished = reader.is_finished();
-        drop(held);
-        assert!(finished, "a snapshot read waited for the core's lock");
-        assert!(reader.join().unwrap(), "and read the right bytes");
+    let read_back = while_locked(&f, || {
+        let root = f.fs.lookup_node(Ino::ROOT, snap.as_bytes()).unwrap().ino;
+        let d = f.fs.lookup_node(root, b"d").unwrap().ino;
+        let listed = f.fs.readdir_nodes(d, SnapDir::Hidden).unwrap();
+        assert_eq!(listed.len(), 1);
+        let file = listed[0].1.ino;
+        assert_eq!(f.fs.node(file).unwrap().attr.size, 200_000);
+        assert_eq!(f.fs.getxattr_node(file, b"user.k").unwrap(), b"v");
+        f.fs.read_node(file, 0, 200_000).unwrap() == data
     });
+    let read_back = read_back.expect("a snapshot read waited for the core's lock");
+    assert!(read_back, "and read the right bytes");
 }
 
 /// Writes `data` as file `name`, commits it, and unlinks it: its chunks become
@@ -1102,42 +1093,27 @@ fn gc_waits_for_reads_that_began_before_it_condemned_their_chunks() {
     assert_eq!(left, 0);
 }
 
-/// Runs `reads` on another thread while `f.fs` holds its lock inside `with_catalog`,
-/// and returns what they returned, or `None` when they did not finish within 20 s
-/// (they waited for the lock).
-fn beside_a_held_lock<T: Send + 'static>(
-    f: &Arc<Fixture>,
-    reads: impl FnOnce(&Fs) -> T + Send + 'static,
-) -> Option<T> {
-    let (held_tx, held_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let reader = f.clone();
-    let holder = std::thread::spawn({
-        let f = f.clone();
-        move || {
-            f.fs.with_catalog(|_, _, _| {
-                held_tx.send(()).unwrap();
-                // Hold the lock until the reads finish or give up.
-                let _ = done_rx.recv_timeout(Duration::from_secs(20));
-                Ok(())
-            })
-            .unwrap();
+/// Runs `reads` on another thread while this one holds the core's lock, and returns
+/// what they returned, or `None` when they did not finish within 20 s (they waited
+/// for the lock; they finish once it is released).
+fn while_locked<T: Send>(f: &Fixture, reads: impl FnOnce() -> T + Send) -> Option<T> {
+    let held = f.fs.lock();
+    std::thread::scope(|s| {
+        let reader = s.spawn(reads);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !reader.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
-    });
-    held_rx.recv().unwrap();
-    let (out_tx, out_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = out_tx.send(reads(&reader.fs));
-    });
-    let out = out_rx.recv_timeout(Duration::from_secs(20)).ok();
-    let _ = done_tx.send(());
-    holder.join().unwrap();
-    out
+        let finished = reader.is_finished();
+        drop(held);
+        let out = reader.join().unwrap();
+        finished.then_some(out)
+    })
 }
 
 #[test]
 fn live_reads_of_committed_data_do_not_wait_for_the_lock() {
-    let f = Arc::new(fixture());
+    let f = fixture();
     let folder = dir(&f, InodeId::ROOT, "d");
     let id =
         f.fs.create(ME, folder, b"a", FileKind::File, 0o644, 0, b"")
@@ -1148,7 +1124,8 @@ fn live_reads_of_committed_data_do_not_wait_for_the_lock() {
     f.fs.setxattr(id, b"user.k", b"v", false, false).unwrap();
     f.fs.commit().unwrap();
 
-    let got = beside_a_held_lock(&f, move |fs| {
+    let fs = &f.fs;
+    let got = while_locked(&f, || {
         let attr = fs.lookup(folder, b"a").unwrap();
         let listed = fs
             .readdir_nodes(Ino::live(folder), SnapDir::Visible)
@@ -1174,7 +1151,7 @@ fn live_reads_of_committed_data_do_not_wait_for_the_lock() {
 
 #[test]
 fn a_read_after_a_buffered_write_sees_it_not_the_committed_catalog() {
-    let f = Arc::new(fixture());
+    let f = fixture();
     let id = file(&f, "a");
     f.fs.write(id, 0, b"committed").unwrap();
     f.fs.commit().unwrap();
