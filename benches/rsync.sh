@@ -152,6 +152,17 @@ log "creating and mounting a repository at $MNT…"
 
 ROWS=()
 TP=0 TM=0 TS=0 MAXPEAK=0 i=0
+# mount_side SRC → the rsync into the mount (m), then its snapshot (s, e) and the
+# daemon's peak RSS over both (peak).
+mount_side() {
+    reset_peak
+    m=$(timed_rsync "$1" "$MNT/tree")
+    s=$(now)
+    "$BIN" --repo "$REPO" snapshot -q >/dev/null
+    e=$(now)
+    peak=$(peak_mib)
+}
+
 for v in $RELEASES; do
     src=${SRC[$v]}
     files=$(find "$src" -type f | wc -l)
@@ -159,19 +170,9 @@ for v in $RELEASES; do
     find "$src" -type f -exec cat {} + >/dev/null # a warm source for both sides
     if [ $((i % 2)) -eq 0 ]; then
         p=$(timed_rsync "$src" "$PLAIN/tree")
-        reset_peak
-        m=$(timed_rsync "$src" "$MNT/tree")
-        s=$(now)
-        "$BIN" --repo "$REPO" snapshot -q >/dev/null
-        e=$(now)
-        peak=$(peak_mib)
+        mount_side "$src"
     else
-        reset_peak
-        m=$(timed_rsync "$src" "$MNT/tree")
-        s=$(now)
-        "$BIN" --repo "$REPO" snapshot -q >/dev/null
-        e=$(now)
-        peak=$(peak_mib)
+        mount_side "$src"
         p=$(timed_rsync "$src" "$PLAIN/tree")
     fi
     snap_ms=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.0f", (e - s) * 1000 }')
