@@ -156,13 +156,25 @@ fn snapshot_names_get_suffixes_within_one_second_and_hidden_snapdir_still_resolv
     let (_tmp, repo, mnt) = setup();
     snapfs_ok(&repo, &["init"]);
     // Without a mount the command works on the repository directly.
-    let names: Vec<String> = (0..3).map(|_| snapshot(&repo, None)).collect();
-    let base = names[0].clone();
-    assert!(names.iter().all(|n| n.starts_with(&base[..18])), "{names:?}");
-    assert!(
-        names.iter().any(|n| n.ends_with("-2")) || names[0][..18] != names[2][..18],
-        "{names:?}"
-    );
+    // Snapshots until two fall within one second (they take well under one, so
+    // this ends by the third or fourth); they may straddle a second boundary.
+    let stamp = |n: &str| n[.."@2026-12-02T055912Z".len()].to_string();
+    let mut names: Vec<String> = Vec::new();
+    while names.len() < 3 || (names.iter().all(|n| n.len() == stamp(n).len()) && names.len() < 8) {
+        names.push(snapshot(&repo, None));
+    }
+    assert!(names.iter().any(|n| n.ends_with("-2")), "{names:?}");
+    // Within each second the first name is the bare timestamp and the next
+    // ones count up from -2.
+    let mut expected = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let earlier = names[..i].iter().filter(|n| stamp(n) == stamp(name)).count();
+        expected.push(match earlier {
+            0 => stamp(name),
+            k => format!("{}-{}", stamp(name), k + 1),
+        });
+    }
+    assert_eq!(names, expected, "suffixes count up within one second");
     let out = Command::new(env!("CARGO_BIN_EXE_snapfs"))
         .arg("--repo")
         .arg(&repo)
