@@ -250,6 +250,42 @@ fn file_attr(node: &Node) -> FileAttr {
     }
 }
 
+/// How long the kernel may remember that `name` is not in `parent` (a negative
+/// entry: `rsync` and `open(O_CREAT)` look a name up before creating it, and again
+/// before renaming over it), or `None` to answer ENOENT uncached. Names come into
+/// the live tree through the kernel, which replaces the negative entry, or by a
+/// rollback, which invalidates every name it brings back. Snapshots never change.
+/// Only the `@` names of the mount root appear behind the kernel's back (a new
+/// snapshot), so a miss there is never cached.
+fn negative_ttl(parent: Ino, name: &[u8]) -> Option<Duration> {
+    match parent.split() {
+        (View::Snapshot(_), _) => Some(SNAPSHOT_TTL),
+        (View::Live, _) if parent == Ino::ROOT && name.first() == Some(&b'@') => None,
+        (View::Live, _) => Some(LIVE_TTL),
+    }
+}
+
+/// The entry that says "no such name" with a timeout (node id 0).
+fn no_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: 0,
+    }
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
@@ -423,12 +459,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(
-            reply,
-            "lookup",
-            parent,
-            self.fs.lookup_node(ino(parent), name.as_bytes()),
-        );
+        let found = self.fs.lookup_node(ino(parent), name.as_bytes());
+        match (&found, negative_ttl(ino(parent), name.as_bytes())) {
+            (Err(Error::NotFound(_)), Some(ttl)) => reply.entry(&ttl, &no_entry(), Generation(0)),
+            _ => self.reply_entry(reply, "lookup", parent, found),
+        }
     }
 
     fn getattr(&self, _req: &Request, n: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
