@@ -77,8 +77,23 @@ pub struct RemoteError {
     pub message: String,
 }
 
-/// One line each way: the request, then the answer or the error.
+/// The end of an answer: the operation's result or its error.
 type Response = std::result::Result<Answer, RemoteError>;
+
+/// One line from the server: progress of a long operation (any number, at most a
+/// few per second), then the response, which ends the exchange.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line {
+    Progress { done: u64, total: u64 },
+    Response(Response),
+}
+
+/// How often the server sends progress at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Progress of a long operation: units done, units in all.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// The socket path of repository `repo`.
 pub fn socket_path(repo: &Path) -> PathBuf {
@@ -89,6 +104,12 @@ pub fn socket_path(repo: &Path) -> PathBuf {
 /// (no socket, or a stale one): the caller then works on the repository directly.
 /// The mount's errors come back as `Error::Remote`, with their errno.
 pub fn request(repo: &Path, req: &Request) -> Result<Option<Answer>> {
+    request_with_progress(repo, req, &mut |_, _| {})
+}
+
+/// `request`, calling `progress(done, total)` as the mount reports it (gc draws
+/// its bar from these, as it does when run without a mount).
+pub fn request_with_progress(repo: &Path, req: &Request, progress: Progress<'_>) -> Result<Option<Answer>> {
     let path = socket_path(repo);
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -107,18 +128,31 @@ pub fn request(repo: &Path, req: &Request) -> Result<Option<Answer>> {
     stream
         .write_all(line.as_bytes())
         .map_err(Error::io_with("sending a request to the mount"))?;
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(Error::io_with("reading the mount's answer"))?;
-    let response: Response = serde_json::from_str(&answer).map_err(|e| {
-        Error::io(
-            "reading the mount's answer",
-            std::io::Error::other(format!(
-                "malformed answer ({e}); is the daemon the same snapfs version?"
-            )),
-        )
-    })?;
+    let mut reader = BufReader::new(stream);
+    let response = loop {
+        let mut text = String::new();
+        let read = reader
+            .read_line(&mut text)
+            .map_err(Error::io_with("reading the mount's answer"))?;
+        if read == 0 {
+            return Err(Error::io(
+                "reading the mount's answer",
+                std::io::Error::other("the mount closed the connection without answering"),
+            ));
+        }
+        let line: Line = serde_json::from_str(&text).map_err(|e| {
+            Error::io(
+                "reading the mount's answer",
+                std::io::Error::other(format!(
+                    "malformed answer ({e}); is the daemon the same snapfs version?"
+                )),
+            )
+        })?;
+        match line {
+            Line::Progress { done, total } => progress(done, total),
+            Line::Response(response) => break response,
+        }
+    };
     match response {
         Ok(answer) => Ok(Some(answer)),
         Err(e) => Err(Error::Remote {
@@ -133,8 +167,9 @@ pub fn is_served(repo: &Path) -> bool {
     UnixStream::connect(socket_path(repo)).is_ok()
 }
 
-/// The handler a server runs for each request.
-pub type Handler = Arc<dyn Fn(Request) -> Result<Answer> + Send + Sync>;
+/// The handler a server runs for each request; it reports progress through the
+/// callback, which sends it to the client (and goes on quietly if the client left).
+pub type Handler = Arc<dyn Fn(Request, Progress<'_>) -> Result<Answer> + Send + Sync>;
 
 /// Listens on the socket of `repo` (replacing a stale one: the caller holds the
 /// repository lock) and answers each connection on a thread of its own.
@@ -180,15 +215,31 @@ fn answer(stream: UnixStream, me: u32, handler: &Handler) {
                 errno: libc::EINVAL,
                 message: format!("malformed request: {e}"),
             }),
-            Ok(req) => handler(req).map_err(|e| RemoteError {
-                errno: e.errno(),
-                message: e.to_string(),
-            }),
+            Ok(req) => {
+                let mut last_sent: Option<std::time::Instant> = None;
+                let mut progress = |done: u64, total: u64| {
+                    if last_sent.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) && done < total {
+                        return;
+                    }
+                    last_sent = Some(std::time::Instant::now());
+                    send(&stream, &Line::Progress { done, total });
+                };
+                handler(req, &mut progress).map_err(|e| RemoteError {
+                    errno: e.errno(),
+                    message: e.to_string(),
+                })
+            }
         }
     };
-    if let Ok(mut text) = serde_json::to_string(&response) {
+    send(&stream, &Line::Response(response));
+}
+
+/// Writes one line to the client. A client that went away (Ctrl-C on its bar) does
+/// not stop the operation: it finishes, and its result goes to the log.
+fn send(stream: &UnixStream, line: &Line) {
+    if let Ok(mut text) = serde_json::to_string(line) {
         text.push('\n');
-        let _ = (&stream).write_all(text.as_bytes());
+        let _ = (&*stream).write_all(text.as_bytes());
     }
 }
 
@@ -199,17 +250,26 @@ mod tests {
     #[test]
     fn answers_and_errors_cross_the_socket_typed() {
         let dir = tempfile::tempdir().unwrap();
-        let handler: Handler = Arc::new(|req| match req {
-            Request::Commit => Ok(Answer::Committed),
+        let handler: Handler = Arc::new(|req, progress| match req {
+            Request::Commit => {
+                for done in 0..=3 {
+                    progress(done, 3);
+                }
+                Ok(Answer::Committed)
+            }
             Request::Hold { name, .. } => Err(Error::NotFound(format!("{name} (see `snapfs list`)"))),
             Request::Snapshot { .. } => Err(Error::no_space("catalog: taking a snapshot")),
             _ => Err(Error::ReadOnly("nope".into())),
         });
         serve(dir.path(), handler).unwrap();
+        let mut seen = Vec::new();
         assert_eq!(
-            request(dir.path(), &Request::Commit).unwrap(),
+            request_with_progress(dir.path(), &Request::Commit, &mut |d, t| seen.push((d, t))).unwrap(),
             Some(Answer::Committed)
         );
+        // The first and the last always arrive; those between are rate-limited.
+        assert_eq!(seen.first(), Some(&(0, 3)), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(3, 3)), "{seen:?}");
         let hold = Request::Hold {
             name: "@x".into(),
             held: true,

@@ -54,7 +54,7 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     let invalidator = Arc::new(Mutex::new(mount.invalidator()));
     control::serve(
         repo,
-        Arc::new(move |req| answer(&handler_fs, &handler_repo, &invalidator, req)),
+        Arc::new(move |req, progress| answer(&handler_fs, &handler_repo, &invalidator, req, progress)),
     )?;
     log::info!(
         "serving {} at {} (pid {})",
@@ -218,7 +218,13 @@ fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
 }
 
 /// Answers a control request inside the daemon, on its own catalog.
-fn answer(fs: &Fs, repo_path: &Path, invalidator: &Mutex<Invalidator>, req: Request) -> Result<Answer> {
+fn answer(
+    fs: &Fs,
+    repo_path: &Path,
+    invalidator: &Mutex<Invalidator>,
+    req: Request,
+    progress: control::Progress<'_>,
+) -> Result<Answer> {
     log::debug!("control request {req:?}");
     match req {
         Request::Snapshot { label } => {
@@ -254,7 +260,7 @@ fn answer(fs: &Fs, repo_path: &Path, invalidator: &Mutex<Invalidator>, req: Requ
         }
         Request::Gc { dry_run, sweep } => {
             let sweep = sweep || (!dry_run && fs.take_commit_failed()) || repo::sweep_needed(repo_path);
-            let stats = gc::gc_mounted(fs, dry_run, sweep, &mut |_, _| {})?;
+            let stats = gc::gc_mounted(fs, dry_run, sweep, progress)?;
             if sweep && !dry_run {
                 repo::clear_sweep_needed(repo_path);
             }

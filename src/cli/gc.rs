@@ -31,21 +31,22 @@ pub struct Args {
 pub fn run(repo: &Path, args: Args) -> Result<()> {
     let (dry_run, json) = (args.dry_run, args.json);
     let sweep = args.sweep || snapfs::repo::sweep_needed(repo);
-    let result = remote::run(
+    // One bar, drawn from the mount's progress reports or from gc's own.
+    let bar = if json {
+        super::progress::Progress::hidden()
+    } else {
+        super::progress::Progress::new("gc", "chunks")
+    };
+    let result = remote::run_with_progress(
         repo,
         Request::Gc { dry_run, sweep },
         "snapfs gc",
+        &mut |done, total| bar.set(done, total),
         |r| {
-            let bar = if json {
-                super::progress::Progress::hidden()
-            } else {
-                super::progress::Progress::new("gc", "chunks")
-            };
             let stats =
                 gc::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
                     bar.set(done, total)
                 })?;
-            bar.finish();
             if sweep && !dry_run {
                 snapfs::repo::clear_sweep_needed(&r.path);
             }
@@ -55,7 +56,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             Answer::Gc { stats } => Some(stats),
             _ => None,
         },
-    )?;
+    );
+    bar.finish();
+    let result = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());

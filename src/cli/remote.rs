@@ -19,7 +19,20 @@ pub fn run<T>(
     direct: impl FnOnce(&mut Repo) -> snapfs::Result<T>,
     pick: impl FnOnce(Answer) -> Option<T>,
 ) -> Result<T> {
-    if let Some(answer) = control::request(repo, &req)? {
+    run_with_progress(repo, req, holder, &mut |_, _| {}, direct, pick)
+}
+
+/// `run`, with the mount's progress reports handed to `progress` (`direct` reports
+/// its own).
+pub fn run_with_progress<T>(
+    repo: &Path,
+    req: Request,
+    holder: &str,
+    progress: control::Progress<'_>,
+    direct: impl FnOnce(&mut Repo) -> snapfs::Result<T>,
+    pick: impl FnOnce(Answer) -> Option<T>,
+) -> Result<T> {
+    if let Some(answer) = control::request_with_progress(repo, &req, progress)? {
         let what = format!("{answer:?}");
         return pick(answer).ok_or_else(|| {
             anyhow!("the mount answered {req:?} with {what}; is it the same snapfs version?")
