@@ -42,6 +42,13 @@ pub enum Request {
     Hold { name: String, held: bool },
     /// Commit buffered writes, so that readers in other processes see them.
     Commit,
+    /// Add (or finish filling) the mirror folder `dir` while mounted.
+    MirrorAdd { dir: std::path::PathBuf },
+    /// Stop using the mirror folder `dir`.
+    MirrorRemove { dir: std::path::PathBuf },
+    /// Use again the mirrors set aside that can be opened (after `snapfs scrub`
+    /// refilled them, or their disk came back), filling what they lack.
+    Reinstate,
 }
 
 /// What the mount answers, one kind per request.
@@ -67,6 +74,18 @@ pub enum Answer {
     },
     /// Buffered writes are committed.
     Committed,
+    /// The mirror is complete.
+    MirrorAdded {
+        report: crate::ops::mirrors::ResilverReport,
+    },
+    /// The mirror with this number is no longer used.
+    MirrorRemoved {
+        id: u32,
+    },
+    /// The mirrors brought back, with what each fill copied.
+    Reinstated {
+        reports: Vec<crate::ops::mirrors::ResilverReport>,
+    },
 }
 
 /// An error as it crosses the socket: its errno, which stands for its kind in

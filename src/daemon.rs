@@ -17,7 +17,7 @@ use crate::fs::{Fs, FsOptions};
 use crate::fuse::{Invalidator, MountOptions};
 use crate::ops::retention::Policy;
 use crate::ops::snapshots::{self, ForgetTarget};
-use crate::ops::{gc, recover};
+use crate::ops::{gc, mirrors, recover};
 use crate::repo::{self, Repo};
 use crate::types::Ino;
 
@@ -107,7 +107,7 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     stop.store(true, Ordering::Relaxed);
     let _ = flusher.join();
     fs.fsync(None)?;
-    if let Err(e) = recover::save_copies(repo, fs.mirror_paths(), crate::ops::now_ns()) {
+    if let Err(e) = recover::save_copies(repo, &fs.mirror_paths(), crate::ops::now_ns()) {
         log::warn!("could not save a catalog copy at unmount: {e}");
     }
     let _ = std::fs::remove_file(control::socket_path(repo));
@@ -209,7 +209,7 @@ fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, s
 /// Saves a catalog copy into the mirrors on a thread of its own (it reads a
 /// consistent snapshot of the database; the mount goes on meanwhile).
 fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
-    let (repo, mirrors) = (repo.to_path_buf(), fs.mirror_paths().to_vec());
+    let (repo, mirrors) = (repo.to_path_buf(), fs.mirror_paths());
     std::thread::spawn(move || {
         if let Err(e) = recover::save_copies(&repo, &mirrors, crate::ops::now_ns()) {
             log::warn!("could not save a catalog copy: {e}");
@@ -270,6 +270,15 @@ fn answer(
             fs.commit()?;
             Ok(Answer::Committed)
         }
+        Request::MirrorAdd { dir } => Ok(Answer::MirrorAdded {
+            report: mirrors::add_mounted(fs, &dir, crate::ops::now_ns(), progress)?,
+        }),
+        Request::MirrorRemove { dir } => Ok(Answer::MirrorRemoved {
+            id: mirrors::remove_mounted(fs, &dir)?,
+        }),
+        Request::Reinstate => Ok(Answer::Reinstated {
+            reports: mirrors::reinstate_lost(fs, progress)?,
+        }),
         Request::Hold { name, held } => Ok(Answer::Hold {
             name: fs.with_catalog(|cat, _, _| snapshots::hold(cat, &name, held))?,
         }),

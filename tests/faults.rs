@@ -235,6 +235,110 @@ fn a_lost_mirror_is_refilled_by_scrub_and_then_carries_everything() {
     m.umount();
 }
 
+fn fsync_write(path: &Path, data: &[u8]) {
+    fs::write(path, data).unwrap();
+    fs::File::open(path).unwrap().sync_all().unwrap();
+}
+
+fn mirror_states(repo: &Path) -> Vec<String> {
+    let status: serde_json::Value = serde_json::from_str(&snapfs_ok(repo, &["status", "--json"])).unwrap();
+    status["mirrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_lost_mirror_refilled_by_scrub_is_used_again_without_a_remount() {
+    require_fuse!();
+    let (tmp, repo, files) = repo_with_files();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    fs::remove_dir_all(repo.join("mirror-1")).unwrap();
+    fsync_write(&m.path("while-lost"), &random_bytes(6, 300_000));
+    assert_eq!(mirror_states(&repo)[1], "lost");
+    fs::create_dir(repo.join("mirror-1")).unwrap();
+    // Scrub beside the mount refills it; the mount then takes it back.
+    let (code, report) = scrub_json(&repo);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(mirror_states(&repo), ["complete", "complete"], "no remount needed");
+    fsync_write(&m.path("after"), &random_bytes(7, 300_000));
+    m.umount();
+    // Mirror 1 alone now carries everything: the old files, the one written while
+    // it was lost and the one written after it came back.
+    fs::remove_dir_all(repo.join("mirror-0")).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    for (n, data) in &files {
+        assert_eq!(&fs::read(m.path(n)).unwrap(), data, "{n}");
+    }
+    assert_eq!(fs::read(m.path("while-lost")).unwrap(), random_bytes(6, 300_000));
+    assert_eq!(fs::read(m.path("after")).unwrap(), random_bytes(7, 300_000));
+    m.umount();
+}
+
+#[test]
+fn mirror_add_and_remove_while_mounted_beside_a_writer() {
+    require_fuse!();
+    let (tmp, repo, files) = repo_with_files();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    let new = tmp.path().join("new-mirror");
+    // A writer goes on while the new mirror fills.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (m.path(""), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 3 {
+                fsync_write(&dir.join(format!("w{n:03}")), &random_bytes(1000 + n, 100_000));
+                n += 1;
+            }
+            n
+        })
+    };
+    let out = snapfs_ok(&repo, &["mirror", "add", new.to_str().unwrap()]);
+    assert!(out.contains("is complete"), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert_eq!(mirror_states(&repo), ["complete", "complete", "complete"]);
+    // The old mirrors go, one by one, while mounted; the last one stays.
+    for old in ["mirror-0", "mirror-1"] {
+        snapfs_ok(&repo, &["mirror", "remove", repo.join(old).to_str().unwrap()]);
+    }
+    let out = snapfs(&repo, &["mirror", "remove", new.to_str().unwrap()]);
+    assert!(!out.status.success(), "the last mirror is kept");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would leave no complete, healthy mirror"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mirror_states(&repo), ["complete"]);
+    fsync_write(&m.path("after"), &random_bytes(9, 300_000));
+    m.umount();
+    // The old folders are no longer needed at all.
+    fs::remove_dir_all(repo.join("mirror-0")).unwrap();
+    fs::remove_dir_all(repo.join("mirror-1")).unwrap();
+    let check = snapfs_ok(&repo, &["check", "--read-data"]);
+    assert!(check.contains("no problems found"), "{check}");
+    let m = Mount::new(&repo, &mnt);
+    for (n, data) in &files {
+        assert_eq!(&fs::read(m.path(n)).unwrap(), data, "{n}");
+    }
+    for n in 0..written {
+        assert_eq!(
+            fs::read(m.path(&format!("w{n:03}"))).unwrap(),
+            random_bytes(1000 + n, 100_000),
+            "w{n:03}, written while the mirror filled"
+        );
+    }
+    assert_eq!(fs::read(m.path("after")).unwrap(), random_bytes(9, 300_000));
+    m.umount();
+}
+
 /// A tmpfs of `mib` MiB mounted at `dir`, unmounted on drop.
 struct SmallDisk(PathBuf);
 

@@ -623,18 +623,30 @@ impl Catalog {
         tx.commit().map_err(sql_err("committing mirror removal"))
     }
 
-    /// Records that mirror `id` holds (durably) each of `chunks`.
-    pub fn mark_chunks_in_mirror(&mut self, chunks: &[ChunkId], id: crate::types::MirrorId) -> Result<()> {
+    /// Records that mirror `id` holds (durably) each of `chunks`; returns those the
+    /// catalog no longer has (gc deleted them meanwhile).
+    pub fn mark_chunks_in_mirror(
+        &mut self,
+        chunks: &[ChunkId],
+        id: crate::types::MirrorId,
+    ) -> Result<Vec<ChunkId>> {
         let tx = self.begin()?;
+        let mut gone = Vec::new();
         {
             let mut stmt = tx
                 .prepare("UPDATE chunks SET mirrors = mirrors | (1 << ?2) WHERE chunk_id = ?1")
                 .map_err(sql_err("updating chunk mirrors"))?;
             for c in chunks {
-                stmt.execute(params![&c.0[..], id.0])
-                    .map_err(sql_err("updating chunk mirrors"))?;
+                if stmt
+                    .execute(params![&c.0[..], id.0])
+                    .map_err(sql_err("updating chunk mirrors"))?
+                    == 0
+                {
+                    gone.push(*c);
+                }
             }
         }
-        tx.commit().map_err(sql_err("committing a mirror update"))
+        tx.commit().map_err(sql_err("committing a mirror update"))?;
+        Ok(gone)
     }
 }

@@ -2,14 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
+use snapfs::control::{Answer, Request};
 use snapfs::ops::mirrors;
-use snapfs::repo::Repo;
 
 use super::human_bytes;
 
-/// Change the set of mirror folders (the repository must be unmounted).
+/// Change the set of mirror folders (mounted or not: a mount fills a new mirror
+/// while it goes on serving).
 ///
 /// Example: snapfs mirror add /mnt/usb/snapfs
 #[derive(clap::Args, Debug)]
@@ -41,19 +42,26 @@ pub enum Action {
 }
 
 pub fn run(repo: &Path, args: Args) -> Result<()> {
-    if std::os::unix::net::UnixStream::connect(snapfs::control::socket_path(repo)).is_ok() {
-        bail!("{} is mounted; unmount it to change its mirrors", repo.display());
-    }
-    let mut handle = Repo::open(repo, "snapfs mirror")
-        .with_context(|| format!("cannot open repository {}", repo.display()))?;
     match args.action {
         Action::Add { dir } => {
             let bar = super::progress::Progress::new("filling the mirror", "chunks");
-            let report = mirrors::add(&mut handle, &dir, snapfs::ops::now_ns(), &mut |done, total| {
-                bar.set(done, total)
-            })
-            .with_context(|| format!("cannot add mirror {}", dir.display()))?;
+            let report = super::remote::run_with_progress(
+                repo,
+                Request::MirrorAdd { dir: dir.clone() },
+                "snapfs mirror",
+                &mut |done, total| bar.set(done, total),
+                |r| {
+                    mirrors::add(r, &dir, snapfs::ops::now_ns(), &mut |done, total| {
+                        bar.set(done, total)
+                    })
+                },
+                |a| match a {
+                    Answer::MirrorAdded { report } => Some(report),
+                    _ => None,
+                },
+            );
             bar.finish();
+            let report = report.with_context(|| format!("cannot add mirror {}", dir.display()))?;
             println!(
                 "mirror {} at {} is complete: {} chunks, {} copied ({})",
                 report.mirror,
@@ -64,8 +72,17 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             );
         }
         Action::Remove { dir } => {
-            let id = mirrors::remove(&mut handle, &dir)
-                .with_context(|| format!("cannot remove mirror {}", dir.display()))?;
+            let id = super::remote::run(
+                repo,
+                Request::MirrorRemove { dir: dir.clone() },
+                "snapfs mirror",
+                |r| mirrors::remove(r, &dir),
+                |a| match a {
+                    Answer::MirrorRemoved { id } => Some(id),
+                    _ => None,
+                },
+            )
+            .with_context(|| format!("cannot remove mirror {}", dir.display()))?;
             println!(
                 "removed mirror {id} ({}); its files are left in place",
                 dir.display()

@@ -4,7 +4,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use snapfs::control::{self, Answer, Request};
 use snapfs::ops::scrub;
+
+use super::progress::Progress;
 
 use super::DamageFound;
 
@@ -23,12 +26,24 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     let catalog = snapfs::repo::open_catalog_read_only(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
     let bar = if args.json {
-        super::progress::Progress::hidden()
+        Progress::hidden()
     } else {
-        super::progress::Progress::new("scrub", "chunks")
+        Progress::new("scrub", "chunks")
     };
     let report = scrub::scrub(repo, &catalog, &mut |done, total| bar.set(done, total))?;
     bar.finish();
+    // A mount that set a mirror aside uses it again now that it is refilled.
+    let reinstated = if report.mirrors.iter().any(|m| m.problem.is_none()) {
+        let bar = Progress::new("bringing mirrors back into the mount", "chunks");
+        let answer = control::request_with_progress(repo, &Request::Reinstate, &mut |d, t| bar.set(d, t));
+        bar.finish();
+        match answer.context("the mount could not use the refilled mirrors again")? {
+            Some(Answer::Reinstated { reports }) => reports,
+            _ => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -50,6 +65,12 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             if let Some(p) = &m.problem {
                 println!("    problem: {p}");
             }
+        }
+        for r in &reinstated {
+            println!(
+                "  mirror {} is used by the mount again ({} chunks copied into it since it was set aside)",
+                r.mirror, r.copied
+            );
         }
         for d in &report.unrepairable {
             println!("  chunk {} has no good copy; it is used by:", &d.chunk[..16]);

@@ -186,7 +186,9 @@ pub struct Fs {
     cache: Arc<ChunkCache>,
     prefetcher: Prefetcher,
     settings: Settings,
-    mirror_paths: Vec<std::path::PathBuf>,
+    /// The mirror folders the catalog records (changed by `mirror add` and `mirror
+    /// remove` through the mount). Scope: held only to clone or replace the list.
+    mirror_paths: Mutex<Vec<std::path::PathBuf>>,
     options: FsOptions,
     /// Free bytes on the fullest mirror filesystem, and when that was read.
     free_space: Mutex<(std::time::Instant, u64)>,
@@ -261,7 +263,7 @@ impl Fs {
             store,
             cache,
             settings,
-            mirror_paths,
+            mirror_paths: Mutex::new(mirror_paths),
             options,
             free_space: Mutex::new((std::time::Instant::now() - Duration::from_secs(60), u64::MAX)),
             commit_failed: std::sync::atomic::AtomicBool::new(false),
@@ -936,7 +938,7 @@ impl Fs {
         // have been freed since, e.g. by gc).
         if cached.0.elapsed() > Duration::from_millis(100) || cached.1 < reserve + incoming {
             let free = self
-                .mirror_paths
+                .mirror_paths()
                 .iter()
                 .filter_map(|p| rustix::fs::statvfs(p).ok())
                 .map(|s| s.f_bavail * s.f_frsize)
@@ -1003,7 +1005,7 @@ impl Fs {
     /// Space on the fullest mirror's filesystem.
     pub fn statfs(&self) -> Result<StatFs> {
         let mut best: Option<StatFs> = None;
-        for path in &self.mirror_paths {
+        for path in &self.mirror_paths() {
             let Ok(s) = rustix::fs::statvfs(path) else {
                 continue;
             };
@@ -1042,8 +1044,20 @@ impl Fs {
     }
 
     /// The mirror folders, as the catalog records them.
-    pub fn mirror_paths(&self) -> &[std::path::PathBuf] {
-        &self.mirror_paths
+    pub fn mirror_paths(&self) -> Vec<std::path::PathBuf> {
+        self.mirror_paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the mirror folders again from the catalog (after `mirror add` or
+    /// `mirror remove` through the mount).
+    pub fn reload_mirror_paths(&self) -> Result<()> {
+        let paths = self.with_catalog(|cat, _, _| cat.mirrors())?;
+        *self.mirror_paths.lock().unwrap_or_else(|p| p.into_inner()) =
+            paths.into_iter().map(|m| m.path).collect();
+        Ok(())
     }
 
     /// The repository settings.

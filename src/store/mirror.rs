@@ -6,12 +6,16 @@
 //! is left (`NoMirror`). A full disk (`ENOSPC`) is not a mirror failure: the writer gets
 //! the `ENOSPC` and the mirror stays healthy, so nothing degrades silently.
 //!
+//! The set can change while it is used (`attach`, `detach`: `mirror add` and
+//! `mirror remove` on a mounted repository, a lost mirror brought back): each
+//! operation works on the set as it was when it started.
+//!
 //! Knows nothing of files or the catalog; which chunks each mirror should hold is the
 //! caller's business (`put_to`, `holders`). Depends on `codec` and the trait.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::codec;
 use crate::error::{Error, Result};
@@ -56,13 +60,23 @@ pub struct MirrorStatus {
 struct Slot {
     id: MirrorId,
     /// `None` when the mirror could not even be opened.
-    store: Option<Box<dyn ObjectStore>>,
+    store: Option<Arc<dyn ObjectStore>>,
     describe: String,
     state: Mutex<MirrorState>,
     heals: AtomicU64,
 }
 
 impl Slot {
+    fn healthy(id: MirrorId, store: Box<dyn ObjectStore>) -> Slot {
+        Slot {
+            id,
+            describe: store.describe(),
+            store: Some(Arc::from(store)),
+            state: Mutex::new(MirrorState::Healthy),
+            heals: AtomicU64::new(0),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, MirrorState> {
         // The state is replaced in one assignment; a poisoned lock is consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -86,9 +100,13 @@ impl Slot {
     }
 }
 
+/// The mirrors in read order. Replaced whole when one is attached or detached.
+type Slots = Arc<Vec<Arc<Slot>>>;
+
 /// Several mirrors of one repository, used as one `ObjectStore`. Thread-safe.
 pub struct MirrorStore {
-    slots: Vec<Slot>,
+    /// Scope: held only to clone or replace the `Arc` (no I/O under it).
+    slots: Mutex<Slots>,
     /// Chunks gc is deleting: a put of one waits until that is over.
     removals: std::sync::Arc<Removals>,
 }
@@ -122,13 +140,7 @@ impl MirrorStore {
                 return Err(Error::InvalidArgument(format!("mirror {id} is given twice")));
             }
             let slot = match opened {
-                Ok(store) => Slot {
-                    id,
-                    describe: store.describe(),
-                    store: Some(store),
-                    state: Mutex::new(MirrorState::Healthy),
-                    heals: AtomicU64::new(0),
-                },
+                Ok(store) => Slot::healthy(id, store),
                 Err(e) => Slot {
                     id,
                     describe: format!("mirror {id} (unavailable)"),
@@ -139,10 +151,10 @@ impl MirrorStore {
                     heals: AtomicU64::new(0),
                 },
             };
-            slots.push(slot);
+            slots.push(Arc::new(slot));
         }
         let store = MirrorStore {
-            slots,
+            slots: Mutex::new(Arc::new(slots)),
             removals: Default::default(),
         };
         if store.healthy().is_empty() {
@@ -153,9 +165,59 @@ impl MirrorStore {
         Ok(store)
     }
 
+    /// The set as it is now (an operation keeps using it if it changes meanwhile).
+    fn slots(&self) -> Slots {
+        // Replaced in one assignment; a poisoned lock holds a consistent set.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds `store` as mirror `id`, healthy, after the others in read order (or in the
+    /// place of an earlier mirror `id`, e.g. a lost one brought back, with its heal
+    /// count kept). Puts and syncs that start from now on include it; reads reach it
+    /// after the mirrors before it. The caller fills it with what it lacks.
+    pub fn attach(&self, id: MirrorId, store: Box<dyn ObjectStore>) -> Result<()> {
+        if id.0 >= MirrorSet::CAPACITY {
+            return Err(Error::InvalidArgument(format!(
+                "mirror number {id} is too large (at most {} mirrors)",
+                MirrorSet::CAPACITY
+            )));
+        }
+        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots: Vec<Arc<Slot>> = guard.as_ref().clone();
+        let slot = Slot::healthy(id, store);
+        match slots.iter().position(|s| s.id == id) {
+            Some(i) => {
+                slot.heals
+                    .store(slots[i].heals.load(Ordering::Relaxed), Ordering::Relaxed);
+                slots[i] = Arc::new(slot);
+            }
+            None => slots.push(Arc::new(slot)),
+        }
+        *guard = Arc::new(slots);
+        Ok(())
+    }
+
+    /// Stops using mirror `id` (operations already running finish with it). Errors:
+    /// `NotFound` for an unknown id; `NoMirror` when no healthy mirror would be left
+    /// (nothing changes then).
+    pub fn detach(&self, id: MirrorId) -> Result<()> {
+        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if !guard.iter().any(|s| s.id == id) {
+            return Err(Error::NotFound(format!("mirror {id}")));
+        }
+        let slots: Vec<Arc<Slot>> = guard.iter().filter(|s| s.id != id).cloned().collect();
+        if !slots.iter().any(|s| s.healthy_store().is_some()) {
+            return Err(Error::NoMirror {
+                reason: format!("mirror {id} is the last healthy one"),
+            });
+        }
+        *guard = Arc::new(slots);
+        Ok(())
+    }
+
     /// The mirrors that are read and written.
     pub fn healthy(&self) -> MirrorSet {
-        self.slots
+        self.slots()
             .iter()
             .filter(|s| s.healthy_store().is_some())
             .map(|s| s.id)
@@ -164,7 +226,7 @@ impl MirrorStore {
 
     /// Every mirror with its state and heal count, in read order.
     pub fn status(&self) -> Vec<MirrorStatus> {
-        self.slots
+        self.slots()
             .iter()
             .map(|s| MirrorStatus {
                 id: s.id,
@@ -177,13 +239,13 @@ impl MirrorStore {
 
     /// Total copies rewritten by self-heal, over all mirrors.
     pub fn heals(&self) -> u64 {
-        self.slots.iter().map(|s| s.heals.load(Ordering::Relaxed)).sum()
+        self.slots().iter().map(|s| s.heals.load(Ordering::Relaxed)).sum()
     }
 
     /// The store of mirror `id`, healthy or not (`None` if unknown or never opened),
     /// for per-mirror work such as scrub.
-    pub fn store(&self, id: MirrorId) -> Option<&dyn ObjectStore> {
-        self.slot(id)?.store.as_deref()
+    pub fn store(&self, id: MirrorId) -> Option<Arc<dyn ObjectStore>> {
+        self.slot(id)?.store.clone()
     }
 
     /// Sets mirror `id` aside (e.g. scrub found it unreadable); the first reason is kept.
@@ -193,14 +255,14 @@ impl MirrorStore {
         }
     }
 
-    fn slot(&self, id: MirrorId) -> Option<&Slot> {
-        self.slots.iter().find(|s| s.id == id)
+    fn slot(&self, id: MirrorId) -> Option<Arc<Slot>> {
+        self.slots().iter().find(|s| s.id == id).cloned()
     }
 
     /// The healthy mirrors that hold a copy of `id` (unverified). A mirror whose lookup
     /// fails counts as not holding it, which is the safe answer for dedup.
     pub fn holders(&self, id: &ChunkId) -> MirrorSet {
-        self.slots
+        self.slots()
             .iter()
             .filter(|s| {
                 s.healthy_store()
@@ -223,7 +285,7 @@ impl MirrorStore {
     pub fn put_to(&self, id: &ChunkId, frame: &[u8], targets: MirrorSet) -> Result<MirrorSet> {
         self.removals.wait_until_kept(id);
         let mut got = MirrorSet::EMPTY;
-        for slot in self.slots.iter().filter(|s| targets.contains(s.id)) {
+        for slot in self.slots().iter().filter(|s| targets.contains(s.id)) {
             let Some(store) = slot.healthy_store() else {
                 continue;
             };
@@ -257,7 +319,7 @@ impl MirrorStore {
     /// "mirror 0 (/a): reason; mirror 1 (/b): reason" over the lost mirrors.
     fn lost_reasons(&self) -> String {
         let reasons: Vec<String> = self
-            .slots
+            .slots()
             .iter()
             .filter_map(|s| match &*s.state() {
                 MirrorState::Lost { reason } => Some(format!("{}: {reason}", s.describe)),
@@ -278,12 +340,16 @@ impl MirrorStore {
     /// fails never fails the read. Errors: `CorruptChunk` naming the mirrors and
     /// reasons if some copy existed, else `MissingChunk`. Never returns wrong bytes.
     pub fn get_verified(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let healthy = self.healthy();
-        let order = self
-            .slots
+        let slots = self.slots();
+        let healthy: MirrorSet = slots
+            .iter()
+            .filter(|s| s.healthy_store().is_some())
+            .map(|s| s.id)
+            .collect();
+        let order = slots
             .iter()
             .filter(|s| healthy.contains(s.id))
-            .chain(self.slots.iter().filter(|s| !healthy.contains(s.id)));
+            .chain(slots.iter().filter(|s| !healthy.contains(s.id)));
         let mut to_heal: Vec<&Slot> = Vec::new();
         let mut bad_mirrors: Vec<&str> = Vec::new();
         let mut reasons: Vec<String> = Vec::new();
@@ -353,7 +419,7 @@ impl MirrorStore {
 impl ObjectStore for MirrorStore {
     /// `mirrors 0,1,2` (every mirror, healthy or not).
     fn describe(&self) -> String {
-        let all: MirrorSet = self.slots.iter().map(|s| s.id).collect();
+        let all: MirrorSet = self.slots().iter().map(|s| s.id).collect();
         format!("mirrors {all}")
     }
 
@@ -366,7 +432,7 @@ impl ObjectStore for MirrorStore {
     /// skipped; its error is returned only if no other mirror has a copy.
     fn get_frame(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
         let mut last_err = None;
-        for store in self.slots.iter().filter_map(Slot::healthy_store) {
+        for store in self.slots().iter().filter_map(|s| s.healthy_store()) {
             match store.get_frame(id) {
                 Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) => {}
@@ -387,7 +453,7 @@ impl ObjectStore for MirrorStore {
     /// True if every healthy mirror holds a copy (the condition for a dedup hit).
     fn contains(&self, id: &ChunkId) -> Result<bool> {
         let mut any = false;
-        for store in self.slots.iter().filter_map(Slot::healthy_store) {
+        for store in self.slots().iter().filter_map(|s| s.healthy_store()) {
             if !store.contains(id)? {
                 return Ok(false);
             }
@@ -400,7 +466,7 @@ impl ObjectStore for MirrorStore {
     /// error (a failed remove does not set a mirror aside).
     fn remove(&self, id: &ChunkId) -> Result<()> {
         let mut first_err = None;
-        for store in self.slots.iter().filter_map(Slot::healthy_store) {
+        for store in self.slots().iter().filter_map(|s| s.healthy_store()) {
             if let Err(e) = store.remove(id) {
                 first_err.get_or_insert(e);
             }
@@ -411,7 +477,7 @@ impl ObjectStore for MirrorStore {
     /// The union of the healthy mirrors' lists, sorted, without duplicates.
     fn list(&self) -> Result<Vec<ChunkId>> {
         let mut ids = Vec::new();
-        for store in self.slots.iter().filter_map(Slot::healthy_store) {
+        for store in self.slots().iter().filter_map(|s| s.healthy_store()) {
             ids.extend(store.list()?);
         }
         ids.sort();
@@ -424,7 +490,7 @@ impl ObjectStore for MirrorStore {
     /// Errors: `ENOSPC`; `NoMirror` when no mirror is left.
     fn sync(&self) -> Result<()> {
         let mut no_space = None;
-        for slot in &self.slots {
+        for slot in self.slots().iter() {
             let Some(store) = slot.healthy_store() else {
                 continue;
             };
