@@ -14,6 +14,7 @@
 #                                          # (default /var/cache/snapfs-bench; kept between runs)
 #   KEEP=1 …                               # keep the work folder for inspection
 #   SNAPFS_BIN=target/debug/snapfs …       # use this binary instead of building a release one
+#   MOUNT_ARGS="--threads 2" …             # extra arguments for `snapfs mount`
 #
 # What is timed is rsync alone, on both sides: its own writes, which do no fsync, so
 # neither side's time includes writing back to the disk. Before each timed rsync an
@@ -148,7 +149,8 @@ timed_rsync() {
 
 log "creating and mounting a repository at $MNT…"
 "$BIN" --repo "$REPO" init -q >&2 # -q still prints the repository and its mirrors
-"$BIN" --repo "$REPO" mount "$MNT" >&2
+# shellcheck disable=SC2086 # MOUNT_ARGS is a list of words
+"$BIN" --repo "$REPO" mount "$MNT" ${MOUNT_ARGS:-} >&2
 
 ROWS=()
 TP=0 TM=0 TS=0 MAXPEAK=0 i=0
