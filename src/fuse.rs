@@ -1,6 +1,6 @@
 //! The FUSE adapter: `impl fuser::Filesystem` over the filesystem core.
 //!
-//! Translation only: kernel inode numbers ↔ `InodeId`, `InodeAttr` → `FileAttr`,
+//! Translation only: kernel inode numbers ↔ `Ino`, `InodeAttr` → `FileAttr`,
 //! `Error` → errno, TTLs, replies. The only module that names `fuser`. Every callback
 //! is a few lines; logic lives in `fs`.
 
@@ -22,7 +22,7 @@ use fuser::{
 use crate::catalog::{FileKind, InodeAttr};
 use crate::error::{Error, Result};
 use crate::fs::{Allocate, Caller, Fs, Node, RenameMode, Seek, SetAttr, SetTime, SnapDir, Writer};
-use crate::types::{Ino, InodeId, View};
+use crate::types::{Ino, View};
 
 /// The log target of the FUSE library, so that the command line can set its level
 /// without naming the library.
@@ -390,13 +390,6 @@ const LISTING_STEP: usize = 128;
 /// The same for READDIRPLUS, whose entries carry attributes (about 150 bytes each).
 const LISTING_STEP_PLUS: usize = 32;
 
-impl FuseAdapter {
-    /// The live inode behind a kernel inode, or EROFS for a snapshot one.
-    fn live(&self, n: INodeNo) -> Result<InodeId> {
-        self.fs.live_id(ino(n))
-    }
-}
-
 /// Feeds a folder's entries after cookie `after` to `add`, a page of `step` from
 /// `fetch` at a time, until `add` says the reply is full (true) or a short page ends
 /// the folder.
@@ -667,10 +660,7 @@ impl Filesystem for FuseAdapter {
         } else {
             Writer::Unprivileged { in_group: &in_group }
         };
-        match self
-            .live(n)
-            .and_then(|id| self.fs.write_as(id, offset, data, &writer))
-        {
+        match self.fs.write_node(ino(n), offset, data, &writer) {
             Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(self.errno("write", n, &e)),
         }
@@ -826,8 +816,8 @@ impl Filesystem for FuseAdapter {
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
         let set = self
-            .live(n)
-            .and_then(|id| self.fs.setxattr(id, name.as_bytes(), value, create, replace));
+            .fs
+            .setxattr_node(ino(n), name.as_bytes(), value, create, replace);
         self.reply_empty(reply, "setxattr", n, set);
     }
 
@@ -859,8 +849,7 @@ impl Filesystem for FuseAdapter {
             reply,
             "removexattr",
             n,
-            self.live(n)
-                .and_then(|id| self.fs.removexattr(id, name.as_bytes())),
+            self.fs.removexattr_node(ino(n), name.as_bytes()),
         );
     }
 
@@ -934,16 +923,11 @@ impl Filesystem for FuseAdapter {
             libc::FALLOC_FL_INSERT_RANGE => Allocate::InsertRange,
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        self.reply_empty(
-            reply,
-            "fallocate",
-            n,
-            self.live(n).and_then(|id| {
-                let in_group = |gid| caller_in_group(req, gid);
-                self.fs
-                    .fallocate_as(id, offset, length, how, &writer_of(req, &in_group))
-            }),
-        );
+        self.reply_empty(reply, "fallocate", n, {
+            let in_group = |gid| caller_in_group(req, gid);
+            self.fs
+                .fallocate_node(ino(n), offset, length, how, &writer_of(req, &in_group))
+        });
     }
 
     fn lseek(
@@ -982,8 +966,8 @@ impl Filesystem for FuseAdapter {
         // Replies carry 32 bits; the kernel asks again for the rest.
         let len = len.min(1 << 30);
         let copied = self
-            .live(ino_out)
-            .and_then(|out| self.fs.copy_range(ino(ino_in), offset_in, out, offset_out, len));
+            .fs
+            .copy_range_node(ino(ino_in), offset_in, ino(ino_out), offset_out, len);
         match copied {
             Ok(count) => reply.written(count as u32),
             Err(e) => reply.error(self.errno("copy_file_range", ino_in, &e)),

@@ -6,7 +6,7 @@
 //! snapshot go straight to the catalog at that generation; writes go to the live
 //! methods of `Fs`.
 
-use super::{Caller, Fs, RenameMode, SetAttr, State, Writer};
+use super::{Allocate, Caller, Fs, RenameMode, SetAttr, State, Writer};
 use crate::catalog::Catalog;
 use crate::catalog::{FileKind, InodeAttr, COOKIE_END};
 use crate::error::{Error, Result};
@@ -435,6 +435,45 @@ impl Fs {
     pub fn setattr_node(&self, ino: Ino, set: &SetAttr, writer: &Writer<'_>) -> Result<Node> {
         let attr = self.setattr_as(self.live_id(ino)?, set, writer)?;
         Ok(Node { ino, attr })
+    }
+
+    /// Writes `data` into live file `ino` at `offset`, for `writer` (see `write_as`).
+    pub fn write_node(&self, ino: Ino, offset: u64, data: &[u8], writer: &Writer<'_>) -> Result<usize> {
+        self.write_as(self.live_id(ino)?, offset, data, writer)
+    }
+
+    /// Sets xattr `name` of a live inode (see `setxattr`).
+    pub fn setxattr_node(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create_only: bool,
+        replace_only: bool,
+    ) -> Result<()> {
+        self.setxattr(self.live_id(ino)?, name, value, create_only, replace_only)
+    }
+
+    /// Removes xattr `name` of a live inode.
+    pub fn removexattr_node(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.removexattr(self.live_id(ino)?, name)
+    }
+
+    /// fallocate on a live file, for `writer` (see `fallocate_as`).
+    pub fn fallocate_node(
+        &self,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        how: Allocate,
+        writer: &Writer<'_>,
+    ) -> Result<()> {
+        self.fallocate_as(self.live_id(ino)?, offset, len, how, writer)
+    }
+
+    /// copy_file_range from `input` (any view) into live file `out`.
+    pub fn copy_range_node(&self, input: Ino, off_in: u64, out: Ino, off_out: u64, len: u64) -> Result<u64> {
+        self.copy_range(input, off_in, self.live_id(out)?, off_out, len)
     }
 
     /// Opens `ino` for reading (any view) or writing (live only).
