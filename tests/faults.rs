@@ -264,7 +264,11 @@ fn a_lost_mirror_refilled_by_scrub_is_used_again_without_a_remount() {
     // Scrub beside the mount refills it; the mount then takes it back.
     let (code, report) = scrub_json(&repo);
     assert_eq!(code, Some(0), "{report}");
-    assert_eq!(mirror_states(&repo), ["complete", "complete"], "no remount needed");
+    assert_eq!(
+        mirror_states(&repo),
+        ["complete", "complete"],
+        "no remount needed"
+    );
     fsync_write(&m.path("after"), &random_bytes(7, 300_000));
     m.umount();
     // Mirror 1 alone now carries everything: the old files, the one written while

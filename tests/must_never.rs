@@ -486,3 +486,42 @@ fn a_forgotten_snapshot_folder_is_gone_at_once() {
     assert!(!names(&m.path("")).contains(&snap));
     m.umount();
 }
+
+#[test]
+fn rows_an_older_version_left_unseen_are_named_by_check_and_freed_by_gc_sweep() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = setup();
+    let m = Mount::with_args(&repo, &mnt, &["-o", "noreclaim"]);
+    fs::write(m.path("big"), random_bytes(11, 2 << 20)).unwrap();
+    fs::File::open(m.path("big")).unwrap().sync_all().unwrap();
+    snapfs_ok(&repo, &["snapshot"]);
+    fs::remove_file(m.path("big")).unwrap();
+    m.umount();
+    // What versions before the fix left: the file's rows ended at the live tree,
+    // and the only snapshot that saw them gone without them.
+    let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+    db.execute("DELETE FROM generations WHERE frozen_ns IS NOT NULL", [])
+        .unwrap();
+    drop(db);
+    let out = snapfs(&repo, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("seen by no generation"), "{text}");
+    let gc: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["gc", "--json"])).unwrap();
+    assert_eq!(
+        gc["chunks"], 0,
+        "without the sweep the rows still hold the chunks: {gc}"
+    );
+    let dry: serde_json::Value =
+        serde_json::from_str(&snapfs_ok(&repo, &["gc", "--sweep", "--dry-run", "--json"])).unwrap();
+    assert!(dry["unseen_rows"].as_u64().unwrap() > 0, "{dry}");
+    let gc: serde_json::Value =
+        serde_json::from_str(&snapfs_ok(&repo, &["gc", "--sweep", "--json"])).unwrap();
+    assert_eq!(gc["unseen_rows"], dry["unseen_rows"], "{gc}");
+    assert!(
+        gc["bytes"].as_u64().unwrap() >= 2 << 20,
+        "the file's chunks are freed: {gc}"
+    );
+    let check = snapfs_ok(&repo, &["check", "--read-data"]);
+    assert!(check.contains("no problems found"), "{check}");
+}

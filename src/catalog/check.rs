@@ -140,6 +140,14 @@ impl Catalog {
                 examples(orphans.iter().map(|(_, i)| i.to_string()))
             ));
         }
+        let unseen = self.count_unseen_rows()?;
+        if unseen > 0 {
+            problems.push(format!(
+                "{unseen} catalog rows are seen by no generation (left by an older snapfs when a file \
+                 was deleted after its snapshots were forgotten); `snapfs gc --sweep` deletes them and \
+                 frees their chunks"
+            ));
+        }
         let bad_refs = self.count(&format!("SELECT count(*) FROM ({BAD_REFS})"))?;
         if bad_refs > 0 {
             problems.push(format!("{bad_refs} chunks have a wrong reference count"));

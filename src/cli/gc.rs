@@ -69,6 +69,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         result.chunks,
         human_bytes(result.bytes)
     );
+    if result.unseen_rows > 0 {
+        println!(
+            "{} {} catalog rows no generation saw (left by an older snapfs)",
+            if dry_run { "would delete" } else { "deleted" },
+            result.unseen_rows
+        );
+    }
     if result.swept {
         println!(
             "{} {} object files no catalog row knows (left by a crash or a failed commit)",

@@ -37,6 +37,10 @@ pub struct GcStats {
     /// something may have left them, or when asked).
     pub swept: bool,
     pub dry_run: bool,
+    /// Catalog rows no generation saw (left by older versions), deleted by the sweep
+    /// before the garbage was counted, or with `dry_run` only counted.
+    #[serde(default)]
+    pub unseen_rows: u64,
 }
 
 /// Chunks whose rows are gone and whose objects are about to be: the result of
@@ -106,6 +110,11 @@ pub fn gc_with_progress(
     sweep: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<GcStats> {
+    let unseen_rows = match (sweep, dry_run) {
+        (false, _) => 0,
+        (true, true) => catalog.count_unseen_rows()?,
+        (true, false) => catalog.drop_unseen_rows()?,
+    };
     let (chunks, bytes) = catalog.garbage_totals()?;
     let mut stats = if dry_run {
         GcStats {
@@ -126,6 +135,7 @@ pub fn gc_with_progress(
         stats
     };
     stats.dry_run = dry_run;
+    stats.unseen_rows = unseen_rows;
     if sweep {
         stats.orphans = sweep_unknown(catalog, store, dry_run)?;
         stats.swept = true;
@@ -152,9 +162,16 @@ pub fn gc_mounted(
     if dry_run {
         return fs.with_catalog(|cat, store, _| gc(cat, store, true, sweep));
     }
+    let unseen_rows = match sweep {
+        true => fs.with_catalog(|cat, _, _| cat.drop_unseen_rows())?,
+        false => 0,
+    };
     let (total, _) = fs.with_catalog(|cat, _, _| cat.garbage_totals())?;
     let store = fs.store();
-    let mut stats = GcStats::default();
+    let mut stats = GcStats {
+        unseen_rows,
+        ..GcStats::default()
+    };
     // As many chunks as were garbage when the run started: writers that go on making
     // garbage (overwrites) cannot keep the run going without end; what they leave is
     // the next run's (background reclaim's).
