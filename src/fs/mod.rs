@@ -534,6 +534,9 @@ impl Fs {
         }
         let txn = st.catalog.write()?;
         let mut attr = txn.expect_inode(ino)?;
+        if (set.uid.is_some() || set.gid.is_some()) && set.mode.is_none() && attr.kind != FileKind::Dir {
+            attr.mode = privileges::mode_after_chown(attr.mode, attr.gid, writer);
+        }
         if let Some(mode) = set.mode {
             attr.mode = mode & 0o7777;
         }

@@ -4,8 +4,12 @@
 //! writer without CAP_FSETID writes, truncates or allocates, the file loses S_ISUID,
 //! and S_ISGID too when the group may execute it or the writer is not in the file's
 //! group. Otherwise a user who may write a set-user-ID program could plant code
-//! that runs as its owner. (chown is the kernel's: it sends the new mode itself.)
-//! Who the writer is comes from the adapter, which knows the request.
+//! that runs as its owner. A change of owner or group (chown) clears S_ISUID
+//! always, and S_ISGID when the group may execute or the changer is an
+//! unprivileged one outside the file's group (`chown_common`): the mount asks the
+//! kernel to leave both to it (FUSE_HANDLE_KILLPRIV_V2), which saves a GETXATTR
+//! per write and a GETATTR per chown. Who the writer is comes from the adapter,
+//! which knows the request.
 
 /// Who changes a file's data.
 pub enum Writer<'a> {
@@ -29,9 +33,50 @@ pub fn mode_after_change(mode: u32, gid: u32, writer: &Writer<'_>) -> u32 {
     mode
 }
 
+/// `mode` (07777 bits) of a non-folder of group `gid` after `writer` changed its
+/// owner or group.
+pub fn mode_after_chown(mode: u32, gid: u32, writer: &Writer<'_>) -> u32 {
+    let mut mode = mode & !libc::S_ISUID;
+    let outsider = match writer {
+        Writer::Privileged => false,
+        Writer::Unprivileged { in_group } => !in_group(gid),
+    };
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || outsider) {
+        mode &= !libc::S_ISGID;
+    }
+    mode
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chown_clears_what_chown_common_clears() {
+        let outside = Writer::Unprivileged { in_group: &|_| false };
+        let inside = Writer::Unprivileged {
+            in_group: &|g| g == 100,
+        };
+        let root = Writer::Privileged;
+        assert_eq!(
+            mode_after_chown(0o4755, 100, &root),
+            0o755,
+            "set-user-ID always goes"
+        );
+        assert_eq!(
+            mode_after_chown(0o2777, 100, &root),
+            0o777,
+            "group execute: set-group-ID goes"
+        );
+        assert_eq!(
+            mode_after_chown(0o2767, 100, &root),
+            0o2767,
+            "no group execute: kept for root"
+        );
+        assert_eq!(mode_after_chown(0o2767, 100, &inside), 0o2767);
+        assert_eq!(mode_after_chown(0o2767, 100, &outside), 0o767);
+        assert_eq!(mode_after_chown(0o1777, 100, &outside), 0o1777, "sticky stays");
+    }
 
     #[test]
     fn an_unprivileged_writer_clears_what_ext4_clears() {
