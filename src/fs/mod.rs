@@ -636,6 +636,13 @@ impl Fs {
         let planned = match self.unlocked(|cat, live| plan_read(cat, live, ino, offset, end, ahead)) {
             Some(planned) => planned?,
             None => {
+                // Chunks of the buffered runs may still be on their way to the
+                // mirrors, and a read must wait for them: it does so before taking
+                // the lock, so the wait under it (`buffered_view`) finds little or
+                // nothing left and other requests go on meanwhile.
+                if let Some(backlog) = &self.backlog {
+                    backlog.wait_for_queued();
+                }
                 let mut st = self.lock();
                 match write::buffered_view(&mut st, ino, offset, end)? {
                     Some(view) => {

@@ -30,6 +30,9 @@ pub(super) struct Written {
 #[derive(Default)]
 struct Progress {
     in_flight: usize,
+    /// Chunks ever queued, and ever finished (written or failed).
+    submitted: u64,
+    finished: u64,
     done: Vec<Written>,
     error: Option<Error>,
 }
@@ -89,13 +92,20 @@ impl WriterPool {
 
     /// Queues a chunk for `targets`; blocks while the queue is full.
     pub(super) fn submit(&self, id: ChunkId, plain: Vec<u8>, targets: MirrorSet) -> Result<()> {
-        self.shared.lock().in_flight += 1;
+        {
+            let mut progress = self.shared.lock();
+            progress.in_flight += 1;
+            progress.submitted += 1;
+        }
         let sent = match &self.sender {
             Some(s) if !self.threads.is_empty() => s.send(Job { id, plain, targets }).is_ok(),
             _ => false,
         };
         if !sent {
-            self.shared.lock().in_flight -= 1;
+            let mut progress = self.shared.lock();
+            progress.in_flight -= 1;
+            progress.submitted -= 1;
+            drop(progress);
             return Err(Error::NoMirror {
                 reason: "the chunk writer threads are gone".into(),
             });
@@ -155,6 +165,7 @@ fn work(store: &MirrorStore, zstd_level: Option<i32>, receiver: &Mutex<Receiver<
             }
         }
         progress.in_flight -= 1;
+        progress.finished += 1;
         if progress.in_flight == 0 {
             shared.idle.notify_all();
         }
@@ -172,6 +183,28 @@ impl Backlog {
     pub fn wait_below(&self, chunks: usize) {
         let mut progress = self.0.lock();
         while progress.in_flight >= chunks.max(1) {
+            progress = self.0.room.wait(progress).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Returns once as many chunks have finished as had been queued when it was
+    /// called (about those: two writers may finish out of order), without taking in
+    /// what was written. The sink's next `wait_written`, which must see every chunk,
+    /// then finds little left to wait for. Writers that go on queuing cannot keep
+    /// this waiting.
+    pub fn wait_for_queued(&self) {
+        self.wait_for(self.queued());
+    }
+
+    /// How many chunks have been queued so far (a ticket for `wait_for`).
+    pub fn queued(&self) -> u64 {
+        self.0.lock().submitted
+    }
+
+    /// Returns once `ticket` chunks have finished.
+    pub fn wait_for(&self, ticket: u64) {
+        let mut progress = self.0.lock();
+        while progress.finished < ticket {
             progress = self.0.room.wait(progress).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -222,5 +255,54 @@ mod tests {
             "fewer than two in flight means at least three written"
         );
         assert_eq!(pool.wait().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_wait_for_what_was_queued_ends_while_later_chunks_still_wait() {
+        // Puts pass the gate while `allowed` is above zero, one each.
+        let allowed = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let gate = allowed.clone();
+        let gated = HookedStore::new(
+            Box::new(move || {
+                let (lock, changed) = &*gate;
+                let mut left = lock.lock().unwrap();
+                while *left == 0 {
+                    left = changed.wait(left).unwrap();
+                }
+                *left -= 1;
+            }),
+            Box::new(|| {}),
+        );
+        let mirrors: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(Box::new(gated)))];
+        let store = Arc::new(MirrorStore::new(mirrors).unwrap());
+        let pool = WriterPool::new(store.clone(), None, 1, 8);
+        let submit = |i: u8| {
+            let plain = vec![i; 100];
+            pool.submit(ChunkId::of(&plain), plain, MirrorSet(1)).unwrap();
+        };
+        (0..3).for_each(submit);
+        let backlog = pool.backlog();
+        let ticket = backlog.queued();
+        assert_eq!(ticket, 3);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            backlog.wait_for(ticket);
+            let _ = tx.send(());
+        });
+        // More writes come after the ticket; only the first three may pass.
+        (3..6).for_each(submit);
+        let set = |n: usize| {
+            *allowed.0.lock().unwrap() = n;
+            allowed.1.notify_all();
+        };
+        set(3);
+        let ended = rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok();
+        set(usize::MAX);
+        waiter.join().unwrap();
+        assert!(
+            ended,
+            "the wait did not end once the three queued before it were written"
+        );
+        assert_eq!(pool.wait().unwrap().len(), 6);
     }
 }
