@@ -622,6 +622,26 @@ fn mirror_remove_while_mounted_of_the_last_healthy_mirror() {
 }
 
 #[test]
+fn mirror_add_while_mounted_of_a_folder_that_is_not_empty() {
+    require_fuse!();
+    let (tmp, repo, mnt) = with_mountpoint();
+    let m = Mount::new(&repo, &mnt);
+    let full = tmp.path().join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("precious"), b"keep me").unwrap();
+    let out = snapfs(&repo, &["mirror", "add", full.to_str().unwrap()]);
+    assert_error(&out, 1, "is not empty and is not a snapfs mirror");
+    assert_eq!(fs::read(full.join("precious")).unwrap(), b"keep me");
+    let status: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
+    assert_eq!(
+        status["mirrors"].as_array().unwrap().len(),
+        2,
+        "nothing recorded: {status}"
+    );
+    m.umount();
+}
+
+#[test]
 fn mirror_remove_of_a_folder_that_is_no_mirror() {
     let (tmp, repo, _) = repo_with_snapshot();
     let out = snapfs(&repo, &["mirror", "remove", tmp.path().to_str().unwrap()]);

@@ -193,9 +193,11 @@ pub fn add_mounted(
             }
         }
     })?;
-    let opened = match DirStore::open(&dir, repo_id, id) {
-        Ok(s) => Ok(s),
-        Err(open_err) => DirStore::create(&dir, repo_id, id).map_err(|_| open_err),
+    // As `add`: a known mirror is opened (or given its identity again when its
+    // folder came back empty); a new one must be an empty or new folder.
+    let opened = match known {
+        true => DirStore::open(&dir, repo_id, id).or_else(|_| DirStore::create(&dir, repo_id, id)),
+        false => DirStore::create(&dir, repo_id, id),
     };
     let target = match opened {
         Ok(s) => s,
