@@ -9,6 +9,7 @@
 #   BENCH_DIR=/mnt/disk benches/e2e.sh   # where the repository and the plain folder live
 #   KEEP=1 …                       # keep the work folder for inspection
 #   SNAPFS_BIN=target/debug/snapfs … # use this binary instead of building a release one
+#   MOUNT_ARGS="--threads 2" …     # extra arguments for every `snapfs mount`
 #   ENTRIES=100000 …               # the big-folder listing (ls -f), cold and warm (0 skips)
 #   BIG_ENTRIES=1000000 …          # also list a folder this big (default 0: skipped)
 #   ONLY=listing …                 # only the listings (big folders, find in a snapshot)
@@ -105,7 +106,7 @@ EOF
 }
 
 log "mounting a fresh repository at $MNT…"
-"$BIN" --repo "$REPO" mount "$MNT" >&2
+"$BIN" --repo "$REPO" mount "$MNT" ${MOUNT_ARGS:-} >&2
 
 [ -n "$ONLY" ] && BYTES=0 # no data for the sequential workloads
 log "generating $SIZE of random and of text-like data…"
@@ -310,7 +311,7 @@ EOF
     e=$(now)
     log "import took $(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }') s"
     mkdir -p "$PLAIN/srcfind"
-    "$BIN" --repo "$lrepo" mount "$lmnt" >&2
+    "$BIN" --repo "$lrepo" mount "$lmnt" ${MOUNT_ARGS:-} >&2
     mkdir -p "$lmnt/srcfind"
     tar -C "$lmnt/srcfind" -xf "$DATA/src.tar"
     tar -C "$PLAIN/srcfind" -xf "$DATA/src.tar"
@@ -324,7 +325,7 @@ EOF
         drop_caches "$src"
         pc=$(list_secs "$src/big$n" $((n + 2)))
         pw=$(list_secs "$src/big$n" $((n + 2)))
-        "$BIN" --repo "$lrepo" mount "$lmnt" >&2
+        "$BIN" --repo "$lrepo" mount "$lmnt" ${MOUNT_ARGS:-} >&2
         drop_caches "$lrepo"
         before=$(rss_kib "$lrepo")
         mc=$(list_secs "$lmnt/big$n" $((n + 2)))
@@ -337,7 +338,7 @@ EOF
     done
     log "find in a snapshot of $SRC_DESC ($TAR_FILES entries)…"
     local fpc fpw fmc fmw
-    "$BIN" --repo "$lrepo" mount "$lmnt" >&2
+    "$BIN" --repo "$lrepo" mount "$lmnt" ${MOUNT_ARGS:-} >&2
     drop_caches "$lrepo" "$PLAIN/srcfind"
     fmc=$(find_secs "$lmnt/$snap/srcfind")
     fmw=$(median "$(find_secs "$lmnt/$snap/srcfind")" "$(find_secs "$lmnt/$snap/srcfind")" "$(find_secs "$lmnt/$snap/srcfind")")
@@ -372,7 +373,7 @@ gc_probe() {
     local grepo=$WORK/grepo gmnt=$WORK/gmnt s e
     mkdir -p "$gmnt"
     "$BIN" --repo "$grepo" init -q --chunk-size 2K:4K:8K
-    "$BIN" --repo "$grepo" mount "$gmnt" -o noreclaim >&2
+    "$BIN" --repo "$grepo" mount "$gmnt" ${MOUNT_ARGS:-} -o noreclaim >&2
     touch "$gmnt/probe"
     head -c "$((GC_MIB << 20))" /dev/urandom >"$gmnt/garbage"
     sync "$gmnt/garbage"
@@ -435,7 +436,7 @@ ops_probe() {
     omnt=$WORK/omnt
     mkdir -p "$omnt"
     "$BIN" --repo "$orepo" init -q
-    "$BIN" --repo "$orepo" mount "$omnt" -o noreclaim >&2
+    "$BIN" --repo "$orepo" mount "$omnt" ${MOUNT_ARGS:-} -o noreclaim >&2
     touch "$omnt/probe"
     log "ops probe: $OPS_FILES files, 20 snapshots…"
     ops_tree "$omnt/tree" "$OPS_FILES" 0
@@ -467,7 +468,7 @@ reclaim_probe() {
     local rrepo=$WORK/rrepo rmnt=$WORK/rmnt before now_bytes s e p50 p99 worst waited
     mkdir -p "$rmnt"
     "$BIN" --repo "$rrepo" init -q
-    "$BIN" --repo "$rrepo" mount "$rmnt" >&2
+    "$BIN" --repo "$rrepo" mount "$rmnt" ${MOUNT_ARGS:-} >&2
     touch "$rmnt/probe"
     sync "$rmnt/probe"
     before=$(mirror_bytes "$rrepo")
@@ -539,7 +540,7 @@ parallel_probe() {
     local prepo=$WORK/prepo pmnt=$WORK/pmnt pplain=$WORK/pplain i side one two
     mkdir -p "$pmnt" "$pplain"
     "$BIN" --repo "$prepo" init -q
-    "$BIN" --repo "$prepo" mount "$pmnt" >&2
+    "$BIN" --repo "$prepo" mount "$pmnt" ${MOUNT_ARGS:-} >&2
     for i in 0 1; do
         head -c 1G /dev/urandom >"$pplain/r$i"
         cp "$pplain/r$i" "$pmnt/r$i"
