@@ -173,20 +173,33 @@ fn raise_readahead(mountpoint: &Path) {
     }
 }
 
-/// Unmounts `mountpoint` (as `fusermount3 -u` does).
+/// Unmounts `mountpoint` (as `fusermount3 -u` does). "Device or resource busy" is
+/// tried again for up to 2 s: a file closed a moment ago can keep the mount busy
+/// briefly (a child that inherited the descriptor between fork and exec, a
+/// deferred close); a mount that stays busy is reported with fusermount's words.
 pub fn unmount(mountpoint: &Path) -> Result<()> {
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(mountpoint)
-        .status()
-        .map_err(Error::io_with("running fusermount3"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::io(
+    const TRIES: u32 = 10;
+    let mut attempt = 1;
+    loop {
+        let out = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .output()
+            .map_err(Error::io_with("running fusermount3"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if said.contains("busy") && attempt < TRIES {
+            log::debug!("{said}; trying again");
+            std::thread::sleep(Duration::from_millis(200));
+            attempt += 1;
+            continue;
+        }
+        return Err(Error::io(
             format!("unmounting {}", mountpoint.display()),
-            std::io::Error::other(format!("fusermount3 -u exited with {status}")),
-        ))
+            std::io::Error::other(format!("fusermount3 -u exited with {}: {said}", out.status)),
+        ));
     }
 }
 

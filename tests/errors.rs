@@ -642,6 +642,24 @@ fn mirror_add_while_mounted_of_a_folder_that_is_not_empty() {
 }
 
 #[test]
+fn umount_while_a_file_in_the_mount_is_open() {
+    require_fuse!();
+    let (_tmp, repo, mnt) = with_mountpoint();
+    let m = Mount::new(&repo, &mnt);
+    fs::write(m.path("open"), b"held").unwrap();
+    let held = fs::File::open(m.path("open")).unwrap();
+    let out = snapfs(&repo, &["umount", mnt.to_str().unwrap()]);
+    assert_error(&out, 1, "Device or resource busy");
+    assert_eq!(
+        fs::read(m.path("open")).unwrap(),
+        b"held",
+        "still mounted and serving"
+    );
+    drop(held);
+    m.umount();
+}
+
+#[test]
 fn mirror_remove_of_a_folder_that_is_no_mirror() {
     let (tmp, repo, _) = repo_with_snapshot();
     let out = snapfs(&repo, &["mirror", "remove", tmp.path().to_str().unwrap()]);
