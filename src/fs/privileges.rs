@@ -23,25 +23,26 @@ pub enum Writer<'a> {
 
 /// `mode` (07777 bits) after `writer` changed the data of a file of group `gid`.
 pub fn mode_after_change(mode: u32, gid: u32, writer: &Writer<'_>) -> u32 {
-    let Writer::Unprivileged { in_group } = writer else {
-        return mode;
-    };
-    let mut mode = mode & !libc::S_ISUID;
-    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(gid)) {
-        mode &= !libc::S_ISGID;
+    match writer {
+        Writer::Privileged => mode,
+        Writer::Unprivileged { in_group } => without_set_ids(mode, || !in_group(gid)),
     }
-    mode
 }
 
 /// `mode` (07777 bits) of a non-folder of group `gid` after `writer` changed its
 /// owner or group.
 pub fn mode_after_chown(mode: u32, gid: u32, writer: &Writer<'_>) -> u32 {
-    let mut mode = mode & !libc::S_ISUID;
-    let outsider = match writer {
+    without_set_ids(mode, || match writer {
         Writer::Privileged => false,
         Writer::Unprivileged { in_group } => !in_group(gid),
-    };
-    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || outsider) {
+    })
+}
+
+/// `mode` without S_ISUID, and without S_ISGID when the group may execute or
+/// `outsider()` (asked only for S_ISGID without group execute) says so.
+fn without_set_ids(mode: u32, outsider: impl FnOnce() -> bool) -> u32 {
+    let mut mode = mode & !libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || outsider()) {
         mode &= !libc::S_ISGID;
     }
     mode
