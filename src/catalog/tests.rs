@@ -708,3 +708,24 @@ proptest! {
         prop_assert!(cat.integrity_check().unwrap().is_empty());
     }
 }
+
+#[test]
+fn clearing_a_mirrors_bits_page_by_page_reaches_every_chunk_and_no_other_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = new_catalog(&dir.path().join("catalog.db"));
+    let tx = cat.write().unwrap();
+    for i in 0..10u8 {
+        tx.add_chunk(&chunk(i), 10, 10, 0b101).unwrap();
+    }
+    tx.commit().unwrap();
+    let mut cursor = None;
+    let mut pages = 0;
+    while let Some(last) = cat.clear_mirror_bits(MirrorId(2), cursor, 3).unwrap() {
+        cursor = Some(last);
+        pages += 1;
+    }
+    assert_eq!(pages, 4, "10 chunks in pages of 3");
+    for i in 0..10u8 {
+        assert_eq!(cat.chunk(&chunk(i)).unwrap().unwrap().mirrors, 0b001, "chunk {i}");
+    }
+}

@@ -329,11 +329,19 @@ pub fn remove_mounted(fs: &Fs, dir: &Path) -> Result<u32> {
                 dir.display()
             )));
         }
-        cat.remove_mirror(target.id)?;
+        // Not trusted from here on, should the removal stop half-way.
+        cat.set_mirror_state(target.id, "filling")?;
         Ok(target.id)
     })?;
     store.detach(id)?;
     fs.reload_mirror_paths()?;
+    // Detached, the mirror gets no new bits: clear the old ones a page per turn of
+    // the catalog lock (the mount serves between pages), then drop the row.
+    let mut cursor = None;
+    while let Some(last) = fs.with_catalog(|cat, _, _| cat.clear_mirror_bits(id, cursor, MOUNTED_BATCH))? {
+        cursor = Some(last);
+    }
+    fs.with_catalog(|cat, _, _| cat.remove_mirror_row(id))?;
     Ok(id.0)
 }
 
