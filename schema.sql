@@ -1,5 +1,6 @@
--- snapfs catalog, schema version 2 (PRAGMA user_version = 2; version 1 lacked
--- dir_entries.cookie and is migrated when opened for writing).
+-- snapfs catalog, schema version 3 (PRAGMA user_version = 3). Older versions are
+-- migrated in one transaction when first opened for writing: version 1 lacked
+-- dir_entries.cookie, version 2 the per-generation totals and the generation indexes.
 --
 -- One SQLite database, REPO/catalog.db, in WAL mode. It holds every generation of the
 -- tree (the live one and every snapshot), the list of chunks and where their copies are,
@@ -43,8 +44,26 @@ CREATE TABLE generations (
     label      TEXT,                         -- free text given to `snapfs snapshot --label`
     created_ns INTEGER NOT NULL,             -- when the generation was opened
     frozen_ns  INTEGER,                      -- when it was frozen (the snapshot's time); NULL = live
-    held       INTEGER NOT NULL DEFAULT 0    -- 1 = pinned by `snapfs hold` against forget
+    held       INTEGER NOT NULL DEFAULT 0,   -- 1 = pinned by `snapfs hold` against forget
+    -- The tree's totals, copied from live_totals when the generation is frozen (a
+    -- snapshot never changes, so neither do they); NULL while live.
+    inodes        INTEGER,                   -- inodes of every kind, the root included
+    files         INTEGER,                   -- regular files
+    logical_bytes INTEGER,                   -- sum of regular files' sizes
+    data_bytes    INTEGER                    -- sum of extent lengths (holes excluded)
 );
+
+-- The live tree's totals (the columns of generations above), one row, kept by the
+-- triggers below on every change of a row the live generation sees (gen_to = open),
+-- so that `snapfs list`, `status` and a snapshot never count a tree.
+CREATE TABLE live_totals (
+    id            INTEGER PRIMARY KEY NOT NULL CHECK (id = 0),
+    inodes        INTEGER NOT NULL,
+    files         INTEGER NOT NULL,
+    logical_bytes INTEGER NOT NULL,
+    data_bytes    INTEGER NOT NULL
+);
+INSERT INTO live_totals VALUES (0, 0, 0, 0, 0);
 
 -- Inodes: one row per version of a file, folder, symlink or special file.
 CREATE TABLE inodes (
@@ -148,6 +167,62 @@ CREATE TRIGGER extents_unref AFTER DELETE ON extents BEGIN
     INSERT OR IGNORE INTO chunk_garbage (chunk_id)
         SELECT chunk_id FROM chunks WHERE chunk_id = OLD.chunk_id AND refs = 0;
 END;
+
+-- live_totals follow every insert, delete and change of a row the live tree sees
+-- (9223372036854775807 = open): forget and gc touch only closed rows, so cost nothing.
+CREATE TRIGGER inodes_live_insert AFTER INSERT ON inodes
+WHEN NEW.gen_to = 9223372036854775807 BEGIN
+    UPDATE live_totals SET inodes = inodes + 1, files = files + (NEW.kind = 1),
+        logical_bytes = logical_bytes + (CASE WHEN NEW.kind = 1 THEN NEW.size ELSE 0 END);
+END;
+
+CREATE TRIGGER inodes_live_delete AFTER DELETE ON inodes
+WHEN OLD.gen_to = 9223372036854775807 BEGIN
+    UPDATE live_totals SET inodes = inodes - 1, files = files - (OLD.kind = 1),
+        logical_bytes = logical_bytes - (CASE WHEN OLD.kind = 1 THEN OLD.size ELSE 0 END);
+END;
+
+CREATE TRIGGER inodes_live_update AFTER UPDATE OF gen_to, kind, size ON inodes
+WHEN OLD.gen_to = 9223372036854775807 OR NEW.gen_to = 9223372036854775807 BEGIN
+    UPDATE live_totals SET
+        inodes = inodes + (NEW.gen_to = 9223372036854775807) - (OLD.gen_to = 9223372036854775807),
+        files = files + (NEW.gen_to = 9223372036854775807 AND NEW.kind = 1)
+                      - (OLD.gen_to = 9223372036854775807 AND OLD.kind = 1),
+        logical_bytes = logical_bytes
+            + (CASE WHEN NEW.gen_to = 9223372036854775807 AND NEW.kind = 1 THEN NEW.size ELSE 0 END)
+            - (CASE WHEN OLD.gen_to = 9223372036854775807 AND OLD.kind = 1 THEN OLD.size ELSE 0 END);
+END;
+
+CREATE TRIGGER extents_live_insert AFTER INSERT ON extents
+WHEN NEW.gen_to = 9223372036854775807 BEGIN
+    UPDATE live_totals SET data_bytes = data_bytes + NEW.length;
+END;
+
+CREATE TRIGGER extents_live_delete AFTER DELETE ON extents
+WHEN OLD.gen_to = 9223372036854775807 BEGIN
+    UPDATE live_totals SET data_bytes = data_bytes - OLD.length;
+END;
+
+CREATE TRIGGER extents_live_update AFTER UPDATE OF gen_to, length ON extents
+WHEN OLD.gen_to = 9223372036854775807 OR NEW.gen_to = 9223372036854775807 BEGIN
+    UPDATE live_totals SET data_bytes = data_bytes
+        + (CASE WHEN NEW.gen_to = 9223372036854775807 THEN NEW.length ELSE 0 END)
+        - (CASE WHEN OLD.gen_to = 9223372036854775807 THEN OLD.length ELSE 0 END);
+END;
+
+-- Generation indexes: "rows born in (A, B]" (by gen_from) and "rows closed in (A, B]"
+-- (by gen_to; only closed rows, so the live tree's rows cost no entry there) make
+-- forget, rollback, diff and a snapshot's own bytes cost in proportion to what changed
+-- between generations, not to the tree. A query uses a `_closed` index only when it
+-- says `gen_to != 9223372036854775807` in so many words (SQLite's partial-index rule).
+CREATE INDEX inodes_born ON inodes (gen_from);
+CREATE INDEX inodes_closed ON inodes (gen_to, gen_from) WHERE gen_to != 9223372036854775807;
+CREATE INDEX dir_entries_born ON dir_entries (gen_from);
+CREATE INDEX dir_entries_closed ON dir_entries (gen_to, gen_from) WHERE gen_to != 9223372036854775807;
+CREATE INDEX extents_born ON extents (gen_from);
+CREATE INDEX extents_closed ON extents (gen_to, gen_from, chunk_id) WHERE gen_to != 9223372036854775807;
+CREATE INDEX xattrs_born ON xattrs (gen_from);
+CREATE INDEX xattrs_closed ON xattrs (gen_to, gen_from) WHERE gen_to != 9223372036854775807;
 
 -- Mirrors: the object folders that each hold a copy of every chunk.
 CREATE TABLE mirrors (

@@ -140,6 +140,20 @@ impl Catalog {
                 examples(orphans.iter().map(|(_, i)| i.to_string()))
             ));
         }
+        for (gen, kept, counted) in self.wrong_totals()? {
+            problems.push(format!(
+                "generation {gen} records {} inodes, {} files, {} bytes, {} data bytes; its rows hold {} inodes, \
+                 {} files, {} bytes, {} data bytes (`snapfs check --repair` recounts)",
+                kept.inodes,
+                kept.files,
+                kept.logical_bytes,
+                kept.data_bytes,
+                counted.inodes,
+                counted.files,
+                counted.logical_bytes,
+                counted.data_bytes
+            ));
+        }
         let unseen = self.count_unseen_rows()?;
         if unseen > 0 {
             problems.push(format!(
@@ -237,6 +251,10 @@ impl Catalog {
             done.push(format!("recounted the references of {refs} chunks"));
         }
         txn.commit()?;
+        for (gen, _, counted) in self.wrong_totals()? {
+            self.set_totals(gen, &counted)?;
+            done.push(format!("recounted the totals of generation {gen}"));
+        }
         Ok(done)
     }
 

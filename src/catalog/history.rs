@@ -7,6 +7,7 @@
 
 use rusqlite::params;
 
+use super::totals::{self, OPEN_SQL};
 use super::{read, sql_err, Catalog, ChunkInfo, RollbackChanges};
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, GenId, InodeId};
@@ -235,22 +236,31 @@ impl Catalog {
         Ok(changes)
     }
 
-    /// Stored bytes (per mirror) of the chunks that only snapshot `gen` references
-    /// among the retained generations: what forgetting it alone would let gc free.
-    pub fn exclusive_bytes(&self, gen: GenId) -> Result<u64> {
-        self.conn
-            .query_row(
-                "SELECT coalesce(sum(c.stored_size), 0) FROM chunks c
-                 WHERE c.chunk_id IN (SELECT chunk_id FROM extents WHERE gen_from <= ?1 AND gen_to > ?1)
-                   AND NOT EXISTS (
-                       SELECT 1 FROM extents e JOIN generations g
-                         ON g.gen_id >= e.gen_from AND g.gen_id < e.gen_to AND g.gen_id != ?1
-                       WHERE e.chunk_id = c.chunk_id)",
-                params![gen.0],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|b| b as u64)
-            .map_err(sql_err("measuring a snapshot's own bytes"))
+    /// The inodes whose rows (attributes, content, xattrs or names) differ between
+    /// generations `a` and `b`, in either order: those with a row born or closed in
+    /// between. Costs what changed (the generation indexes), not the tree.
+    pub fn changed_between(&self, a: GenId, b: GenId) -> Result<Vec<InodeId>> {
+        let (from, to) = (a.0.min(b.0), a.0.max(b.0));
+        let parts: Vec<String> = VERSIONED
+            .iter()
+            .flat_map(|(table, _)| {
+                [
+                    format!("SELECT inode_id FROM {table} WHERE gen_from > ?1 AND gen_from <= ?2"),
+                    format!(
+                        "SELECT inode_id FROM {table} WHERE gen_to > ?1 AND gen_to <= ?2 AND gen_to != {OPEN_SQL}"
+                    ),
+                ]
+            })
+            .collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&parts.join(" UNION "))
+            .map_err(sql_err("finding what changed"))?;
+        let rows = stmt
+            .query_map(params![from, to], |r| Ok(InodeId(r.get(0)?)))
+            .map_err(sql_err("finding what changed"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("finding what changed"))
     }
 
     /// Every chunk the catalog knows, in id order, starting after `after` (for scrubs
@@ -424,12 +434,15 @@ fn forget_in(tx: &rusqlite::Connection, gen: GenId) -> Result<()> {
     }
     tx.execute("DELETE FROM generations WHERE gen_id = ?1", params![gen.0])
         .map_err(sql_err("dropping the generation"))?;
+    // A row only `gen` saw was born after the retained generation before it and
+    // closed by the one after: the rows closed in (gen, next], no others.
+    let (prev, next) = totals::neighbours(tx, gen)?;
     for (table, _) in VERSIONED {
         let sql = format!(
-            "DELETE FROM {table} WHERE gen_from <= ?1 AND gen_to > ?1 AND NOT EXISTS (
-                 SELECT 1 FROM generations g WHERE g.gen_id >= {table}.gen_from AND g.gen_id < {table}.gen_to)"
+            "DELETE FROM {table} WHERE gen_to > ?1 AND gen_to <= ?3 AND gen_to != {OPEN_SQL}
+                                   AND gen_from > ?2 AND gen_from <= ?1"
         );
-        tx.execute(&sql, params![gen.0])
+        tx.execute(&sql, params![gen.0, prev.0, next.0])
             .map_err(sql_err("dropping rows only the snapshot saw"))?;
     }
     Ok(())
@@ -557,15 +570,19 @@ fn rollback_rows(
     } else {
         "inode_id, NULL"
     };
+    // Two kinds of rows change, each found by its generation index: live rows born
+    // after the snapshot, and the snapshot's rows closed since.
+    let born_since = format!("gen_from > ?2 AND gen_to = {OPEN_SQL}");
+    let lost_since = format!("gen_to > ?2 AND gen_to <= ?1 AND gen_to != {OPEN_SQL} AND gen_from <= ?2");
     {
         let mut stmt = tx
             .prepare(&format!(
-                "SELECT {key} FROM {table}
-                 WHERE ((gen_to = ?3 AND gen_from > ?2) OR (gen_from <= ?2 AND gen_to > ?2 AND gen_to <= ?1)) {filter}"
+                "SELECT {key} FROM {table} WHERE {born_since} {filter}
+                 UNION ALL SELECT {key} FROM {table} WHERE {lost_since} {filter}"
             ))
             .map_err(sql_err("rolling back"))?;
         let rows = stmt
-            .query_map(params![live.0, gen.0, GenId::OPEN.0], |r| {
+            .query_map(params![live.0, gen.0], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
             })
             .map_err(sql_err("rolling back"))?;
@@ -588,7 +605,7 @@ fn rollback_rows(
         .map_err(sql_err("rolling back"))? as u64;
     changed += tx
         .execute(
-            &format!("UPDATE {table} SET gen_to = ?1 WHERE gen_to = ?3 AND gen_from > ?2 {filter}"),
+            &format!("UPDATE {table} SET gen_to = ?1 WHERE {born_since} AND ?3 = ?3 {filter}"),
             params![live.0, gen.0, GenId::OPEN.0],
         )
         .map_err(sql_err("rolling back"))? as u64;
@@ -604,8 +621,7 @@ fn rollback_rows(
     changed += tx
         .execute(
             &format!(
-                "INSERT INTO {table} ({}) SELECT {} FROM {table}
-                 WHERE gen_from <= ?2 AND gen_to > ?2 AND gen_to <= ?1 {filter}",
+                "INSERT INTO {table} ({}) SELECT {} FROM {table} WHERE {lost_since} {filter}",
                 columns.join(", "),
                 copied.join(", ")
             ),

@@ -13,6 +13,7 @@ mod listing;
 mod model;
 mod pool;
 mod read;
+mod totals;
 mod write;
 
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ use crate::types::{ChunkId, GenId, InodeId, MirrorId, RepoId};
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// The schema version this code writes and reads (PRAGMA user_version).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Prepared statements kept per connection: more than the catalog has.
 const STATEMENT_CACHE: usize = 128;
@@ -370,7 +371,7 @@ impl Catalog {
     }
 
     /// Freezes the live generation as snapshot `name` and opens the next one.
-    /// O(1): two row writes, whatever the size of the tree. Durable on return.
+    /// O(1): three row writes, whatever the size of the tree. Durable on return.
     pub fn freeze(&mut self, name: &str, label: Option<&str>, now_ns: i64) -> Result<GenId> {
         let frozen = self.live;
         let tx = self.begin()?;
@@ -390,6 +391,7 @@ impl Catalog {
             params![frozen.0, name, label, now_ns],
         )
         .map_err(sql_err("freezing the live generation"))?;
+        totals::freeze(&tx, frozen)?;
         tx.execute(
             "INSERT INTO generations (gen_id, created_ns) VALUES (?1, ?2)",
             params![frozen.0 + 1, now_ns],
@@ -587,48 +589,6 @@ impl Catalog {
             .map_err(sql_err("listing mirrors"))
     }
 
-    /// Counts and sizes of the tree as `gen` sees it.
-    pub fn tree_totals(&self, gen: GenId) -> Result<TreeTotals> {
-        let (inodes, files, logical): (i64, i64, i64) = self
-            .conn
-            .query_row(
-                "SELECT count(*), coalesce(sum(kind = 1), 0), coalesce(sum(CASE WHEN kind = 1 THEN size ELSE 0 END), 0)
-                 FROM inodes WHERE gen_from <= ?1 AND gen_to > ?1",
-                params![gen.0],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .map_err(sql_err("counting the tree"))?;
-        let data: i64 = self
-            .conn
-            .query_row(
-                "SELECT coalesce(sum(length), 0) FROM extents WHERE gen_from <= ?1 AND gen_to > ?1",
-                params![gen.0],
-                |row| row.get(0),
-            )
-            .map_err(sql_err("counting extents"))?;
-        Ok(TreeTotals {
-            inodes: inodes as u64,
-            files: files as u64,
-            logical_bytes: logical as u64,
-            data_bytes: data as u64,
-        })
-    }
-
-    /// Data bytes (extent lengths) summed over every retained generation, the live
-    /// one included: what storing each version in full would cost.
-    pub fn all_versions_data_bytes(&self) -> Result<u64> {
-        self.conn
-            .query_row(
-                "SELECT coalesce(sum(e.length * (SELECT count(*) FROM generations g
-                                                  WHERE g.gen_id >= e.gen_from AND g.gen_id < e.gen_to)), 0)
-                 FROM extents e",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|b| b as u64)
-            .map_err(sql_err("summing versions"))
-    }
-
     /// Totals over the chunk table; with `mirror`, only the chunks that mirror holds.
     pub fn chunk_totals(&self, mirror: Option<MirrorId>) -> Result<ChunkTotals> {
         let mask: i64 = match mirror {
@@ -797,6 +757,9 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<()> {
         .map_err(sql_err("starting the catalog migration"))?;
     if from < 2 {
         listing::migrate_v1(&tx)?;
+    }
+    if from < 3 {
+        totals::migrate_v2(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(sql_err("setting the schema version"))?;

@@ -5,7 +5,7 @@
 //! rename, not as a delete and an add. Content is compared by extent lists (chunk ids
 //! and ranges), so nothing is read from the mirrors.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
@@ -25,12 +25,6 @@ pub struct Change {
     /// What changed besides content: mode, owner, group, kind.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
-}
-
-struct Seen {
-    path: String,
-    attr: InodeAttr,
-    content: [u8; 32],
 }
 
 fn content_sig(catalog: &Catalog, gen: GenId, attr: &InodeAttr) -> Result<[u8; 32]> {
@@ -60,35 +54,25 @@ pub fn find(catalog: &Catalog, gen: GenId, path: &str) -> Result<Option<InodeId>
     Ok(Some(id))
 }
 
-fn walk(catalog: &Catalog, gen: GenId, root: InodeId, root_path: &str) -> Result<BTreeMap<InodeId, Seen>> {
-    let mut seen = BTreeMap::new();
-    let mut stack = vec![(root, root_path.trim_end_matches('/').to_string())];
-    while let Some((id, path)) = stack.pop() {
-        let attr = catalog.inode(gen, id)?.ok_or_else(|| {
-            Error::CorruptCatalog(format!("inode {id} is named but missing in generation {gen}"))
-        })?;
-        if attr.kind == FileKind::Dir {
-            for e in catalog.readdir(gen, id)? {
-                stack.push((e.inode, format!("{path}/{}", String::from_utf8_lossy(&e.name))));
-            }
-        }
-        if seen.contains_key(&id) {
-            continue; // another hard link: the first path stands for the inode
-        }
-        let content = content_sig(catalog, gen, &attr)?;
-        seen.insert(
-            id,
-            Seen {
-                path: if path.is_empty() { "/".into() } else { path },
-                attr,
-                content,
-            },
-        );
-    }
-    Ok(seen)
+/// Whether `path` is `scope` or below it (`scope` is "/" or "/a/b").
+fn within(path: &str, scope: &str) -> bool {
+    scope == "/" || path == scope || path.strip_prefix(scope).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// What one view shows of an inode: its path (one of them, for hard links) and
+/// attributes; `None` when no name reaches it there.
+fn seen(catalog: &Catalog, gen: GenId, id: InodeId) -> Result<Option<(String, InodeAttr)>> {
+    let Some(attr) = catalog.inode(gen, id)? else {
+        return Ok(None);
+    };
+    Ok(catalog.path_of(gen, id)?.map(|path| (path, attr)))
 }
 
 /// What changed under `path` from generation `a` to generation `b`, sorted by path.
+///
+/// Costs what changed, not the tree: only inodes with a row born or closed between
+/// the two generations are looked at, plus everything below a folder whose path
+/// changed (a rename moves every path under it).
 pub fn diff(catalog: &Catalog, a: GenId, b: GenId, path: &str) -> Result<Vec<Change>> {
     let (ra, rb) = (find(catalog, a, path)?, find(catalog, b, path)?);
     if ra.is_none() && rb.is_none() {
@@ -96,68 +80,63 @@ pub fn diff(catalog: &Catalog, a: GenId, b: GenId, path: &str) -> Result<Vec<Cha
             "{path} in either view (`snapfs log {path}` lists the snapshots that have it)"
         )));
     }
-    let old = match ra {
-        Some(r) => walk(catalog, a, r, path)?,
-        None => BTreeMap::new(),
+    let trimmed = path.trim_end_matches('/');
+    let scope = if trimmed.is_empty() || trimmed == "." {
+        "/".to_string()
+    } else if trimmed.starts_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("/{trimmed}")
     };
-    let new = match rb {
-        Some(r) => walk(catalog, b, r, path)?,
-        None => BTreeMap::new(),
-    };
+    let mut queue: Vec<InodeId> = catalog.changed_between(a, b)?;
+    let mut done = BTreeSet::new();
     let mut changes = Vec::new();
-    for (id, o) in &old {
-        let Some(n) = new.get(id) else {
-            changes.push(Change {
-                change: "deleted",
-                path: o.path.clone(),
-                old_path: None,
-                details: vec![],
-            });
+    while let Some(id) = queue.pop() {
+        if !done.insert(id) {
             continue;
-        };
-        let mut details = Vec::new();
-        if o.attr.mode != n.attr.mode {
-            details.push(format!("mode {:o} -> {:o}", o.attr.mode, n.attr.mode));
         }
-        if o.attr.uid != n.attr.uid {
-            details.push(format!("owner {} -> {}", o.attr.uid, n.attr.uid));
+        let (old, new) = (seen(catalog, a, id)?, seen(catalog, b, id)?);
+        if let (Some((po, o)), Some((pn, n))) = (&old, &new) {
+            if po != pn && o.kind == FileKind::Dir && n.kind == FileKind::Dir {
+                for (gen, dir) in [(a, id), (b, id)] {
+                    queue.extend(catalog.readdir(gen, dir)?.into_iter().map(|e| e.inode));
+                }
+            }
         }
-        if o.attr.gid != n.attr.gid {
-            details.push(format!("group {} -> {}", o.attr.gid, n.attr.gid));
-        }
-        if o.path != n.path {
-            changes.push(Change {
-                change: "renamed",
-                path: n.path.clone(),
-                old_path: Some(o.path.clone()),
-                details: vec![],
-            });
-        }
-        if o.attr.kind != FileKind::Dir && o.content != n.content {
-            changes.push(Change {
-                change: "modified",
-                path: n.path.clone(),
-                old_path: None,
-                details: vec![],
-            });
-        }
-        if !details.is_empty() {
-            changes.push(Change {
-                change: "metadata",
-                path: n.path.clone(),
-                old_path: None,
+        let old = old.filter(|(p, _)| within(p, &scope));
+        let new = new.filter(|(p, _)| within(p, &scope));
+        let change =
+            |change: &'static str, path: &str, old_path: Option<String>, details: Vec<String>| Change {
+                change,
+                path: path.to_string(),
+                old_path,
                 details,
-            });
-        }
-    }
-    for (id, n) in &new {
-        if !old.contains_key(id) {
-            changes.push(Change {
-                change: "added",
-                path: n.path.clone(),
-                old_path: None,
-                details: vec![],
-            });
+            };
+        match (old, new) {
+            (None, None) => {}
+            (Some((po, _)), None) => changes.push(change("deleted", &po, None, vec![])),
+            (None, Some((pn, _))) => changes.push(change("added", &pn, None, vec![])),
+            (Some((po, o)), Some((pn, n))) => {
+                let mut details = Vec::new();
+                if o.mode != n.mode {
+                    details.push(format!("mode {:o} -> {:o}", o.mode, n.mode));
+                }
+                if o.uid != n.uid {
+                    details.push(format!("owner {} -> {}", o.uid, n.uid));
+                }
+                if o.gid != n.gid {
+                    details.push(format!("group {} -> {}", o.gid, n.gid));
+                }
+                if po != pn {
+                    changes.push(change("renamed", &pn, Some(po.clone()), vec![]));
+                }
+                if o.kind != FileKind::Dir && content_sig(catalog, a, &o)? != content_sig(catalog, b, &n)? {
+                    changes.push(change("modified", &pn, None, vec![]));
+                }
+                if !details.is_empty() {
+                    changes.push(change("metadata", &pn, None, details));
+                }
+            }
         }
     }
     changes.sort_by(|x, y| x.path.cmp(&y.path).then(x.change.cmp(y.change)));
