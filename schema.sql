@@ -224,6 +224,11 @@ CREATE INDEX extents_closed ON extents (gen_to, gen_from, chunk_id) WHERE gen_to
 CREATE INDEX xattrs_born ON xattrs (gen_from);
 CREATE INDEX xattrs_closed ON xattrs (gen_to, gen_from) WHERE gen_to != 9223372036854775807;
 
+-- Live inodes with no link: open files unlinked (and folders removed) while in use,
+-- which a mount removes when it starts after a crash and a rollback settles. Few, so
+-- finding them costs nothing, whatever the tree.
+CREATE INDEX inodes_nameless ON inodes (inode_id) WHERE gen_to = 9223372036854775807 AND nlink = 0;
+
 -- Mirrors: the object folders that each hold a copy of every chunk.
 CREATE TABLE mirrors (
     mirror_id INTEGER PRIMARY KEY NOT NULL, -- 0 … 63 (bit in chunks.mirrors); never reused

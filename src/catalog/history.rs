@@ -529,7 +529,7 @@ fn settle_unnamed(
     }
     let unnamed: Vec<InodeId> = {
         let mut stmt = tx
-            .prepare(read::UNNAMED_INODES)
+            .prepare(read::NAMELESS_INODES)
             .map_err(sql_err("settling unnamed files"))?;
         let rows = stmt
             .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))

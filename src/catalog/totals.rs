@@ -19,7 +19,7 @@ use crate::types::GenId;
 pub(super) const OPEN_SQL: &str = "9223372036854775807";
 
 /// The schema statements (by their first words) that version 3 added.
-const V3_STATEMENTS: [&str; 16] = [
+const V3_STATEMENTS: [&str; 17] = [
     "CREATE TABLE live_totals",
     "INSERT INTO live_totals",
     "CREATE TRIGGER inodes_live_insert",
@@ -36,6 +36,7 @@ const V3_STATEMENTS: [&str; 16] = [
     "CREATE INDEX extents_closed",
     "CREATE INDEX xattrs_born",
     "CREATE INDEX xattrs_closed",
+    "CREATE INDEX inodes_nameless",
 ];
 
 /// The one statement of schema.sql that starts with `first_words` (a trigger up to

@@ -103,7 +103,7 @@ pub fn check(
 fn catalog_problems(catalog: &Catalog, mounted: bool) -> Result<Vec<String>> {
     let mut problems = catalog.check_invariants()?;
     if !mounted {
-        let unnamed = catalog.live_orphans()?;
+        let unnamed = catalog.live_unnamed()?;
         if !unnamed.is_empty() {
             let ids: Vec<String> = unnamed.iter().take(20).map(|i| i.to_string()).collect();
             problems.push(format!(
