@@ -52,9 +52,13 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     let mount = crate::fuse::mount(fs.clone(), mountpoint, options)?;
     let (handler_fs, handler_repo) = (fs.clone(), repo.to_path_buf());
     let invalidator = Arc::new(Mutex::new(mount.invalidator()));
+    let copies = Arc::new(CatalogCopies::default());
+    let handler_copies = copies.clone();
     control::serve(
         repo,
-        Arc::new(move |req, progress| answer(&handler_fs, &handler_repo, &invalidator, req, progress)),
+        Arc::new(move |req, progress| {
+            answer(&handler_fs, &handler_repo, &handler_copies, &invalidator, req, progress)
+        }),
     )?;
     log::info!(
         "serving {} at {} (pid {})",
@@ -65,7 +69,7 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
 
     let stop = Arc::new(AtomicBool::new(false));
     let flusher = {
-        let (fs, stop) = (fs.clone(), stop.clone());
+        let (fs, stop, copies, repo) = (fs.clone(), stop.clone(), copies.clone(), repo.to_path_buf());
         std::thread::spawn(move || {
             let mut reported = std::collections::BTreeSet::new();
             while !stop.load(Ordering::Relaxed) {
@@ -74,6 +78,7 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
                     log::warn!("committing buffered writes failed: {e}");
                 }
                 warn_lost_mirrors(&fs, &mut reported);
+                copies.poll(&fs, &repo);
             }
         })
     };
@@ -82,9 +87,9 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
         std::thread::spawn(move || reclaim_in_background(&fs, &stop));
     }
     if let Some((every, policy)) = daemon.schedule {
-        let (fs, stop) = (fs.clone(), stop.clone());
+        let (fs, stop, copies) = (fs.clone(), stop.clone(), copies.clone());
         let repo = repo.to_path_buf();
-        std::thread::spawn(move || scheduled_snapshots(&fs, &repo, every, &policy, &stop));
+        std::thread::spawn(move || scheduled_snapshots(&fs, &repo, &copies, every, &policy, &stop));
     }
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -107,6 +112,7 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     stop.store(true, Ordering::Relaxed);
     let _ = flusher.join();
     fs.fsync(None)?;
+    copies.wait();
     if let Err(e) = recover::save_copies(repo, &fs.mirror_paths(), crate::ops::now_ns()) {
         log::warn!("could not save a catalog copy at unmount: {e}");
     }
@@ -161,7 +167,14 @@ fn reclaim_in_background(fs: &Fs, stop: &AtomicBool) {
 }
 
 /// Every `every`: a snapshot when the tree changed, then the retention policy and gc.
-fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, stop: &AtomicBool) {
+fn scheduled_snapshots(
+    fs: &Fs,
+    repo: &Path,
+    copies: &Arc<CatalogCopies>,
+    every: Duration,
+    policy: &Policy,
+    stop: &AtomicBool,
+) {
     let mut next = Instant::now() + every;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
@@ -172,7 +185,7 @@ fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, s
         match fs.snapshot_if_changed(Some("scheduled")) {
             Ok(Some(g)) => {
                 log::info!("scheduled snapshot {}", g.name.unwrap_or_default());
-                copy_catalog_in_background(fs, repo);
+                copies.request(fs, repo);
             }
             Ok(None) => continue,
             Err(e) => {
@@ -206,21 +219,70 @@ fn scheduled_snapshots(fs: &Fs, repo: &Path, every: Duration, policy: &Policy, s
     }
 }
 
-/// Saves a catalog copy into the mirrors on a thread of its own (it reads a
-/// consistent snapshot of the database; the mount goes on meanwhile).
-fn copy_catalog_in_background(fs: &Fs, repo: &Path) {
-    let (repo, mirrors) = (repo.to_path_buf(), fs.mirror_paths());
-    std::thread::spawn(move || {
-        if let Err(e) = recover::save_copies(&repo, &mirrors, crate::ops::now_ns()) {
-            log::warn!("could not save a catalog copy: {e}");
+/// Shortest time between two catalog copies of a mount. A copy reads and compresses
+/// the whole catalog (hundreds of MiB for a million files, seconds of a core), so
+/// snapshots in quick succession share one: the first is copied at once, later ones
+/// when the gap is over.
+const COPY_GAP: Duration = Duration::from_secs(60);
+
+/// The mount's catalog copies into the mirrors, taken on a thread of their own (a
+/// copy reads a consistent snapshot of the database; the mount goes on meanwhile):
+/// one at a time, at most one per `COPY_GAP`; a request meanwhile is kept and served
+/// by `poll` once the gap is over.
+#[derive(Default)]
+struct CatalogCopies {
+    /// Held only to read or flip the fields, never across a copy.
+    state: Mutex<CopyState>,
+}
+
+#[derive(Default)]
+struct CopyState {
+    running: bool,
+    wanted: bool,
+    last: Option<Instant>,
+}
+
+impl CatalogCopies {
+    /// Asks for a copy of the catalog as it is now (or later).
+    fn request(self: &Arc<Self>, fs: &Fs, repo: &Path) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).wanted = true;
+        self.poll(fs, repo);
+    }
+
+    /// Starts the wanted copy if none is running and the gap is over.
+    fn poll(self: &Arc<Self>, fs: &Fs, repo: &Path) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !st.wanted || st.running || st.last.is_some_and(|l| l.elapsed() < COPY_GAP) {
+                return;
+            }
+            st.wanted = false;
+            st.running = true;
         }
-    });
+        let (repo, mirrors, copies) = (repo.to_path_buf(), fs.mirror_paths(), self.clone());
+        std::thread::spawn(move || {
+            if let Err(e) = recover::save_copies(&repo, &mirrors, crate::ops::now_ns()) {
+                log::warn!("could not save a catalog copy: {e}");
+            }
+            let mut st = copies.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.running = false;
+            st.last = Some(Instant::now());
+        });
+    }
+
+    /// Waits for a running copy to end (before the unmount's own copy).
+    fn wait(&self) {
+        while self.state.lock().unwrap_or_else(|p| p.into_inner()).running {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Answers a control request inside the daemon, on its own catalog.
 fn answer(
     fs: &Fs,
     repo_path: &Path,
+    copies: &Arc<CatalogCopies>,
     invalidator: &Mutex<Invalidator>,
     req: Request,
     progress: control::Progress<'_>,
@@ -229,7 +291,7 @@ fn answer(
     match req {
         Request::Snapshot { label } => {
             let name = fs.snapshot(label.as_deref())?.name;
-            copy_catalog_in_background(fs, repo_path);
+            copies.request(fs, repo_path);
             Ok(Answer::Snapshot { name })
         }
         Request::Forget { target, dry_run } => {

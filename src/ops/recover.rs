@@ -19,31 +19,45 @@ pub const KEEP_COPIES: usize = 3;
 
 /// Writes a compressed, consistent copy of `REPO/catalog.db` into every mirror folder
 /// of `mirrors` that can take it, and keeps the newest `KEEP_COPIES` there. Returns
-/// how many mirrors got the copy; fails only when none did.
+/// how many mirrors got the copy; fails only when none did. Streams: memory stays a
+/// few MiB whatever the catalog's size (a million files make a catalog of hundreds of
+/// MiB). One copy at a time per repository folder (the temporary files are named by
+/// process).
 pub fn save_copies(repo: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<usize> {
     let tmp = repo.join(format!(".catalog-copy-{}.db", std::process::id()));
+    let packed = tmp.with_extension("db.zst");
     let _ = std::fs::remove_file(&tmp);
-    catalog::backup(&repo.join(CATALOG_FILE), &tmp)?;
-    let plain = std::fs::read(&tmp).map_err(Error::io_with("reading the catalog copy"));
+    let result = catalog::backup(&repo.join(CATALOG_FILE), &tmp).and_then(|()| compress_file(&tmp, &packed));
     let _ = std::fs::remove_file(&tmp);
-    let compressed =
-        zstd::bulk::compress(&plain?, 3).map_err(Error::io_with("compressing the catalog copy"))?;
     let name = format!("catalog-{now_ns:020}.db.zst");
     let mut saved = 0;
-    let mut last_error = None;
-    for m in mirrors {
-        match save_one(m, &name, &compressed) {
-            Ok(()) => saved += 1,
-            Err(e) => last_error = Some(e),
+    let mut last_error = result.err();
+    if last_error.is_none() {
+        for m in mirrors {
+            match save_one(m, &name, &packed) {
+                Ok(()) => saved += 1,
+                Err(e) => last_error = Some(e),
+            }
         }
     }
+    let _ = std::fs::remove_file(&packed);
     match (saved, last_error) {
         (0, Some(e)) => Err(e),
         _ => Ok(saved),
     }
 }
 
-fn save_one(mirror: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+/// zstd (level 3) of file `from` into a new file `to`, streamed.
+fn compress_file(from: &Path, to: &Path) -> Result<()> {
+    let ctx = || format!("compressing the catalog copy into {}", to.display());
+    let input = std::fs::File::open(from).map_err(Error::io_with(ctx()))?;
+    let output = std::fs::File::create(to).map_err(Error::io_with(ctx()))?;
+    let mut output = std::io::BufWriter::new(output);
+    zstd::stream::copy_encode(std::io::BufReader::new(input), &mut output, 3).map_err(Error::io_with(ctx()))?;
+    output.flush().map_err(Error::io_with(ctx()))
+}
+
+fn save_one(mirror: &Path, name: &str, packed: &Path) -> Result<()> {
     // Only into a mirror that is there: never recreate a lost mirror's folder.
     if !mirror.join("MIRROR").is_file() {
         return Err(Error::NotFound(format!(
@@ -56,9 +70,10 @@ fn save_one(mirror: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         .map_err(Error::io_with(format!("creating {}", dir.display())))?;
     let tmp = dir.join(format!(".tmp-{name}"));
     let ctx = || format!("writing {}", tmp.display());
-    let mut f = std::fs::File::create(&tmp).map_err(Error::io_with(ctx()))?;
-    f.write_all(bytes).map_err(Error::io_with(ctx()))?;
-    f.sync_all().map_err(Error::io_with(ctx()))?;
+    std::fs::copy(packed, &tmp).map_err(Error::io_with(ctx()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io_with(ctx()))?;
     std::fs::rename(&tmp, dir.join(name)).map_err(Error::io_with(ctx()))?;
     // The new name is durable only once its folder is (and before any old copy goes:
     // a power cut must never leave fewer good copies than before).
