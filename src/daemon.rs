@@ -57,7 +57,14 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     control::serve(
         repo,
         Arc::new(move |req, progress| {
-            answer(&handler_fs, &handler_repo, &handler_copies, &invalidator, req, progress)
+            answer(
+                &handler_fs,
+                &handler_repo,
+                &handler_copies,
+                &invalidator,
+                req,
+                progress,
+            )
         }),
     )?;
     log::info!(

@@ -74,6 +74,12 @@ pub struct ChunkSink {
     params: ChunkerParams,
     zstd_level: Option<i32>,
     pending: HashMap<ChunkId, Pending>,
+    /// The pending chunks `record` has not put into a transaction yet, so that it
+    /// costs what was put since the last call (an import records after every file,
+    /// and syncs, so keeps everything pending, only at the end).
+    unrecorded: Vec<ChunkId>,
+    /// `put_stream`'s read buffer, kept between calls.
+    read_buf: Vec<u8>,
     /// A sync of the mirrors made outside `sync` (see `sync_failed`) failed: the next
     /// `sync` fails with this error as if it had failed itself.
     failed_sync: Option<Error>,
@@ -90,6 +96,8 @@ impl ChunkSink {
             params,
             zstd_level,
             pending: HashMap::new(),
+            unrecorded: Vec::new(),
+            read_buf: Vec::new(),
             failed_sync: None,
             stats: IngestStats::default(),
             pool: None,
@@ -151,6 +159,7 @@ impl ChunkSink {
                 recorded: false,
             };
             self.pending.insert(id, entry);
+            self.unrecorded.push(id);
             return Ok(id);
         }
         let encoded = codec::encode_with_id(id, plain, self.zstd_level);
@@ -169,6 +178,7 @@ impl ChunkSink {
                 recorded: false,
             },
         );
+        self.unrecorded.push(id);
         Ok(id)
     }
 
@@ -186,7 +196,10 @@ impl ChunkSink {
         let params = self.params;
         let mut chunker = Chunker::new(&params);
         let mut reader = reader;
-        let mut buf = vec![0u8; 1 << 20];
+        // One read buffer for the sink's life: zeroing a fresh MiB for every file was a
+        // tenth of an import of small files.
+        let mut buf = std::mem::take(&mut self.read_buf);
+        buf.resize(1 << 20, 0);
         let mut emit = |sink: &mut ChunkSink, chunk: &[u8]| -> Result<()> {
             let id = sink.put(index, chunk)?;
             extents.push(Extent {
@@ -208,6 +221,7 @@ impl ChunkSink {
             chunker.push(&buf[..n], &mut |c| emit(self, c))?;
         }
         chunker.finish(&mut |c| emit(self, c))?;
+        self.read_buf = buf;
         Ok(extents)
     }
 
@@ -233,6 +247,7 @@ impl ChunkSink {
                 // no later write counts on a copy that may not exist (the transaction
                 // that would have recorded them fails with this error).
                 self.pending.clear();
+                self.unrecorded.clear();
                 return Err(e);
             }
         };
@@ -250,6 +265,7 @@ impl ChunkSink {
     /// them failed: later writes store them again rather than trusting them.
     pub fn abandon(&mut self) {
         self.pending.clear();
+        self.unrecorded.clear();
     }
 
     /// Notes that a sync of this sink's mirrors made by someone else (to shorten the
@@ -268,9 +284,11 @@ impl ChunkSink {
     /// extents may reference them. Commit only after `sync`.
     pub fn record(&mut self, txn: &Txn<'_>) -> Result<()> {
         self.wait_written()?;
-        for (id, p) in self.pending.iter_mut().filter(|(_, p)| !p.recorded) {
-            txn.add_chunk(id, p.plain_size, p.stored_size, p.held.0 | p.written.0)?;
-            p.recorded = true;
+        for id in std::mem::take(&mut self.unrecorded) {
+            if let Some(p) = self.pending.get_mut(&id).filter(|p| !p.recorded) {
+                txn.add_chunk(&id, p.plain_size, p.stored_size, p.held.0 | p.written.0)?;
+                p.recorded = true;
+            }
         }
         Ok(())
     }

@@ -53,7 +53,8 @@ fn compress_file(from: &Path, to: &Path) -> Result<()> {
     let input = std::fs::File::open(from).map_err(Error::io_with(ctx()))?;
     let output = std::fs::File::create(to).map_err(Error::io_with(ctx()))?;
     let mut output = std::io::BufWriter::new(output);
-    zstd::stream::copy_encode(std::io::BufReader::new(input), &mut output, 3).map_err(Error::io_with(ctx()))?;
+    zstd::stream::copy_encode(std::io::BufReader::new(input), &mut output, 3)
+        .map_err(Error::io_with(ctx()))?;
     output.flush().map_err(Error::io_with(ctx()))
 }
 
