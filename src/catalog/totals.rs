@@ -56,13 +56,19 @@ fn schema_statement(first_words: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::CorruptCatalog(format!("schema.sql: `{first_words}` has no end")))
 }
 
-/// Sums over the inode rows and the extent rows that `filter` selects.
-fn sums(conn: &Connection, filter: &str, a: i64, b: i64) -> Result<[i64; 4]> {
+/// Sums over the inode rows and the extent rows that `filter` selects, through each
+/// table's index `index` (`_born`, `_closed`) when one is given.
+fn sums(conn: &Connection, index: Option<&str>, filter: &str, a: i64, b: i64) -> Result<[i64; 4]> {
+    let from = |table: &str| match index {
+        Some(suffix) => format!("{table} INDEXED BY {table}{suffix}"),
+        None => table.to_string(),
+    };
     let (inodes, files, logical): (i64, i64, i64) = conn
         .query_row(
             &format!(
                 "SELECT count(*), coalesce(sum(kind = 1), 0), coalesce(sum(CASE WHEN kind = 1 THEN size ELSE 0 END), 0)
-                 FROM inodes WHERE {filter}"
+                 FROM {} WHERE {filter}",
+                from("inodes")
             ),
             params![a, b],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -70,7 +76,10 @@ fn sums(conn: &Connection, filter: &str, a: i64, b: i64) -> Result<[i64; 4]> {
         .map_err(sql_err("counting inodes"))?;
     let data: i64 = conn
         .query_row(
-            &format!("SELECT coalesce(sum(length), 0) FROM extents WHERE {filter}"),
+            &format!(
+                "SELECT coalesce(sum(length), 0) FROM {} WHERE {filter}",
+                from("extents")
+            ),
             params![a, b],
             |r| r.get(0),
         )
@@ -100,9 +109,16 @@ fn raw(t: &TreeTotals) -> [i64; 4] {
 /// `b` sees and `a` does not, minus the rows `a` sees and `b` does not. Costs what
 /// changed between them (the generation indexes).
 fn step(conn: &Connection, from: &TreeTotals, a: GenId, b: GenId) -> Result<TreeTotals> {
-    let born = sums(conn, "gen_from > ?1 AND gen_from <= ?2 AND gen_to > ?2", a.0, b.0)?;
+    let born = sums(
+        conn,
+        Some("_born"),
+        "gen_from > ?1 AND gen_from <= ?2 AND gen_to > ?2",
+        a.0,
+        b.0,
+    )?;
     let closed = sums(
         conn,
+        Some("_closed"),
         &format!("gen_to > ?1 AND gen_to <= ?2 AND gen_to != {OPEN_SQL} AND gen_from <= ?1"),
         a.0,
         b.0,
@@ -113,7 +129,7 @@ fn step(conn: &Connection, from: &TreeTotals, a: GenId, b: GenId) -> Result<Tree
 
 /// Counts the tree `gen` sees, row by row.
 fn count(conn: &Connection, gen: GenId) -> Result<TreeTotals> {
-    sums(conn, "gen_from <= ?1 AND gen_to > ?1 AND ?2 = ?2", gen.0, 0).map(totals_of)
+    sums(conn, None, "gen_from <= ?1 AND gen_to > ?1 AND ?2 = ?2", gen.0, 0).map(totals_of)
 }
 
 /// The retained generations either side of `gen`: the newest older one (0 when
@@ -310,12 +326,18 @@ impl Catalog {
     /// `gen` and its successor are looked at.
     pub fn exclusive_bytes(&self, gen: GenId) -> Result<u64> {
         let (prev, next) = neighbours(&self.conn, gen)?;
+        // Named, as in forget (a schema-2 catalog read as it is has no such index).
+        let extents = if self.version >= 3 {
+            "extents INDEXED BY extents_closed"
+        } else {
+            "extents"
+        };
         self.conn
             .query_row(
                 &format!(
                     "SELECT coalesce(sum(c.stored_size), 0) FROM chunks c
                      WHERE c.chunk_id IN (
-                           SELECT chunk_id FROM extents
+                           SELECT chunk_id FROM {extents}
                            WHERE gen_to > ?1 AND gen_to <= ?3 AND gen_to != {OPEN_SQL}
                              AND gen_from > ?2 AND gen_from <= ?1)
                        AND NOT EXISTS (
