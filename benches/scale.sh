@@ -49,13 +49,17 @@ snapfs() { "$BIN" --repo "$REPO" "$@"; }
 daemon_pid() { head -n1 "$REPO/lock"; }
 peak_kib() { awk '/VmHWM/ { print $2 }' "/proc/$(daemon_pid)/status"; }
 now_ns() { date +%s%N; }
-# ms CMD… → milliseconds CMD took (its output discarded)
+# ms CMD… → milliseconds CMD took (its output discarded): the median of three runs, as
+# the mount's background work (a catalog copy a minute) shares the two cores
 ms() {
-    local start end
-    start=$(now_ns)
-    "$@" >/dev/null
-    end=$(now_ns)
-    echo $(((end - start) / 1000000))
+    local start end runs=()
+    for _ in 1 2 3; do
+        start=$(now_ns)
+        "$@" >/dev/null
+        end=$(now_ns)
+        runs+=($(((end - start) / 1000000)))
+    done
+    printf '%s\n' "${runs[@]}" | sort -n | sed -n 2p
 }
 # catalog_bytes → bytes the catalog's pages hold (as a reader sees it, WAL included)
 catalog_bytes() {
@@ -138,20 +142,28 @@ row "\`snapfs status\`" "$(ms snapfs status) ms" "< 1,000 ms"
 row "\`snapfs diff\` of two neighbouring snapshots" "$(ms snapfs diff "$middle" "$next") ms" "< 100 ms"
 row "\`snapfs diff\` of the first and the last snapshot" "$(ms snapfs diff "$first" "$last") ms" "< 5,000 ms"
 row "\`snapfs log\` of one file" "$(ms snapfs log /p000/d00/f000) ms" "< 200 ms"
-row "\`snapfs snapshot\` through the mount (median, worst of $SNAPSHOTS)" "$snap_median ms, $snap_worst ms" "< 50 ms"
+row "\`snapfs snapshot\` right after its 10-100 writes, their commit included (median, worst of $SNAPSHOTS)" "$snap_median ms, $snap_worst ms" "< 50 ms"
 
 # The catalog's growth for a snapshot that changed 10 files (20 rounds, averaged).
 before=$(catalog_bytes)
-python3 - "$BIN" "$REPO" "$MNT" <<'PY'
-import os, subprocess, sys
+python3 - "$BIN" "$REPO" "$MNT" >"$WORK/settled_ms" <<'PY'
+import os, subprocess, sys, time
 bin, repo, mnt = sys.argv[1:]
+times = []
 for r in range(20):
     for f in range(10):
         with open(os.path.join(mnt, "p001", f"d{f:02d}", "f007"), "wb") as out:
             out.write(f"growth round {r} file {f} ".encode() * 40)
+    time.sleep(1.5)  # the flusher commits them within a second: the snapshot alone is timed
+    start = time.monotonic()
     subprocess.run([bin, "--repo", repo, "snapshot"], check=True, stdout=subprocess.DEVNULL)
+    times.append((time.monotonic() - start) * 1000)
+times.sort()
+print(f"{times[len(times) // 2]:.0f} {times[-1]:.0f}")
 PY
 after=$(catalog_bytes)
+read -r settled_median settled_worst <"$WORK/settled_ms"
+row "\`snapfs snapshot\` with the writes before it committed (median, worst of 20)" "$settled_median ms, $settled_worst ms" "< 50 ms"
 row "catalog growth per snapshot of 10 changed files (mean of 20)" "$(((after - before) / 20)) B" "< 10,240 B"
 first_peak=$(( $(peak_kib) > build_peak ? $(peak_kib) : build_peak ))
 

@@ -796,8 +796,13 @@ fn configure(conn: &Connection) -> Result<()> {
             "catalog.db refused WAL mode ({mode})"
         )));
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;")
-        .map_err(sql_err("configuring catalog.db"))?;
+    // journal_size_limit: a big transaction (an import) grows the WAL to the size of
+    // what it wrote; after the next checkpoint the file is cut back to 64 MiB.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;
+         PRAGMA journal_size_limit = 67108864;",
+    )
+    .map_err(sql_err("configuring catalog.db"))?;
     Ok(())
 }
 
