@@ -250,6 +250,13 @@ fn list_figures_equal_a_brute_force_count_through_changes_forgets_and_rollbacks(
         let gc = json(&repo, &["gc", "--json"]);
         assert_eq!(gc["bytes"], pick["exclusive_bytes"], "gc after forgetting {name}");
     }
+    // And a policy that forgets many at once, neighbours of each other among them.
+    let dry = json(&repo, &["forget", "--keep-last", "10", "--dry-run", "--json"]);
+    assert!(dry["forgotten"].as_array().unwrap().len() > 20, "{dry}");
+    snapfs_ok(&repo, &["forget", "--keep-last", "10"]);
+    let gc = json(&repo, &["gc", "--json"]);
+    assert_eq!(gc["bytes"], dry["frees_bytes"], "gc after forget --keep-last 10");
+    assert!(gc["bytes"].as_u64().unwrap() > 0);
     m.umount();
     let check = snapfs_ok(&repo, &["check"]);
     assert!(check.contains("no problems found"), "{check}");

@@ -99,8 +99,13 @@ impl Catalog {
     }
 
     /// Forgets `gens` in one transaction and returns the stored bytes of all garbage
-    /// afterwards. With `dry_run` the transaction is rolled back: nothing changes.
+    /// afterwards. With `dry_run` nothing changes: the same figure is computed by
+    /// `forget_frees`, which writes nothing.
     pub fn measure_forget(&mut self, gens: &[GenId], dry_run: bool) -> Result<u64> {
+        if dry_run {
+            self.commit_batch()?;
+            return self.forget_frees(gens);
+        }
         // Oldest first: each forget then looks at the rows closed up to its next
         // retained neighbour, which the previous ones did not push further away.
         let mut gens = gens.to_vec();
@@ -118,12 +123,93 @@ impl Catalog {
                 |r| r.get(0),
             )
             .map_err(sql_err("measuring garbage"))?;
-        if dry_run {
-            tx.rollback().map_err(sql_err("undoing a dry run"))?;
-        } else {
-            tx.commit().map_err(sql_err("committing forget"))?;
-        }
+        tx.commit().map_err(sql_err("committing forget"))?;
         Ok(garbage as u64)
+    }
+
+    /// The stored bytes of all garbage there would be after forgetting `gens`, without
+    /// changing anything (the dry run of forget; a rolled-back forget dirtied more
+    /// pages than the cache holds on a big catalog, and SQLite spilled them).
+    ///
+    /// The forgotten snapshots fall into runs between retained neighbours P and N.
+    /// The rows a forget deletes see some snapshot of a run and no retained one, so
+    /// lie in (P, N] and were closed after the run's first: only those rows' chunks
+    /// are looked at (the closed index), and such a chunk is freed when none of its
+    /// rows survives, a survivor being a row that sees a retained generation or no
+    /// forgotten one (a row no generation sees stays, as forget leaves it).
+    pub fn forget_frees(&self, gens: &[GenId]) -> Result<u64> {
+        let mut gens = gens.to_vec();
+        gens.sort();
+        gens.dedup();
+        for gen in &gens {
+            forgettable(&self.conn, *gen)?;
+        }
+        let c = &self.conn;
+        let err = sql_err("measuring what forget frees");
+        c.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS ff_forgetting (gen_id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS ff_retained (gen_id INTEGER PRIMARY KEY);
+             CREATE TEMP TABLE IF NOT EXISTS ff_candidates (chunk_id BLOB PRIMARY KEY) WITHOUT ROWID;
+             DELETE FROM ff_forgetting; DELETE FROM ff_retained; DELETE FROM ff_candidates;",
+        )
+        .map_err(&err)?;
+        {
+            let mut add = c
+                .prepare("INSERT INTO ff_forgetting (gen_id) VALUES (?1)")
+                .map_err(&err)?;
+            for gen in &gens {
+                add.execute(params![gen.0]).map_err(&err)?;
+            }
+        }
+        c.execute_batch(
+            "INSERT INTO ff_retained SELECT gen_id FROM generations
+             WHERE gen_id NOT IN (SELECT gen_id FROM ff_forgetting)",
+        )
+        .map_err(&err)?;
+        let mut runs: Vec<(i64, i64, i64)> = Vec::new(); // (P, N, first of the run)
+        for gen in &gens {
+            let (prev, next): (i64, i64) = c
+                .query_row(
+                    "SELECT (SELECT coalesce(max(gen_id), 0) FROM ff_retained WHERE gen_id < ?1),
+                            (SELECT coalesce(min(gen_id), ?1 + 1) FROM ff_retained WHERE gen_id > ?1)",
+                    params![gen.0],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(&err)?;
+            if !runs.iter().any(|&(p, n, _)| (p, n) == (prev, next)) {
+                runs.push((prev, next, gen.0));
+            }
+        }
+        for (prev, next, first) in runs {
+            c.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO ff_candidates
+                     SELECT chunk_id FROM extents INDEXED BY extents_closed
+                     WHERE gen_to > ?3 AND gen_to <= ?2 AND gen_to != {OPEN_SQL} AND gen_from > ?1"
+                ),
+                params![prev, next, first],
+            )
+            .map_err(&err)?;
+        }
+        let (freed, garbage): (i64, i64) = c
+            .query_row(
+                "SELECT
+                   (SELECT coalesce(sum(ch.stored_size), 0) FROM ff_candidates k
+                      JOIN chunks ch ON ch.chunk_id = k.chunk_id
+                    WHERE ch.refs > 0 AND NOT EXISTS (
+                        SELECT 1 FROM extents e WHERE e.chunk_id = k.chunk_id AND (
+                            EXISTS (SELECT 1 FROM ff_retained r WHERE r.gen_id >= e.gen_from AND r.gen_id < e.gen_to)
+                            OR NOT EXISTS (SELECT 1 FROM ff_forgetting f
+                                           WHERE f.gen_id >= e.gen_from AND f.gen_id < e.gen_to)))),
+                   (SELECT coalesce(sum(ch.stored_size), 0) FROM chunk_garbage g
+                      JOIN chunks ch ON ch.chunk_id = g.chunk_id WHERE ch.refs = 0)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(&err)?;
+        c.execute_batch("DELETE FROM ff_forgetting; DELETE FROM ff_retained; DELETE FROM ff_candidates;")
+            .map_err(&err)?;
+        Ok((freed + garbage) as u64)
     }
 
     /// Makes the live tree exactly what snapshot `gen` shows, in one transaction. The
@@ -419,8 +505,8 @@ impl Catalog {
     }
 }
 
-/// Forgets one generation inside an open transaction.
-fn forget_in(tx: &rusqlite::Connection, gen: GenId) -> Result<()> {
+/// Refuses to forget the live generation or a held snapshot.
+fn forgettable(tx: &rusqlite::Connection, gen: GenId) -> Result<()> {
     let (name, held, frozen): (Option<String>, i64, Option<i64>) = tx
         .query_row(
             "SELECT name, held, frozen_ns FROM generations WHERE gen_id = ?1",
@@ -437,6 +523,12 @@ fn forget_in(tx: &rusqlite::Connection, gen: GenId) -> Result<()> {
             "{name} is held; `snapfs release {name}` first"
         )));
     }
+    Ok(())
+}
+
+/// Forgets one generation inside an open transaction.
+fn forget_in(tx: &rusqlite::Connection, gen: GenId) -> Result<()> {
+    forgettable(tx, gen)?;
     tx.execute("DELETE FROM generations WHERE gen_id = ?1", params![gen.0])
         .map_err(sql_err("dropping the generation"))?;
     // A row only `gen` saw was born after the retained generation before it and
