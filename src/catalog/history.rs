@@ -626,16 +626,7 @@ fn settle_unnamed(
                 .map_err(sql_err("keeping open files"))? as u64;
         }
     }
-    let unnamed: Vec<InodeId> = {
-        let mut stmt = tx
-            .prepare(read::NAMELESS_INODES)
-            .map_err(sql_err("settling unnamed files"))?;
-        let rows = stmt
-            .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
-            .map_err(sql_err("settling unnamed files"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(sql_err("settling unnamed files"))?
-    };
+    let unnamed = read::live_inodes(tx, read::NAMELESS_INODES, "settling unnamed files")?;
     for id in unnamed.iter().filter(|id| in_scope(id) && !keep.contains(id)) {
         written += close_live_rows(tx, live, *id)?;
     }

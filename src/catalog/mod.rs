@@ -651,29 +651,13 @@ impl Catalog {
     /// Live inodes with no link and no name (left by a crash while they were open
     /// after unlink): index probes, not a scan. The root is never one.
     pub fn live_orphans(&self) -> Result<Vec<InodeId>> {
-        let mut stmt = self
-            .conn
-            .prepare(read::NAMELESS_INODES)
-            .map_err(sql_err("finding orphan inodes"))?;
-        let rows = stmt
-            .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
-            .map_err(sql_err("finding orphan inodes"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(sql_err("finding orphan inodes"))
+        read::live_inodes(&self.conn, read::NAMELESS_INODES, "finding orphan inodes")
     }
 
     /// Every live inode no name points at, whatever its link count (a scan of the
     /// live tree, for `check`). The root is never one.
     pub fn live_unnamed(&self) -> Result<Vec<InodeId>> {
-        let mut stmt = self
-            .conn
-            .prepare(read::UNNAMED_INODES)
-            .map_err(sql_err("finding unnamed inodes"))?;
-        let rows = stmt
-            .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
-            .map_err(sql_err("finding unnamed inodes"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(sql_err("finding unnamed inodes"))
+        read::live_inodes(&self.conn, read::UNNAMED_INODES, "finding unnamed inodes")
     }
 
     /// SQLite's own consistency check; `Ok(vec![])` when the database is sound.

@@ -53,6 +53,15 @@ pub(super) const UNNAMED_INODES: &str = "SELECT i.inode_id FROM inodes i
      WHERE i.gen_to = ?1 AND i.inode_id != 1 AND NOT EXISTS (
          SELECT 1 FROM dir_entries e WHERE e.inode_id = i.inode_id AND e.gen_to = ?1)";
 
+/// The live inodes `sql` (`NAMELESS_INODES` or `UNNAMED_INODES`) selects.
+pub(super) fn live_inodes(conn: &Connection, sql: &str, context: &'static str) -> Result<Vec<InodeId>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_err(context))?;
+    let rows = stmt
+        .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
+        .map_err(sql_err(context))?;
+    rows.collect::<rusqlite::Result<_>>().map_err(sql_err(context))
+}
+
 /// The attributes of `id` in generation `gen`; `None` when `gen` does not see it.
 pub fn inode(conn: &Connection, gen: GenId, id: InodeId) -> Result<Option<InodeAttr>> {
     let sql = format!(

@@ -125,15 +125,7 @@ impl<'c> Txn<'c> {
 
     /// Live inodes no live name points at (the root excepted).
     pub fn unnamed_inodes(&self) -> Result<Vec<InodeId>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(read::UNNAMED_INODES)
-            .map_err(sql_err("finding unnamed inodes"))?;
-        let rows = stmt
-            .query_map(params![GenId::OPEN.0], |r| Ok(InodeId(r.get(0)?)))
-            .map_err(sql_err("finding unnamed inodes"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(sql_err("finding unnamed inodes"))
+        read::live_inodes(&self.tx, read::UNNAMED_INODES, "finding unnamed inodes")
     }
 
     // ---- inodes ----
