@@ -19,9 +19,8 @@ pub const KEEP_COPIES: usize = 3;
 
 /// Writes a compressed, consistent copy of `REPO/catalog.db` into every mirror folder
 /// of `mirrors` that can take it, and keeps the newest `KEEP_COPIES` there. Returns
-/// how many mirrors got the copy; fails only when none did. Streams: memory stays a
-/// few MiB whatever the catalog's size (a million files make a catalog of hundreds of
-/// MiB). One copy at a time per repository folder (the temporary files are named by
+/// how many mirrors got the copy; fails only when none did. Streams: memory does
+/// not grow with the catalog (a million files make a catalog of hundreds of MiB). One copy at a time per repository folder (the temporary files are named by
 /// process).
 pub fn save_copies(repo: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<usize> {
     let tmp = repo.join(format!(".catalog-copy-{}.db", std::process::id()));
