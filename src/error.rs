@@ -28,6 +28,10 @@ pub enum Error {
         mirror: String,
         reason: String,
     },
+    /// A pack file (format 2) is not what its name says: another repository's, another
+    /// pack's, or a damaged header.
+    #[error("pack {path} is unusable: {reason}")]
+    CorruptPack { path: PathBuf, reason: String },
     /// No store holds a copy of a chunk that the catalog references.
     #[error("chunk {id} is missing from every mirror")]
     MissingChunk { id: ChunkId },

@@ -1,7 +1,7 @@
 //! Newtypes for every identifier that crosses a module boundary.
 //!
 //! Owns: `ChunkId` (BLAKE3 of a chunk's plaintext), `InodeId` (catalog inode),
-//! `GenId` (catalog generation), `MirrorId`, `RepoId`. Depends on nothing but `blake3`.
+//! `GenId` (catalog generation), `MirrorId`, `PackId`, `RepoId`. Depends on nothing but `blake3`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -132,6 +132,18 @@ pub struct MirrorId(pub u32);
 impl fmt::Display for MirrorId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// A pack file's number within its repository (format 2): packs are numbered in the
+/// order they are started, and every copy of a pack (one per mirror) has the same
+/// number, name and bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PackId(pub u64);
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 

@@ -20,6 +20,7 @@ mod direct;
 mod fault;
 mod memory;
 mod mirror;
+pub mod pack;
 mod removals;
 mod sync;
 
