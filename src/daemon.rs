@@ -301,6 +301,13 @@ fn answer(
             copies.request(fs, repo_path);
             Ok(Answer::Snapshot { name })
         }
+        Request::Forget {
+            target,
+            dry_run: true,
+        } => Ok(Answer::Forget {
+            report: fs
+                .with_read_catalog(|cat| snapshots::forget_dry_run(cat, &target, crate::ops::now_ns()))?,
+        }),
         Request::Forget { target, dry_run } => {
             let report =
                 fs.with_catalog(|cat, _, _| snapshots::forget(cat, &target, dry_run, crate::ops::now_ns()))?;

@@ -759,6 +759,16 @@ impl Fs {
         st.catalog.commit_batch()
     }
 
+    /// Runs the read-only `f` on a read connection of its own, inside one read
+    /// transaction, after committing every buffered write (so `f` sees everything the
+    /// mount has been given). The core's lock is held for that commit only, never
+    /// while `f` runs: a long report (forget's dry run on a big repository) does not
+    /// hold up the mount.
+    pub fn with_read_catalog<T>(&self, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+        self.commit()?;
+        self.readers.with_consistent(f)
+    }
+
     /// Bytes of a file that one step of `finish_removals` drops.
     fn removal_step(&self) -> u64 {
         REMOVAL_STEP_EXTENTS * self.settings.chunker.avg_size.max(1) as u64

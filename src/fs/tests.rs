@@ -1263,3 +1263,35 @@ fn a_file_deleted_after_its_snapshots_were_forgotten_leaves_its_chunks_to_gc() {
     assert!(found[0].0 > 0, "no garbage after the file went: {found:?}");
     assert_eq!(found[0], found[1]);
 }
+
+#[test]
+fn a_read_catalog_sees_buffered_writes_and_leaves_the_mount_free_while_it_runs() {
+    let f = fixture();
+    let ino = file(&f, "early");
+    f.fs.write(ino, 0, b"buffered before the report").unwrap();
+    std::thread::scope(|scope| {
+        f.fs.with_read_catalog(|cat| {
+            // The buffered write was committed before the report started.
+            let size = cat.inode(cat.live(), ino)?.map(|a| a.size);
+            assert_eq!(size, Some(26));
+            // The core's lock is free: another thread creates, writes and commits a
+            // file while this report still runs (it would wait forever otherwise).
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let beside = &f;
+            scope.spawn(move || {
+                let late = file(beside, "late");
+                beside.fs.write(late, 0, b"written meanwhile").unwrap();
+                beside.fs.commit().unwrap();
+                done_tx.send(late).unwrap();
+            });
+            let late = done_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("a write beside the report finished");
+            // The report's read transaction still sees the commit it started from.
+            assert_eq!(cat.inode(cat.live(), late)?, None);
+            Ok(())
+        })
+        .unwrap();
+    });
+    assert_eq!(f.fs.read(ino, 0, 100).unwrap(), b"buffered before the report");
+}

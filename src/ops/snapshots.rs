@@ -115,6 +115,30 @@ pub fn forget(
     dry_run: bool,
     now_ns: i64,
 ) -> Result<ForgetReport> {
+    let (mut report, targets) = choose_forgotten(catalog, target, dry_run, now_ns)?;
+    report.frees_bytes =
+        catalog.measure_forget(&targets.iter().map(|g| g.id).collect::<Vec<_>>(), dry_run)?;
+    report.forgotten = targets.into_iter().filter_map(|g| g.name).collect();
+    Ok(report)
+}
+
+/// What `forget` with `dry_run` reports, on a catalog it only reads (a read
+/// connection of a mount, beside the writer): the same choice, the same bytes.
+pub fn forget_dry_run(catalog: &Catalog, target: &ForgetTarget, now_ns: i64) -> Result<ForgetReport> {
+    let (mut report, targets) = choose_forgotten(catalog, target, true, now_ns)?;
+    report.frees_bytes = catalog.forget_frees(&targets.iter().map(|g| g.id).collect::<Vec<_>>())?;
+    report.forgotten = targets.into_iter().filter_map(|g| g.name).collect();
+    Ok(report)
+}
+
+/// The snapshots `target` names (refusing held ones by name) or its policy drops, and
+/// a report with the policy's reasons for each one it keeps.
+fn choose_forgotten(
+    catalog: &Catalog,
+    target: &ForgetTarget,
+    dry_run: bool,
+    now_ns: i64,
+) -> Result<(ForgetReport, Vec<Generation>)> {
     let mut report = ForgetReport {
         dry_run,
         ..Default::default()
@@ -157,10 +181,7 @@ pub fn forget(
             }
         }
     }
-    report.frees_bytes =
-        catalog.measure_forget(&targets.iter().map(|g| g.id).collect::<Vec<_>>(), dry_run)?;
-    report.forgotten = targets.into_iter().filter_map(|g| g.name).collect();
-    Ok(report)
+    Ok((report, targets))
 }
 
 /// Pins or unpins a snapshot; returns its name.
