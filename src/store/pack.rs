@@ -234,7 +234,7 @@ pub fn parse_pack_name(name: &str) -> Option<PackId> {
 /// written again once its writer is dropped (a restarted daemon starts new packs).
 #[derive(Debug)]
 pub struct PackWriter {
-    file: File,
+    file: std::sync::Arc<File>,
     path: PathBuf,
     id: PackId,
     len: u64,
@@ -263,7 +263,7 @@ impl PackWriter {
         file.write_all(&encode_header(repo, id))
             .map_err(Error::io_with(format!("writing pack {}", path.display())))?;
         Ok(PackWriter {
-            file,
+            file: std::sync::Arc::new(file),
             path,
             id,
             len: PACK_HEADER_LEN,
@@ -303,6 +303,24 @@ impl PackWriter {
         }
         self.len += entries.len() as u64;
         Ok(at)
+    }
+
+    /// A handle on the pack for an fdatasync outside whatever lock guards the writer
+    /// (`File::sync_data` needs no exclusive access), and the folder to fsync with it
+    /// while the pack's name is not yet known durable (then `name_synced`).
+    pub fn sync_job(&self) -> (std::sync::Arc<File>, Option<PathBuf>) {
+        let folder = self.name_unsynced.then(|| {
+            self.path
+                .parent()
+                .expect("a pack path has a folder")
+                .to_path_buf()
+        });
+        (self.file.clone(), folder)
+    }
+
+    /// Notes that the folder holding the pack's name was fsynced after its creation.
+    pub fn name_synced(&mut self) {
+        self.name_unsynced = false;
     }
 
     /// Makes every append so far durable: fdatasync of the pack, then (once, after the
