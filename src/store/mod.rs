@@ -21,6 +21,7 @@ mod fault;
 mod memory;
 mod mirror;
 pub mod pack;
+mod pack_mirrors;
 mod packs;
 mod removals;
 mod sync;
@@ -31,6 +32,7 @@ pub use memory::MemoryStore;
 #[cfg(test)]
 pub use memory::{Hook, HookedStore};
 pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
+pub use pack_mirrors::{Location, PackMirrors};
 pub use packs::PackDir;
 pub use removals::RemovalGuard;
 pub use sync::{mode_for_filesystem, SyncChoice, SyncMode, SYNC_ENV};

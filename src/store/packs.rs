@@ -239,6 +239,45 @@ impl PackDir {
         Ok(Some(entry.frame.to_vec()))
     }
 
+    /// Writes `entry` (a good copy's bytes) over the damaged entry at `offset` of
+    /// pack `id` and makes it durable: the repair of one bad copy, which keeps every
+    /// location as it was (every mirror holds the same bytes at the same place).
+    pub fn repair_entry(&self, id: PackId, offset: u64, entry: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(id);
+        let ctx = || format!("repairing pack {}", path.display());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(Error::io_with(ctx()))?;
+        file.write_all_at(entry, offset).map_err(Error::io_with(ctx()))?;
+        file.sync_data().map_err(Error::io_with(ctx()))
+    }
+
+    /// Puts `bytes` (a good copy of the whole pack) in place as pack `id`, durably:
+    /// a temporary file, fdatasync, rename over whatever is there, fsync of the folder.
+    /// The repair of a missing or cut-short copy.
+    pub fn install(&self, id: PackId, bytes: &[u8]) -> Result<()> {
+        let path = self.path(id);
+        let folder = path.parent().expect("a pack path has a folder");
+        let ctx = || format!("restoring pack {}", path.display());
+        super::create_dir_all_durably(folder).map_err(Error::io_with(ctx()))?;
+        let tmp = folder.join(format!(".{id}.pack.tmp"));
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| File::open(&tmp)?.sync_data())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| File::open(folder)?.sync_all())
+            .map_err(Error::io_with(ctx()))?;
+        relock(&self.readers).files.remove(&id);
+        Ok(())
+    }
+
+    /// The length of pack `id`'s file; `None` when the folder has no such pack (or it
+    /// cannot be looked at).
+    pub fn file_len(&self, id: PackId) -> Option<u64> {
+        std::fs::metadata(self.path(id)).ok().map(|m| m.len())
+    }
+
     /// Every pack in the folder, by id (names that are not packs are left alone).
     pub fn list(&self) -> Result<Vec<PackId>> {
         let mut ids = Vec::new();
