@@ -32,7 +32,7 @@ pub use memory::MemoryStore;
 #[cfg(test)]
 pub use memory::{Hook, HookedStore};
 pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
-pub use pack_mirrors::{Location, PackMirrors};
+pub use pack_mirrors::{Location, PackMirrors, TARGET_PACK_BYTES};
 pub use packs::PackDir;
 pub use removals::RemovalGuard;
 pub use sync::{mode_for_filesystem, SyncChoice, SyncMode, SYNC_ENV};
