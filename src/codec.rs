@@ -304,15 +304,8 @@ mod tests {
         (0..len).map(|i| b"snapshot filesystem "[i % 20]).collect()
     }
 
-    fn random(len: usize, mut state: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
+    fn random(len: usize, state: u64) -> Vec<u8> {
+        crate::testing::noise(state, len)
     }
 
     fn frame_with(codec: u8, plain_len: u32, payload: &[u8]) -> Vec<u8> {

@@ -22,4 +22,7 @@ pub mod repo;
 pub mod store;
 pub mod types;
 
+#[cfg(test)]
+mod testing;
+
 pub use error::{Error, Result};

@@ -631,17 +631,8 @@ mod tests {
         let mut expected = Vec::new();
         // Incompressible chunks from 100 KiB to 3 MiB, so entries straddle the scan's
         // 1 MiB blocks and some are longer than one.
-        let mut state = 0x1234_5678_u64;
         for i in 0..8 {
-            let len = 100_000 + i * 400_000;
-            let plain: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let plain = crate::testing::noise(0x1234_5678 + i, 100_000 + i as usize * 400_000);
             let encoded = codec::encode(&plain, Some(1));
             let mut buf = Vec::new();
             encode_entry(&encoded.id, &encoded.frame, &mut buf);

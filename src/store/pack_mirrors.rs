@@ -411,17 +411,9 @@ mod tests {
 
     /// `n` incompressible chunks of `len` bytes, from `seed`.
     fn noise_chunks(seed: u64, n: usize, len: usize) -> Vec<(ChunkId, Vec<u8>, Vec<u8>)> {
-        let mut state = seed | 1;
-        (0..n)
-            .map(|_| {
-                let plain: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state as u8
-                    })
-                    .collect();
+        (0..n as u64)
+            .map(|i| {
+                let plain = crate::testing::noise(seed * 1000 + i, len);
                 let encoded = codec::encode(&plain, Some(1));
                 (encoded.id, encoded.frame, plain)
             })

@@ -13,19 +13,11 @@ const REPO: RepoId = RepoId([7; 16]);
 const OTHER_REPO: RepoId = RepoId([9; 16]);
 
 fn chunk(seed: u64, len: usize, compressible: bool) -> (Vec<u8>, EncodedChunk) {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let plain: Vec<u8> = (0..len)
-        .map(|i| {
-            if compressible {
-                (i / 100) as u8 ^ seed as u8
-            } else {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            }
-        })
-        .collect();
+    let plain: Vec<u8> = if compressible {
+        (0..len).map(|i| (i / 100) as u8 ^ seed as u8).collect()
+    } else {
+        crate::testing::noise(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, len)
+    };
     let enc = encode(&plain, Some(3));
     (plain, enc)
 }
