@@ -204,14 +204,12 @@ fn scheduled_snapshots(
             continue;
         }
         let target = ForgetTarget::Policy(policy.clone());
-        let pruned = fs
-            .with_catalog(|cat, _, _| snapshots::forget(cat, &target, false, crate::ops::now_ns()))
-            .and_then(|report| {
-                Ok((
-                    report.forgotten,
-                    gc::gc_mounted(fs, false, false, &mut |_, _| {})?,
-                ))
-            });
+        let pruned = snapshots::forget_mounted(fs, &target, crate::ops::now_ns()).and_then(|report| {
+            Ok((
+                report.forgotten,
+                gc::gc_mounted(fs, false, false, &mut |_, _| {})?,
+            ))
+        });
         match pruned {
             Ok((forgotten, freed)) if !forgotten.is_empty() => {
                 log::info!(
@@ -308,9 +306,11 @@ fn answer(
             report: fs
                 .with_read_catalog(|cat| snapshots::forget_dry_run(cat, &target, crate::ops::now_ns()))?,
         }),
-        Request::Forget { target, dry_run } => {
-            let report =
-                fs.with_catalog(|cat, _, _| snapshots::forget(cat, &target, dry_run, crate::ops::now_ns()))?;
+        Request::Forget {
+            target,
+            dry_run: false,
+        } => {
+            let report = snapshots::forget_mounted(fs, &target, crate::ops::now_ns())?;
             // The kernel keeps snapshot names for a minute: the forgotten ones go now.
             let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
             for name in report.forgotten.iter().filter(|_| !report.dry_run) {

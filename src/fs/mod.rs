@@ -197,6 +197,11 @@ pub struct Fs {
     commit_failed: std::sync::atomic::AtomicBool,
     /// File data was written since the last sync outside the lock.
     chunks_written: std::sync::atomic::AtomicBool,
+    /// Threads waiting for the core's lock right now. The lock (std's) is not fair:
+    /// a repository operation that takes it step after step would get it back before
+    /// a woken request runs, and a write waited out a whole 200-snapshot forget
+    /// (1.8 s) that way. `with_catalog` lets the waiters in first.
+    lock_waiters: std::sync::atomic::AtomicUsize,
     /// The chunk writers' queue: a write waits for room in it before taking the lock.
     backlog: Option<Backlog>,
     /// Names found pointing at no inode, each logged once (bounded).
@@ -205,6 +210,10 @@ pub struct Fs {
 
 /// Chunks the writer threads' queue holds (and blocks a `put` beyond).
 const WRITER_QUEUE: usize = 32;
+
+/// The longest a step of a repository operation waits for the requests queued for the
+/// core's lock to get it first (so writers that keep coming cannot stall it for good).
+const LET_IN_AT_MOST: Duration = Duration::from_millis(50);
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -268,16 +277,32 @@ impl Fs {
             free_space: Mutex::new((std::time::Instant::now() - Duration::from_secs(60), u64::MAX)),
             commit_failed: std::sync::atomic::AtomicBool::new(false),
             chunks_written: std::sync::atomic::AtomicBool::new(false),
+            lock_waiters: std::sync::atomic::AtomicUsize::new(0),
             backlog,
             reported_dangling: Mutex::new(HashSet::new()),
         })
     }
 
     fn lock(&self) -> published::Locked<'_> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lock_waiters.fetch_add(1, Relaxed);
         // A panic in another thread poisoned the mutex; the state is still the last
         // consistent one (every change is a transaction), so keep serving.
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.lock_waiters.fetch_sub(1, Relaxed);
         published::Locked::new(guard, &self.published)
+    }
+
+    /// Waits (50 ms at most) until no thread is waiting for the core's lock, so that
+    /// requests queued behind one step of a repository operation get the lock before
+    /// its next step does.
+    fn let_requests_in(&self) {
+        let deadline = std::time::Instant::now() + LET_IN_AT_MOST;
+        while self.lock_waiters.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Runs the read `f` on a read connection of its own, at the live generation,
@@ -995,6 +1020,9 @@ impl Fs {
 
     /// Runs `f` on the catalog and the store with every buffered write committed
     /// first, holding the lock so no request interleaves (snapshot operations, gc).
+    /// Requests already waiting for the lock get it first (`let_requests_in`): a
+    /// repository operation is a series of short `with_catalog` steps, and requests
+    /// wait for one step at most, not for the whole operation.
     /// `f` also gets the live files held open, which an operation that removes names
     /// (rollback) must keep as nameless files until their last release. Afterwards
     /// the core's own state is reconciled with whatever `f` changed: read positions
@@ -1004,6 +1032,8 @@ impl Fs {
         &self,
         f: impl FnOnce(&mut Catalog, &MirrorStore, &[InodeId]) -> Result<T>,
     ) -> Result<T> {
+        // Repository operations run in many short steps; requests go first.
+        self.let_requests_in();
         let mut st = self.lock();
         // A commit that fails (a full disk) drops its runs and reports it at fsync;
         // it must not keep forget and gc from freeing space: try once more, now
