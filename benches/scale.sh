@@ -200,19 +200,42 @@ waits.sort()
 print(f"{waits[len(waits) // 2]:.1f} {waits[int(len(waits) * 0.99)]:.1f} {waits[-1]:.1f}")
 PY
 }
+# A writer beside it too: create or overwrite a small file and fsync it, every 20 ms.
+write_probe() {
+    python3 - "$MNT" "$WORK/stop" <<'PY'
+import os, sys, time
+top, stop = sys.argv[1], sys.argv[2]
+waits, i = [], 0
+while not os.path.exists(stop):
+    start = time.monotonic()
+    with open(os.path.join(top, f"write-probe-{i % 10}"), "wb") as out:
+        out.write(b"probe" * 20)
+        out.flush()
+        os.fsync(out.fileno())
+    waits.append((time.monotonic() - start) * 1000)
+    i += 1
+    time.sleep(0.02)
+waits.sort()
+print(f"{waits[len(waits) // 2]:.1f} {waits[int(len(waits) * 0.99)]:.1f} {waits[-1]:.1f}")
+PY
+}
 rm -f "$WORK/stop"
 probe >"$WORK/probe" &
 probe_pid=$!
+write_probe >"$WORK/write_probe" &
+write_probe_pid=$!
 start=$(now_ns)
 snapfs forget -q --keep-last $(((SNAPSHOTS + 20) / 2)) >/dev/null
 mid=$(now_ns)
 freed=$(snapfs gc -q --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes"])')
 end=$(now_ns)
 touch "$WORK/stop"
-wait "$probe_pid"
+wait "$probe_pid" "$write_probe_pid"
 read -r p50 p99 worst <"$WORK/probe"
+read -r w50 w99 wworst <"$WORK/write_probe"
 row "forget of $forget_count snapshots through the mount, then gc" "$(secs "$start" "$mid") s + $(secs "$mid" "$end") s" ""
 row "stat+ls probe during them: p50, p99, worst" "$p50, $p99, $worst ms" "p99 < 20 ms, worst < 100 ms"
+row "write + fsync of a small file every 20 ms during them: p50, p99, worst" "$w50, $w99, $wworst ms" ""
 agree=$([ "$dry_bytes" = "$freed" ] && echo "equal" || echo "DIFFER")
 row "\`forget --dry-run\` said, gc freed" "$dry_bytes B, $freed B ($agree)" "equal"
 second_peak=$(peak_kib)
