@@ -313,7 +313,7 @@ fn answer(
             let report = snapshots::forget_mounted(fs, &target, crate::ops::now_ns())?;
             // The kernel keeps snapshot names for a minute: the forgotten ones go now.
             let inval = invalidator.lock().unwrap_or_else(|p| p.into_inner());
-            for name in report.forgotten.iter().filter(|_| !report.dry_run) {
+            for name in &report.forgotten {
                 inval.entry(Ino::ROOT, name.as_bytes());
             }
             drop(inval);

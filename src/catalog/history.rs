@@ -103,13 +103,8 @@ impl Catalog {
     }
 
     /// Forgets `gens` in one transaction and returns the stored bytes of all garbage
-    /// afterwards. With `dry_run` nothing changes: the same figure is computed by
-    /// `forget_frees`, which writes nothing.
-    pub fn measure_forget(&mut self, gens: &[GenId], dry_run: bool) -> Result<u64> {
-        if dry_run {
-            self.commit_batch()?;
-            return self.forget_frees(gens);
-        }
+    /// afterwards (`forget_frees` computes the same figure without forgetting).
+    pub fn measure_forget(&mut self, gens: &[GenId]) -> Result<u64> {
         // Oldest first: each forget then looks at the rows closed up to its next
         // retained neighbour, which the previous ones did not push further away.
         let mut gens = gens.to_vec();

@@ -116,9 +116,12 @@ pub fn forget(
     dry_run: bool,
     now_ns: i64,
 ) -> Result<ForgetReport> {
-    let (mut report, targets) = choose_forgotten(catalog, target, dry_run, now_ns)?;
-    report.frees_bytes =
-        catalog.measure_forget(&targets.iter().map(|g| g.id).collect::<Vec<_>>(), dry_run)?;
+    if dry_run {
+        catalog.commit_batch()?;
+        return forget_dry_run(catalog, target, now_ns);
+    }
+    let (mut report, targets) = choose_forgotten(catalog, target, false, now_ns)?;
+    report.frees_bytes = catalog.measure_forget(&targets.iter().map(|g| g.id).collect::<Vec<_>>())?;
     report.forgotten = targets.into_iter().filter_map(|g| g.name).collect();
     Ok(report)
 }
@@ -135,7 +138,6 @@ pub fn forget_mounted(fs: &Fs, target: &ForgetTarget, now_ns: i64) -> Result<For
     let (mut report, targets) = fs.with_read_catalog(|cat| choose_forgotten(cat, target, false, now_ns))?;
     let mut oldest_first: Vec<&Generation> = targets.iter().collect();
     oldest_first.sort_by_key(|g| g.id);
-    oldest_first.dedup_by_key(|g| g.id);
     for (done, g) in oldest_first.iter().enumerate() {
         let started = std::time::Instant::now();
         let result = fs.with_catalog(|cat, _, _| cat.forget(g.id));

@@ -250,10 +250,13 @@ impl PackMirrors {
             .chain(self.disks.iter().filter(|d| !d.healthy()));
         let mut to_heal: Vec<(&Disk, bool)> = Vec::new(); // (disk, whole pack)
         let mut reasons = Vec::new();
+        let mut some_disk_has_the_pack = false;
         let mut good = None;
         for disk in order {
             let healthy = disk.healthy();
-            let (whole_pack, reason) = match disk.packs.read_frame(at.pack, at.entry, id) {
+            let read = disk.packs.read_frame(at.pack, at.entry, id);
+            some_disk_has_the_pack |= !matches!(read, Ok(None));
+            let (whole_pack, reason) = match read {
                 Ok(Some(frame)) => match codec::decode(id, &frame) {
                     Ok(plain) => {
                         good = Some((disk, plain));
@@ -277,7 +280,7 @@ impl PackMirrors {
             reasons.push(format!("{}: {reason}", disk.describe()));
         }
         let Some((source, plain)) = good else {
-            if reasons.iter().all(|r| r.ends_with("is missing")) {
+            if !some_disk_has_the_pack {
                 return Err(Error::MissingChunk { id: *id });
             }
             return Err(Error::CorruptChunk {
