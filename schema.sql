@@ -1,6 +1,9 @@
--- snapfs catalog, schema version 3 (PRAGMA user_version = 3). Older versions are
--- migrated in one transaction when first opened for writing: version 1 lacked
--- dir_entries.cookie, version 2 the per-generation totals and the generation indexes.
+-- snapfs catalog, schema version 4 (PRAGMA user_version = 4): storage format 2, chunks
+-- in pack files. Versions 1 to 3 are format 1 (one object file per chunk per mirror):
+-- they are refused with a message naming `snapfs upgrade`, which migrates the catalog
+-- (version 1 lacked dir_entries.cookie, version 2 the per-generation totals and the
+-- generation indexes, version 3 the pack locations) and moves every chunk into packs,
+-- resumably (settings.upgrade says an upgrade is under way).
 --
 -- One SQLite database, REPO/catalog.db, in WAL mode. It holds every generation of the
 -- tree (the live one and every snapshot), the list of chunks and where their copies are,
@@ -140,16 +143,54 @@ CREATE TABLE xattrs (
     CHECK (gen_from < gen_to)
 ) WITHOUT ROWID;
 
--- Chunks: every chunk the repository stores.
+-- Chunks: every chunk the repository stores, and where: the entry of `entry_len` bytes
+-- at `pack_offset` of pack `pack_id` (the same place on every mirror, which all hold
+-- the same packs byte for byte).
 -- Invariant (write order): a chunk row and every extent that references it are
--- committed only after the chunk is durable (synced) in every mirror its `mirrors` names.
+-- committed only after the chunk's pack entry is durable (fdatasync) on every mirror
+-- the store counted as healthy.
 CREATE TABLE chunks (
     chunk_id    BLOB PRIMARY KEY NOT NULL, -- BLAKE3 of the plaintext (32 bytes)
     plain_size  INTEGER NOT NULL,          -- plaintext bytes
-    stored_size INTEGER NOT NULL,          -- bytes of the object file (header + payload)
-    mirrors     INTEGER NOT NULL,          -- bitmask of mirror ids holding a good copy
+    stored_size INTEGER NOT NULL,          -- bytes of the codec frame (header + payload)
+    pack_id     INTEGER,                   -- NULL only during `snapfs upgrade` (not yet packed)
+    pack_offset INTEGER,                   -- byte offset of the entry in the pack file
+    entry_len   INTEGER,                   -- the entry's bytes: frame + 48 bytes of entry overhead
     refs        INTEGER NOT NULL DEFAULT 0 -- extent rows (any generation) that reference it; kept by triggers
 ) WITHOUT ROWID;
+
+-- Packs: the entry bytes each pack holds for chunk rows, kept by the triggers below.
+-- `live_bytes` counts the entries of chunks that still have a row; the rest of the
+-- file is dead (chunks gc dropped, entries a crash or a failed commit left) and comes
+-- back when the pack is compacted, or deleted once nothing in it is live.
+CREATE TABLE packs (
+    pack_id    INTEGER PRIMARY KEY NOT NULL,
+    bytes      INTEGER NOT NULL, -- entry bytes of every chunk row ever placed in it
+    live_bytes INTEGER NOT NULL  -- entry bytes of the chunk rows that name it now
+);
+
+CREATE TRIGGER chunks_pack_insert AFTER INSERT ON chunks WHEN NEW.pack_id IS NOT NULL BEGIN
+    INSERT INTO packs (pack_id, bytes, live_bytes) VALUES (NEW.pack_id, NEW.entry_len, NEW.entry_len)
+        ON CONFLICT (pack_id) DO UPDATE SET bytes = bytes + excluded.bytes,
+            live_bytes = live_bytes + excluded.live_bytes;
+END;
+
+CREATE TRIGGER chunks_pack_delete AFTER DELETE ON chunks WHEN OLD.pack_id IS NOT NULL BEGIN
+    UPDATE packs SET live_bytes = live_bytes - OLD.entry_len WHERE pack_id = OLD.pack_id;
+END;
+
+-- A chunk moved (compaction, upgrade, a catalog rebuilt from the packs).
+CREATE TRIGGER chunks_pack_move AFTER UPDATE OF pack_id, pack_offset, entry_len ON chunks BEGIN
+    UPDATE packs SET live_bytes = live_bytes - OLD.entry_len
+        WHERE OLD.pack_id IS NOT NULL AND pack_id = OLD.pack_id;
+    INSERT INTO packs (pack_id, bytes, live_bytes)
+        SELECT NEW.pack_id, NEW.entry_len, NEW.entry_len WHERE NEW.pack_id IS NOT NULL
+        ON CONFLICT (pack_id) DO UPDATE SET bytes = bytes + excluded.bytes,
+            live_bytes = live_bytes + excluded.live_bytes;
+END;
+
+-- Chunks by place, so that scrub, check and compaction walk a pack's entries in order.
+CREATE INDEX chunks_by_pack ON chunks (pack_id, pack_offset) WHERE pack_id IS NOT NULL;
 
 -- Chunks whose reference count fell to zero: what gc has to look at, so that gc costs
 -- time in proportion to the garbage. A chunk referenced again leaves the table.
@@ -229,10 +270,10 @@ CREATE INDEX xattrs_closed ON xattrs (gen_to, gen_from) WHERE gen_to != 92233720
 -- finding them costs nothing, whatever the tree.
 CREATE INDEX inodes_nameless ON inodes (inode_id) WHERE gen_to = 9223372036854775807 AND nlink = 0;
 
--- Mirrors: the object folders that each hold a copy of every chunk.
+-- Mirrors: the disk folders that each hold every pack.
 CREATE TABLE mirrors (
-    mirror_id INTEGER PRIMARY KEY NOT NULL, -- 0 … 63 (bit in chunks.mirrors); never reused
+    mirror_id INTEGER PRIMARY KEY NOT NULL, -- 0 … 63; never reused
     path      TEXT NOT NULL UNIQUE,         -- absolute path of the mirror folder
-    state     TEXT NOT NULL,                -- 'complete': holds every chunk; 'filling': being resilvered
+    state     TEXT NOT NULL,                -- 'complete': holds every pack; 'filling': being resilvered
     added_ns  INTEGER NOT NULL
 );

@@ -77,6 +77,10 @@ pub enum Error {
         found: u32,
         supported: u32,
     },
+    /// The repository is storage format 1 (a file per chunk), or an upgrade from it
+    /// was interrupted: this snapfs reads it only after `snapfs upgrade`.
+    #[error("{} {}; run `snapfs upgrade --repo {}` to convert it in place (resumable, nothing is lost)", path.display(), if *.interrupted { "is being upgraded to storage format 2 and the upgrade has not finished" } else { "is storage format 1 (one file per chunk)" }, path.display())]
+    NeedsUpgrade { path: PathBuf, interrupted: bool },
     /// A mirror could not be used and was set aside (degraded mode).
     #[error("mirror {id} ({}) is unusable: {reason}", path.display())]
     MirrorUnusable {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::catalog::{Catalog, MirrorRecord, NewCatalog, Settings};
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
-use crate::store::{DirStore, MirrorStore, ObjectStore};
+use crate::store::{PackMirrors, Redundancy, TARGET_PACK_BYTES};
 use crate::types::{MirrorId, RepoId};
 
 /// File name of the catalog inside the repository folder.
@@ -131,7 +131,7 @@ impl RepoLock {
 pub struct Repo {
     pub path: PathBuf,
     pub catalog: Catalog,
-    pub store: std::sync::Arc<MirrorStore>,
+    pub store: std::sync::Arc<dyn Redundancy>,
     pub settings: Settings,
     _lock: RepoLock,
 }
@@ -210,7 +210,7 @@ impl Repo {
                 .map_err(Error::io_with(format!("creating {}", path.display())))?;
             for (i, m) in mirrors.iter().enumerate() {
                 created_mirrors.push((m.clone(), m.exists()));
-                DirStore::create(m, repo_id, MirrorId(i as u32))?;
+                crate::store::claim_folder(m, repo_id, MirrorId(i as u32))?;
             }
             let (uid, gid) = (
                 rustix::process::getuid().as_raw(),
@@ -236,7 +236,7 @@ impl Repo {
             // Undo: the checks above passed, so these are folders and files we made.
             for (m, existed) in created_mirrors.iter().rev() {
                 let _ = std::fs::remove_file(m.join("MIRROR"));
-                let _ = std::fs::remove_dir_all(m.join("objects"));
+                let _ = std::fs::remove_dir_all(m.join(crate::store::PACKS_DIR));
                 if !existed {
                     let _ = std::fs::remove_dir(m);
                 }
@@ -261,11 +261,11 @@ impl Repo {
         let lock = RepoLock::acquire(path, holder)?;
         let catalog = Catalog::open(&path.join(CATALOG_FILE))?;
         let settings = catalog.settings()?;
-        let store = open_mirrors(&catalog.mirrors()?, settings.repo_id)?;
+        let store = open_store(&catalog, settings.repo_id)?;
         Ok(Repo {
             path: path.to_path_buf(),
             catalog,
-            store: std::sync::Arc::new(store),
+            store,
             settings,
             _lock: lock,
         })
@@ -275,12 +275,12 @@ impl Repo {
 impl Repo {
     /// Splits the repository into what a long-running server keeps: the catalog, the
     /// store, and the lock (which must live as long as the server writes).
-    pub fn into_parts(self) -> (Catalog, std::sync::Arc<MirrorStore>, RepoLock) {
+    pub fn into_parts(self) -> (Catalog, std::sync::Arc<dyn Redundancy>, RepoLock) {
         (self.catalog, self.store, self._lock)
     }
 }
 
-/// Marker file: something may have left object files the catalog does not know (a
+/// Marker file: something may have left pack bytes the catalog does not know (a
 /// daemon that did not exit cleanly, a commit that failed), so the next gc sweeps.
 pub const SWEEP_MARKER: &str = "sweep-needed";
 
@@ -324,26 +324,16 @@ pub fn open_catalog_read_only(path: &Path) -> Result<Catalog> {
     Catalog::open_read_only(&path.join(CATALOG_FILE))
 }
 
-/// Opens every recorded mirror; those that fail start out lost.
-pub fn open_mirrors(records: &[MirrorRecord], repo_id: RepoId) -> Result<MirrorStore> {
-    let stores = records
-        .iter()
-        .map(|m| {
-            // A mirror being filled is trusted neither for reads nor for dedup.
-            let store = if m.state == "filling" {
-                Err(Error::MirrorUnusable {
-                    id: m.id,
-                    path: m.path.clone(),
-                    reason: "incomplete: finish filling it with `snapfs mirror add` on the same folder"
-                        .into(),
-                })
-            } else {
-                DirStore::open(&m.path, repo_id, m.id).map(|s| Box::new(s) as Box<dyn ObjectStore>)
-            };
-            (m.id, store)
-        })
+/// Opens the store of every mirror `catalog` records: those that fail start out lost,
+/// those not complete start filling (written, read last, trusted once filled).
+pub fn open_store(catalog: &Catalog, repo_id: RepoId) -> Result<std::sync::Arc<dyn Redundancy>> {
+    let folders: Vec<(MirrorId, PathBuf, bool)> = catalog
+        .mirrors()?
+        .into_iter()
+        .map(|m: MirrorRecord| (m.id, m.path, m.state == "complete"))
         .collect();
-    MirrorStore::new(stores)
+    let store = PackMirrors::open(repo_id, &folders, catalog.next_pack_id()?, TARGET_PACK_BYTES)?;
+    Ok(std::sync::Arc::new(store))
 }
 
 /// Refuses a folder that cannot become a new mirror, without changing it.

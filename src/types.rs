@@ -1,7 +1,8 @@
 //! Newtypes for every identifier that crosses a module boundary.
 //!
 //! Owns: `ChunkId` (BLAKE3 of a chunk's plaintext), `InodeId` (catalog inode),
-//! `GenId` (catalog generation), `MirrorId`, `PackId`, `RepoId`. Depends on nothing but `blake3`.
+//! `GenId` (catalog generation), `MirrorId`, `PackId`, `Location` (a chunk's place in a
+//! pack), `RepoId`. Depends on nothing but `blake3`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -144,6 +145,22 @@ pub struct PackId(pub u64);
 impl fmt::Display for PackId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Where a chunk's pack entry lies: `len` bytes (the whole entry) at `offset` of pack
+/// `pack`, the same on every disk of a mirrored repository.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Location {
+    pub pack: PackId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl Location {
+    /// One past the entry's last byte.
+    pub fn end(&self) -> u64 {
+        self.offset + u64::from(self.len)
     }
 }
 

@@ -443,11 +443,13 @@ fn repo_step(fs: &Fs, rng: &mut Rng, snaps: &mut Vec<CoreSnap>, op: &str) -> sna
             }
         }
         "gc" => {
-            // One batch, as `gc_mounted` does each (which goes on while writers make
-            // garbage; the gc thread runs that).
-            let batch = fs.with_catalog(|cat, store, _| ops::gc::condemn(cat, store, ops::gc::BATCH))?;
+            // One batch, then the dead packs, as `gc_mounted` does (which goes on while
+            // writers make garbage; the gc thread runs that).
+            fs.with_catalog(|cat, _, _| ops::gc::condemn(cat, ops::gc::BATCH))?;
+            let dead = fs.with_catalog(|cat, store, _| ops::gc::dead_packs(cat, store))?;
             fs.wait_for_older_reads();
-            batch.delete(&fs.store())?;
+            fs.store().delete_packs(&dead)?;
+            fs.with_catalog(|cat, _, _| cat.drop_pack_rows(&dead))?;
         }
         "rollback" => {
             if !snaps.is_empty() {

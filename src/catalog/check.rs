@@ -166,9 +166,10 @@ impl Catalog {
         if bad_refs > 0 {
             problems.push(format!("{bad_refs} chunks have a wrong reference count"));
         }
-        let unowned = self.count("SELECT count(*) FROM chunks WHERE refs > 0 AND mirrors = 0 AND ?1 = ?1")?;
+        let unowned =
+            self.count("SELECT count(*) FROM chunks WHERE refs > 0 AND pack_id IS NULL AND ?1 = ?1")?;
         if unowned > 0 {
-            problems.push(format!("{unowned} referenced chunks are recorded in no mirror"));
+            problems.push(format!("{unowned} referenced chunks have no place in a pack"));
         }
         if self.version >= 2 {
             let (shared, total) = self.triples(SHARED_COOKIES)?;

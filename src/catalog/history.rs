@@ -445,7 +445,7 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT c.chunk_id, c.plain_size, c.stored_size, c.mirrors, c.refs
+                "SELECT c.chunk_id, c.plain_size, c.stored_size, c.pack_id, c.pack_offset, c.entry_len, c.refs
                  FROM chunk_garbage g JOIN chunks c ON c.chunk_id = g.chunk_id WHERE c.refs = 0
                  LIMIT ?1",
             )
@@ -761,81 +761,11 @@ impl Catalog {
         Ok(())
     }
 
-    /// Forgets a mirror: its row, and its bit in every chunk.
+    /// Forgets mirror `id`.
     pub fn remove_mirror(&mut self, id: crate::types::MirrorId) -> Result<()> {
-        let tx = self.begin()?;
-        tx.execute("DELETE FROM mirrors WHERE mirror_id = ?1", params![id.0])
-            .map_err(sql_err("removing a mirror"))?;
-        tx.execute("UPDATE chunks SET mirrors = mirrors & ~(1 << ?1)", params![id.0])
-            .map_err(sql_err("removing a mirror"))?;
-        tx.commit().map_err(sql_err("committing mirror removal"))
-    }
-
-    /// Clears mirror `id`'s bit in up to `limit` chunks after `after`, in id order, in
-    /// one short transaction; returns the last chunk id of the page (`None`: no chunk
-    /// was left). A removal through the mount clears a table of any size this way, a
-    /// page per turn of the catalog lock.
-    pub fn clear_mirror_bits(
-        &mut self,
-        id: crate::types::MirrorId,
-        after: Option<ChunkId>,
-        limit: usize,
-    ) -> Result<Option<ChunkId>> {
-        let start: Vec<u8> = after.map(|a| a.0.to_vec()).unwrap_or_default();
-        let last: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT max(chunk_id) FROM (SELECT chunk_id FROM chunks WHERE chunk_id > ?1 ORDER BY chunk_id LIMIT ?2)",
-                params![start, limit.max(1) as i64],
-                |r| r.get(0),
-            )
-            .map_err(sql_err("paging chunks"))?;
-        let Some(last) = last else {
-            return Ok(None);
-        };
-        self.conn
-            .execute(
-                "UPDATE chunks SET mirrors = mirrors & ~(1 << ?1) WHERE chunk_id > ?2 AND chunk_id <= ?3",
-                params![id.0, start, last],
-            )
-            .map_err(sql_err("clearing a mirror's chunk bits"))?;
-        Ok(Some(ChunkId::from_slice(&last).ok_or_else(|| {
-            Error::CorruptCatalog("a chunk id is not 32 bytes".into())
-        })?))
-    }
-
-    /// Forgets the row of mirror `id`, whose chunk bits `clear_mirror_bits` cleared.
-    pub fn remove_mirror_row(&mut self, id: crate::types::MirrorId) -> Result<()> {
         self.conn
             .execute("DELETE FROM mirrors WHERE mirror_id = ?1", params![id.0])
             .map_err(sql_err("removing a mirror"))?;
         Ok(())
-    }
-
-    /// Records that mirror `id` holds (durably) each of `chunks`; returns those the
-    /// catalog no longer has (gc deleted them meanwhile).
-    pub fn mark_chunks_in_mirror(
-        &mut self,
-        chunks: &[ChunkId],
-        id: crate::types::MirrorId,
-    ) -> Result<Vec<ChunkId>> {
-        let tx = self.begin()?;
-        let mut gone = Vec::new();
-        {
-            let mut stmt = tx
-                .prepare("UPDATE chunks SET mirrors = mirrors | (1 << ?2) WHERE chunk_id = ?1")
-                .map_err(sql_err("updating chunk mirrors"))?;
-            for c in chunks {
-                if stmt
-                    .execute(params![&c.0[..], id.0])
-                    .map_err(sql_err("updating chunk mirrors"))?
-                    == 0
-                {
-                    gone.push(*c);
-                }
-            }
-        }
-        tx.commit().map_err(sql_err("committing a mirror update"))?;
-        Ok(gone)
     }
 }

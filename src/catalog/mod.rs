@@ -11,6 +11,7 @@ mod check;
 mod history;
 mod listing;
 mod model;
+mod packs;
 mod pool;
 mod read;
 mod totals;
@@ -26,18 +27,23 @@ pub use model::{
     ChunkInfo, ChunkTotals, DirEntry, Extent, FileKind, Generation, InodeAttr, MirrorRecord, NewInode,
     RollbackChanges, Settings, TreeTotals,
 };
+pub use packs::PackRow;
 pub use pool::ReadPool;
 pub use write::Txn;
 
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
-use crate::types::{ChunkId, GenId, InodeId, MirrorId, RepoId};
+use crate::types::{ChunkId, GenId, InodeId, Location, MirrorId, RepoId};
 
 /// The schema, documented table by table.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
-/// The schema version this code writes and reads (PRAGMA user_version).
-pub const SCHEMA_VERSION: u32 = 3;
+/// The schema version this code writes and reads (PRAGMA user_version): 4, storage
+/// format 2. Versions 1 to 3 are format 1, opened only by `snapfs upgrade`.
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// The settings key present while `snapfs upgrade` moves chunks into packs.
+pub const UPGRADE_KEY: &str = "upgrade";
 
 /// Prepared statements kept per connection: more than the catalog has.
 const STATEMENT_CACHE: usize = 128;
@@ -167,28 +173,96 @@ impl Catalog {
     }
 
     /// Opens an existing catalog for reading and writing. The caller holds the
-    /// repository lock.
+    /// repository lock. A format-1 catalog, or one whose upgrade is unfinished, is
+    /// refused with `NeedsUpgrade`.
     pub fn open(path: &Path) -> Result<Catalog> {
-        Catalog::open_with(path, false)
+        Catalog::open_with(path, false, false)
     }
 
-    /// Opens an existing catalog read-only; safe while a writer has it open.
+    /// Opens an existing catalog read-only; safe while a writer has it open. Refuses
+    /// what `open` refuses.
     pub fn open_read_only(path: &Path) -> Result<Catalog> {
-        Catalog::open_with(path, true)
+        Catalog::open_with(path, true, false)
     }
 
-    fn open_with(path: &Path, read_only: bool) -> Result<Catalog> {
-        Catalog::open_unchecked(path, read_only).map_err(|e| match e {
+    /// Opens a catalog of any format for `snapfs upgrade`, migrating a format-1 one to
+    /// schema 4 (one transaction; its chunks are then unplaced until the upgrade
+    /// packs them). The caller holds the repository lock.
+    pub fn open_for_upgrade(path: &Path) -> Result<Catalog> {
+        Catalog::open_with(path, false, true)
+    }
+
+    /// A copy of the catalog (e.g. in a mirror) opened read-only whatever its format,
+    /// for `recover` to inspect; nothing but its generations and settings is read.
+    pub fn open_copy(path: &Path) -> Result<Catalog> {
+        Catalog::open_with(path, true, true)
+    }
+
+    /// True while `snapfs upgrade` has chunks left to pack.
+    pub fn upgrade_unfinished(&self) -> Result<bool> {
+        if self.version < SCHEMA_VERSION {
+            return Ok(true);
+        }
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM settings WHERE key = ?1)",
+                params![UPGRADE_KEY],
+                |r| r.get(0),
+            )
+            .map_err(sql_err("reading the upgrade state"))
+    }
+
+    /// Ends an upgrade: drops the format-1 column and the upgrade mark, in one
+    /// transaction. Every chunk must have its place.
+    pub fn finish_upgrade(&mut self) -> Result<()> {
+        let tx = self.begin()?;
+        let unplaced: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM chunks WHERE pack_id IS NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err("checking the upgrade"))?;
+        if unplaced {
+            return Err(Error::CorruptCatalog(
+                "the upgrade cannot finish while chunks have no place in a pack".into(),
+            ));
+        }
+        let has_mirrors_column: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('chunks') WHERE name = 'mirrors')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err("checking the upgrade"))?;
+        if has_mirrors_column {
+            tx.execute_batch("ALTER TABLE chunks DROP COLUMN mirrors")
+                .map_err(sql_err("dropping chunks.mirrors"))?;
+        }
+        tx.execute("DELETE FROM settings WHERE key = ?1", params![UPGRADE_KEY])
+            .map_err(sql_err("ending the upgrade"))?;
+        tx.commit().map_err(sql_err("committing the end of the upgrade"))
+    }
+
+    fn open_with(path: &Path, read_only: bool, any_format: bool) -> Result<Catalog> {
+        let catalog = Catalog::open_unchecked(path, read_only, any_format).map_err(|e| match e {
             // Not a database at all, or one SQLite cannot read: say what to do.
             Error::Catalog { context, source } => Error::CorruptCatalog(format!(
                 "{} cannot be read ({context}: {source}); rebuild it from a mirror's copy with `snapfs recover`",
                 path.display()
             )),
             other => other,
-        })
+        })?;
+        if !any_format && catalog.upgrade_unfinished()? {
+            return Err(Error::NeedsUpgrade {
+                path: path.parent().unwrap_or(path).to_path_buf(),
+                interrupted: catalog.version == SCHEMA_VERSION,
+            });
+        }
+        Ok(catalog)
     }
 
-    fn open_unchecked(path: &Path, read_only: bool) -> Result<Catalog> {
+    fn open_unchecked(path: &Path, read_only: bool, any_format: bool) -> Result<Catalog> {
         if !path.is_file() {
             return Err(Error::NotARepository {
                 path: path.parent().unwrap_or(path).to_path_buf(),
@@ -223,7 +297,7 @@ impl Catalog {
             });
         }
         let mut conn = conn;
-        if version < SCHEMA_VERSION && !read_only {
+        if version < SCHEMA_VERSION && !read_only && any_format {
             migrate(&mut conn, version)?;
         }
         let mut catalog = Catalog::from_conn(conn, path, read_only)?;
@@ -550,7 +624,24 @@ impl Catalog {
         Ok(
             read::extent_rows(&self.conn, gen, inode, start, end, self.max_extent)?
                 .into_iter()
-                .map(|(e, _)| e)
+                .map(|(e, _, _)| e)
+                .collect(),
+        )
+    }
+
+    /// `extents`, each with its chunk's pack entry (`None`: not packed yet, during an
+    /// upgrade), which is what reading the bytes needs.
+    pub fn placed_extents(
+        &self,
+        gen: GenId,
+        inode: InodeId,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(Extent, Option<Location>)>> {
+        Ok(
+            read::extent_rows(&self.conn, gen, inode, start, end, self.max_extent)?
+                .into_iter()
+                .map(|(e, _, at)| (e, at))
                 .collect(),
         )
     }
@@ -589,18 +680,13 @@ impl Catalog {
             .map_err(sql_err("listing mirrors"))
     }
 
-    /// Totals over the chunk table; with `mirror`, only the chunks that mirror holds.
-    pub fn chunk_totals(&self, mirror: Option<MirrorId>) -> Result<ChunkTotals> {
-        let mask: i64 = match mirror {
-            Some(m) => 1i64 << m.0,
-            None => -1,
-        };
+    /// Totals over the chunk table.
+    pub fn chunk_totals(&self) -> Result<ChunkTotals> {
         let (chunks, plain, stored): (i64, i64, i64) = self
             .conn
             .query_row(
-                "SELECT count(*), coalesce(sum(plain_size), 0), coalesce(sum(stored_size), 0)
-                 FROM chunks WHERE (mirrors & ?1) != 0 OR ?1 = -1",
-                params![mask],
+                "SELECT count(*), coalesce(sum(plain_size), 0), coalesce(sum(stored_size), 0) FROM chunks",
+                [],
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .map_err(sql_err("counting chunks"))?;
@@ -758,6 +844,9 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<()> {
     }
     if from < 3 {
         totals::migrate_v2(&tx)?;
+    }
+    if from < 4 {
+        packs::migrate_v3(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(sql_err("setting the schema version"))?;

@@ -2,7 +2,7 @@
 //! generations, chunks, settings. No SQL here.
 
 use crate::chunker::ChunkerParams;
-use crate::types::{ChunkId, GenId, InodeId, MirrorId, RepoId};
+use crate::types::{ChunkId, GenId, InodeId, Location, MirrorId, RepoId};
 
 /// What an inode is.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -147,8 +147,8 @@ pub struct ChunkInfo {
     pub id: ChunkId,
     pub plain_size: u64,
     pub stored_size: u64,
-    /// Bitmask of mirror ids that hold a good copy.
-    pub mirrors: u64,
+    /// Its pack entry; `None` only in a format-1 repository being upgraded.
+    pub location: Option<Location>,
     /// Extent rows, in any generation, that reference it.
     pub refs: u64,
 }

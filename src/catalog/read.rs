@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::model::{ChunkInfo, DirEntry, Extent, FileKind, InodeAttr};
 use super::sql_err;
 use crate::error::{Error, Result};
-use crate::types::{ChunkId, GenId, InodeId};
+use crate::types::{ChunkId, GenId, InodeId, Location, PackId};
 
 pub(super) const INODE_COLUMNS: &str =
     "inode_id, kind, mode, uid, gid, size, nlink, rdev, atime_ns, mtime_ns, ctime_ns, target";
@@ -156,8 +156,12 @@ pub fn names_of(conn: &Connection, gen: GenId, inode: InodeId) -> Result<Vec<(In
         .map_err(sql_err("finding the names of an inode"))
 }
 
+/// An extent row as `extent_rows` reads it: the extent, its row's gen_from, and its
+/// chunk's pack entry (`None` when the chunk has no place yet: an upgrade under way).
+pub(super) type ExtentRow = (Extent, i64, Option<Location>);
+
 /// The extents of `inode` in `gen` that overlap `[start, end)`, in file order, each
-/// with the gen_from of its row. `max_extent` bounds every extent's length
+/// with the gen_from of its row and its chunk's place. `max_extent` bounds every extent's length
 /// (settings.chunk_max), which lets the query start its index scan near `start`.
 pub(super) fn extent_rows(
     conn: &Connection,
@@ -166,7 +170,7 @@ pub(super) fn extent_rows(
     start: u64,
     end: u64,
     max_extent: u64,
-) -> Result<Vec<(Extent, i64)>> {
+) -> Result<Vec<ExtentRow>> {
     if start >= end {
         return Ok(Vec::new());
     }
@@ -174,10 +178,12 @@ pub(super) fn extent_rows(
     let end = end.min(i64::MAX as u64) as i64;
     let mut stmt = conn
         .prepare_cached(
-            "SELECT file_offset, length, chunk_id, chunk_offset, gen_from FROM extents
-             WHERE inode_id = ?1 AND file_offset >= ?2 AND file_offset < ?3
-               AND gen_from <= ?4 AND gen_to > ?4
-             ORDER BY file_offset",
+            "SELECT e.file_offset, e.length, e.chunk_id, e.chunk_offset, e.gen_from,
+                    c.pack_id, c.pack_offset, c.entry_len
+             FROM extents e LEFT JOIN chunks c ON c.chunk_id = e.chunk_id
+             WHERE e.inode_id = ?1 AND e.file_offset >= ?2 AND e.file_offset < ?3
+               AND e.gen_from <= ?4 AND e.gen_to > ?4
+             ORDER BY e.file_offset",
         )
         .map_err(sql_err("preparing extent query"))?;
     let rows = stmt
@@ -188,12 +194,13 @@ pub(super) fn extent_rows(
                 row.get::<_, Vec<u8>>(2)?,
                 row.get::<_, i64>(3)? as u64,
                 row.get::<_, i64>(4)?,
+                location_from_row(row, 5)?,
             ))
         })
         .map_err(sql_err("reading extents"))?;
     let mut out = Vec::new();
     for row in rows {
-        let (offset, length, chunk, chunk_offset, gen_from) = row.map_err(sql_err("reading extents"))?;
+        let (offset, length, chunk, chunk_offset, gen_from, at) = row.map_err(sql_err("reading extents"))?;
         if offset + length <= start {
             continue;
         }
@@ -210,6 +217,7 @@ pub(super) fn extent_rows(
                 chunk_offset,
             },
             gen_from,
+            at,
         ));
     }
     Ok(out)
@@ -249,7 +257,21 @@ pub fn xattrs(conn: &Connection, gen: GenId, inode: InodeId) -> Result<Vec<(Vec<
 }
 
 /// Columns of a `chunks` row read by `chunk_from_row`, in its order.
-pub(super) const CHUNK_COLUMNS: &str = "chunk_id, plain_size, stored_size, mirrors, refs";
+pub(super) const CHUNK_COLUMNS: &str =
+    "chunk_id, plain_size, stored_size, pack_id, pack_offset, entry_len, refs";
+
+/// The location in columns `first..first + 3` (pack_id, pack_offset, entry_len);
+/// `None` when pack_id is NULL.
+pub(super) fn location_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<Location>> {
+    let Some(pack) = row.get::<_, Option<i64>>(first)? else {
+        return Ok(None);
+    };
+    Ok(Some(Location {
+        pack: PackId(pack as u64),
+        offset: row.get::<_, i64>(first + 1)? as u64,
+        len: row.get::<_, i64>(first + 2)? as u32,
+    }))
+}
 
 /// A `chunks` row (selected with `CHUNK_COLUMNS`, possibly with a table prefix).
 pub(super) fn chunk_from_row(row: &Row<'_>) -> rusqlite::Result<ChunkInfo> {
@@ -261,7 +283,7 @@ pub(super) fn chunk_from_row(row: &Row<'_>) -> rusqlite::Result<ChunkInfo> {
         id,
         plain_size: row.get::<_, i64>(1)? as u64,
         stored_size: row.get::<_, i64>(2)? as u64,
-        mirrors: row.get::<_, i64>(3)? as u64,
-        refs: row.get::<_, i64>(4)? as u64,
+        location: location_from_row(row, 3)?,
+        refs: row.get::<_, i64>(6)? as u64,
     })
 }

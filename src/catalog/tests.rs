@@ -114,7 +114,7 @@ fn frozen_generation_keeps_its_view_after_live_changes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
     let tx = cat.write().unwrap();
-    tx.add_chunk(&chunk(1), 100, 50, 3).unwrap();
+    tx.add_chunk(&chunk(1), 100, 50, place(1, 0, 100)).unwrap();
     let f = tx.create_inode(&file(FileKind::File)).unwrap();
     tx.link(InodeId::ROOT, b"a", f.id).unwrap();
     tx.set_extents(
@@ -238,7 +238,7 @@ fn garbage_table_collects_unreferenced_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
     let tx = cat.write().unwrap();
-    tx.add_chunk(&chunk(3), 10, 10, 1).unwrap();
+    tx.add_chunk(&chunk(3), 10, 10, place(1, 0, 100)).unwrap();
     let f = tx.create_inode(&file(FileKind::File)).unwrap().id;
     tx.link(InodeId::ROOT, b"f", f).unwrap();
     tx.set_extents(
@@ -268,8 +268,8 @@ fn a_chunk_recorded_but_never_referenced_is_garbage_and_a_referenced_one_is_not(
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
     let tx = cat.write().unwrap();
-    tx.add_chunk(&chunk(4), 10, 10, 1).unwrap();
-    tx.add_chunk(&chunk(5), 10, 10, 1).unwrap();
+    tx.add_chunk(&chunk(4), 10, 10, place(1, 0, 100)).unwrap();
+    tx.add_chunk(&chunk(5), 10, 10, place(1, 0, 100)).unwrap();
     let f = tx.create_inode(&file(FileKind::File)).unwrap().id;
     tx.link(InodeId::ROOT, b"f", f).unwrap();
     tx.set_extents(
@@ -561,7 +561,8 @@ fn apply(cat: &mut Catalog, model: &mut Model, op: &Op) {
                 at += l;
             }
             let tx = cat.write().unwrap();
-            tx.add_chunk(&chunk(c), 1 << 20, 1 << 19, 1).unwrap();
+            tx.add_chunk(&chunk(c), 1 << 20, 1 << 19, place(1, 0, 100))
+                .unwrap();
             tx.set_extents(InodeId(id), start, end, &new).unwrap();
             let attr = tx.expect_inode(InodeId(id)).unwrap();
             tx.set_inode(&InodeAttr {
@@ -709,23 +710,76 @@ proptest! {
     }
 }
 
+/// A place: `len` bytes at `offset` of pack `pack`.
+fn place(pack: u64, offset: u64, len: u32) -> crate::types::Location {
+    crate::types::Location {
+        pack: crate::types::PackId(pack),
+        offset,
+        len,
+    }
+}
+
 #[test]
-fn clearing_a_mirrors_bits_page_by_page_reaches_every_chunk_and_no_other_bit() {
+fn packs_count_their_live_bytes_as_chunks_come_go_and_move() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
     let tx = cat.write().unwrap();
-    for i in 0..10u8 {
-        tx.add_chunk(&chunk(i), 10, 10, 0b101).unwrap();
+    for i in 0..4u8 {
+        tx.add_chunk(
+            &chunk(i),
+            10,
+            10,
+            place(1 + u64::from(i / 2), 48 + 100 * u64::from(i % 2), 100),
+        )
+        .unwrap();
     }
+    // A chunk stored again (a write racing a dedup) keeps its first place.
+    tx.add_chunk(&chunk(0), 10, 10, place(9, 48, 100)).unwrap();
     tx.commit().unwrap();
-    let mut cursor = None;
-    let mut pages = 0;
-    while let Some(last) = cat.clear_mirror_bits(MirrorId(2), cursor, 3).unwrap() {
-        cursor = Some(last);
-        pages += 1;
-    }
-    assert_eq!(pages, 4, "10 chunks in pages of 3");
-    for i in 0..10u8 {
-        assert_eq!(cat.chunk(&chunk(i)).unwrap().unwrap().mirrors, 0b001, "chunk {i}");
-    }
+    let counts = |cat: &Catalog| -> Vec<(u64, u64, u64)> {
+        cat.packs()
+            .unwrap()
+            .iter()
+            .map(|p| (p.id.0, p.bytes, p.live_bytes))
+            .collect()
+    };
+    assert_eq!(counts(&cat), [(1, 200, 200), (2, 200, 200)]);
+    assert_eq!(
+        cat.chunk(&chunk(0)).unwrap().unwrap().location,
+        Some(place(1, 48, 100))
+    );
+    assert_eq!(cat.next_pack_id().unwrap().0, 3);
+    // gc drops both chunks of pack 1: it is dead, pack 2 is not.
+    cat.drop_chunks(&[chunk(0), chunk(1)]).unwrap();
+    assert_eq!(counts(&cat), [(1, 200, 0), (2, 200, 200)]);
+    assert_eq!(cat.dead_packs().unwrap(), [crate::types::PackId(1)]);
+    // Compaction moves pack 2's chunks to pack 3: 2 is dead then, and its row goes.
+    let moved = cat
+        .set_locations(&[
+            (chunk(2), place(3, 48, 100)),
+            (chunk(3), place(3, 148, 100)),
+            (chunk(7), place(3, 248, 1)),
+        ])
+        .unwrap();
+    assert_eq!(moved, 2, "a chunk the catalog does not have is skipped");
+    assert_eq!(counts(&cat), [(1, 200, 0), (2, 200, 0), (3, 200, 200)]);
+    cat.drop_pack_rows(&[crate::types::PackId(1), crate::types::PackId(2)])
+        .unwrap();
+    assert_eq!(counts(&cat), [(3, 200, 200)]);
+    assert!(
+        cat.drop_pack_rows(&[crate::types::PackId(3)]).is_err(),
+        "pack 3 is named"
+    );
+    let placed: Vec<_> = cat
+        .chunks_by_place(None, 10)
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(placed, [chunk(2), chunk(3)]);
+    assert_eq!(
+        cat.chunks_by_place(Some(place(3, 48, 0)), 10).unwrap()[0].id,
+        chunk(3)
+    );
+    assert!(cat.check_invariants().unwrap().is_empty());
 }

@@ -41,7 +41,7 @@ const V3_STATEMENTS: [&str; 17] = [
 
 /// The one statement of schema.sql that starts with `first_words` (a trigger up to
 /// its `END;`), so that migrations run the schema's own text.
-fn schema_statement(first_words: &str) -> Result<&'static str> {
+pub(super) fn schema_statement(first_words: &str) -> Result<&'static str> {
     let schema = super::SCHEMA;
     let start = schema
         .find(first_words)

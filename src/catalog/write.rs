@@ -11,7 +11,7 @@ use super::model::{ChunkInfo, Extent, FileKind, InodeAttr, NewInode};
 use super::sql_err;
 use super::{listing, read};
 use crate::error::{Error, Result};
-use crate::types::{ChunkId, GenId, InodeId};
+use crate::types::{ChunkId, GenId, InodeId, Location, MirrorId};
 
 /// One write transaction on the live generation. Reads through it see its own changes.
 /// Dropping it without `commit` rolls everything back.
@@ -99,7 +99,7 @@ impl<'c> Txn<'c> {
         Ok(
             read::extent_rows(&self.tx, self.live, inode, start, end, self.max_extent)?
                 .into_iter()
-                .map(|(e, _)| e)
+                .map(|(e, _, _)| e)
                 .collect(),
         )
     }
@@ -488,7 +488,8 @@ impl<'c> Txn<'c> {
             }
             last = e.end();
         }
-        for (old, gen_from) in read::extent_rows(&self.tx, self.live, inode, start, end, self.max_extent)? {
+        for (old, gen_from, _) in read::extent_rows(&self.tx, self.live, inode, start, end, self.max_extent)?
+        {
             self.close_row(
                 "extents",
                 "inode_id = ?1 AND file_offset = ?2 AND gen_from = ?3",
@@ -544,21 +545,24 @@ impl<'c> Txn<'c> {
         Ok(())
     }
 
-    /// Records that chunk `id` is stored (durably) in the mirrors of bitmask `mirrors`;
-    /// a known chunk gains those mirrors.
-    pub fn add_chunk(&self, id: &ChunkId, plain_size: u64, stored_size: u64, mirrors: u64) -> Result<()> {
+    /// Records that chunk `id` is stored (durably) in the pack entry at `at`. A chunk
+    /// the catalog knows already keeps its row (its entry is as good; the new one is
+    /// dead bytes).
+    pub fn add_chunk(&self, id: &ChunkId, plain_size: u64, stored_size: u64, at: Location) -> Result<()> {
         let mut stmt = self
             .tx
             .prepare_cached(
-                "INSERT INTO chunks (chunk_id, plain_size, stored_size, mirrors) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (chunk_id) DO UPDATE SET mirrors = mirrors | excluded.mirrors",
+                "INSERT INTO chunks (chunk_id, plain_size, stored_size, pack_id, pack_offset, entry_len)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (chunk_id) DO NOTHING",
             )
             .map_err(sql_err("preparing chunk insert"))?;
         stmt.execute(params![
             &id.0[..],
             plain_size as i64,
             stored_size as i64,
-            mirrors as i64
+            at.pack.0 as i64,
+            at.offset as i64,
+            i64::from(at.len)
         ])
         .map_err(sql_err("recording a chunk"))?;
         // Unreferenced until an extent names it (the insert trigger then takes it out
@@ -574,14 +578,16 @@ impl<'c> Txn<'c> {
         Ok(())
     }
 
-    /// Records that the mirrors of bitmask `mirrors` no longer hold chunk `id`.
-    pub fn drop_chunk_mirrors(&self, id: &ChunkId, mirrors: u64) -> Result<()> {
+    /// Notes that mirror `id` may lack what this transaction names (it is lost or
+    /// still filling): it counts as incomplete, and is filled before it is trusted.
+    pub fn mark_mirror_incomplete(&self, id: MirrorId) -> Result<()> {
         self.tx
-            .execute(
-                "UPDATE chunks SET mirrors = mirrors & ~?2 WHERE chunk_id = ?1",
-                params![&id.0[..], mirrors as i64],
+            .prepare_cached(
+                "UPDATE mirrors SET state = 'filling' WHERE mirror_id = ?1 AND state != 'filling'",
             )
-            .map_err(sql_err("updating a chunk's mirrors"))?;
+            .map_err(sql_err("preparing a mirror update"))?
+            .execute(params![id.0])
+            .map_err(sql_err("marking a mirror incomplete"))?;
         Ok(())
     }
 

@@ -44,7 +44,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         &mut |done, total| bar.set(done, total),
         |r| {
             let stats =
-                gc::gc_with_progress(&mut r.catalog, &r.store, dry_run, sweep, &mut |done, total| {
+                gc::gc_with_progress(&mut r.catalog, &*r.store, dry_run, sweep, &mut |done, total| {
                     bar.set(done, total)
                 })?;
             if sweep && !dry_run {

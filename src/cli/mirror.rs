@@ -63,10 +63,10 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             bar.finish();
             let report = report.with_context(|| format!("cannot add mirror {}", dir.display()))?;
             println!(
-                "mirror {} at {} is complete: {} chunks, {} copied ({})",
+                "mirror {} at {} is complete: {} packs, {} copied ({})",
                 report.mirror,
                 dir.display(),
-                report.chunks,
+                report.packs,
                 report.copied,
                 human_bytes(report.bytes)
             );

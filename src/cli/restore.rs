@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use snapfs::ops::{restore, snapshots};
-use snapfs::repo::open_mirrors;
 
 use super::human_bytes;
 use super::progress::Progress;
@@ -33,7 +32,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     let catalog = snapfs::repo::open_catalog_read_only(repo)
         .with_context(|| format!("cannot read repository {}", repo.display()))?;
     let settings = catalog.settings()?;
-    let store = open_mirrors(&catalog.mirrors()?, settings.repo_id)?;
+    let store = snapfs::repo::open_store(&catalog, settings.repo_id)?;
     let gen = snapshots::resolve(&catalog, &args.name)?;
     let dest = match args.dest {
         Some(d) if d.is_dir() => d.join(last_part(&args.path)),
@@ -53,7 +52,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     } else {
         0
     };
-    let stats = restore::restore_with_progress(&catalog, &store, gen.id, &args.path, &dest, &mut |done| {
+    let stats = restore::restore_with_progress(&catalog, &*store, gen.id, &args.path, &dest, &mut |done| {
         bar.set(done, total)
     });
     bar.finish();

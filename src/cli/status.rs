@@ -38,10 +38,16 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     );
     println!("snapshots   {}", report.snapshots);
     println!(
-        "stored      {} chunks, {} unique, {} on disk per mirror",
+        "stored      {} chunks, {} unique, {} compressed per mirror",
         report.chunks,
         human_bytes(report.unique_bytes),
         human_bytes(report.stored_bytes)
+    );
+    println!(
+        "packs       {} of entries, {} live ({} dead, given back by compaction)",
+        human_bytes(report.pack_bytes),
+        human_bytes(report.live_pack_bytes),
+        human_bytes(report.pack_bytes.saturating_sub(report.live_pack_bytes))
     );
     println!(
         "ratios      dedup {:.2}x, compression {:.2}x",
@@ -53,17 +59,12 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             .available_bytes
             .map(|b| format!(", {} free", human_bytes(b)))
             .unwrap_or_default();
-        let sync = match (m.sync.as_deref(), m.filesystem.as_deref()) {
-            (Some(mode), _) if m.sync_forced => format!(", {} (forced by SNAPFS_SYNC)", sync_words(mode)),
-            (Some(mode), Some(fs)) => format!(", {} ({fs})", sync_words(mode)),
-            _ => String::new(),
-        };
         println!(
-            "  {} {:<9} {} ({} chunks, {}{free}{sync})",
+            "  {} {:<9} {} ({} packs, {}{free})",
             m.id,
             m.state,
             m.path.display(),
-            m.chunks,
+            m.packs,
             human_bytes(m.stored_bytes)
         );
         if let Some(problem) = &m.problem {
@@ -71,13 +72,4 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// What a mirror's sync mode is called in the text output.
-fn sync_words(mode: &str) -> &str {
-    match mode {
-        "syncfs" => "synced by syncfs",
-        "fsync" => "synced by fsync per file",
-        other => other,
-    }
 }

@@ -30,14 +30,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use privileges::Writer;
-pub use read::{read_at, read_extents, ChunkCache, Prefetcher};
+pub use read::{placed, read_at, read_extents, ChunkCache, Placed, Prefetcher};
 pub use space::{Allocate, Seek, BLOCK_SIZE};
 pub use view::{Listed, Node, SnapDir};
 
 use crate::catalog::{Catalog, FileKind, InodeAttr, NewInode, Settings};
 use crate::error::{Error, Result};
 use crate::ingest::{Backlog, ChunkSink};
-use crate::store::{MirrorStore, ObjectStore};
+use crate::store::Redundancy;
 use crate::types::{GenId, InodeId};
 use write::DirtyFile;
 
@@ -159,7 +159,7 @@ const REMOVAL_STEP_EXTENTS: u64 = 1024;
 const SEQUENTIAL_SLACK: u64 = 4 << 20;
 
 impl State {
-    fn sink_store(&self) -> Arc<MirrorStore> {
+    fn sink_store(&self) -> Arc<dyn Redundancy> {
         self.sink.store()
     }
 
@@ -182,7 +182,7 @@ pub struct Fs {
     readers: crate::catalog::ReadPool,
     /// Reads fetching chunks, which gc waits for before it deletes any.
     reads: inflight::ReadsInFlight,
-    store: Arc<MirrorStore>,
+    store: Arc<dyn Redundancy>,
     cache: Arc<ChunkCache>,
     prefetcher: Prefetcher,
     settings: Settings,
@@ -236,7 +236,7 @@ fn lossy(name: &[u8]) -> String {
 impl Fs {
     /// Serves the live tree of `catalog` with chunks in `store`. Removes inodes that a
     /// crash left with no name (unlinked while open).
-    pub fn new(catalog: Catalog, store: Arc<MirrorStore>, options: FsOptions) -> Result<Fs> {
+    pub fn new(catalog: Catalog, store: Arc<dyn Redundancy>, options: FsOptions) -> Result<Fs> {
         let settings = catalog.settings()?;
         catalog.set_durable_commits(false)?;
         let mut catalog = catalog;
@@ -674,12 +674,14 @@ impl Fs {
                         let attr = attr_of(&st, ino)?;
                         let live = st.catalog.live();
                         let later = match ahead {
-                            Some((from, to)) => st.catalog.extents(live, ino, from, to)?,
+                            Some((from, to)) => {
+                                read::placed(st.catalog.placed_extents(live, ino, from, to)?)?
+                            }
                             None => Vec::new(),
                         };
                         PlannedRead {
                             attr,
-                            extents: view.extents,
+                            extents: write::locate(&st, view.extents)?,
                             tail: Some((view.tail_offset, view.tail)),
                             later,
                         }
@@ -700,12 +702,17 @@ impl Fs {
         // This read's own chunks after its first go to the loaders too, so that a
         // large read (the kernel asks for up to 1 MiB) loads them in parallel while
         // this thread loads the first; then the read-ahead.
-        let own = extents.iter().skip(1).map(|e| e.chunk);
+        let own = extents.iter().skip(1).map(|(e, at)| (e.chunk, *at));
         self.prefetcher.prefetch(
             &self.cache,
-            own.chain(later.iter().filter(|e| e.end() > end).map(|e| e.chunk)),
+            own.chain(
+                later
+                    .iter()
+                    .filter(|(e, _)| e.end() > end)
+                    .map(|(e, at)| (e.chunk, *at)),
+            ),
         );
-        let mut out = read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)?;
+        let mut out = read::read_extents(&*self.store, &self.cache, &attr, &extents, offset, len)?;
         if let Some((tail_offset, tail)) = tail.filter(|(_, t)| !t.is_empty()) {
             let from = (tail_offset - offset) as usize;
             out.get_mut(from..from + tail.len())
@@ -1030,7 +1037,7 @@ impl Fs {
     /// release.
     pub fn with_catalog<T>(
         &self,
-        f: impl FnOnce(&mut Catalog, &MirrorStore, &[InodeId]) -> Result<T>,
+        f: impl FnOnce(&mut Catalog, &dyn Redundancy, &[InodeId]) -> Result<T>,
     ) -> Result<T> {
         // Repository operations run in many short steps; requests go first.
         self.let_requests_in();
@@ -1047,7 +1054,7 @@ impl Fs {
         st.publish();
         self.lock_read_ends().clear();
         let open: Vec<InodeId> = st.open.keys().copied().collect();
-        let result = f(&mut st.catalog, &self.store, &open);
+        let result = f(&mut st.catalog, &*self.store, &open);
         st.nameless.maybe.extend(open);
         result
     }
@@ -1084,7 +1091,7 @@ impl Fs {
     }
 
     /// The chunk store.
-    pub fn store(&self) -> Arc<MirrorStore> {
+    pub fn store(&self) -> Arc<dyn Redundancy> {
         self.store.clone()
     }
 
@@ -1133,9 +1140,9 @@ fn committed_attr(cat: &Catalog, live: GenId, ino: InodeId) -> Result<InodeAttr>
 /// read, the buffered tail laid over them (if any) and the extents to read ahead.
 struct PlannedRead {
     attr: InodeAttr,
-    extents: Vec<crate::catalog::Extent>,
+    extents: Vec<read::Placed>,
     tail: Option<(u64, Vec<u8>)>,
-    later: Vec<crate::catalog::Extent>,
+    later: Vec<read::Placed>,
 }
 
 /// `PlannedRead` of `offset..end` of committed `ino`, with read-ahead over `ahead`.
@@ -1151,9 +1158,9 @@ fn plan_read(
     if attr.kind == FileKind::Dir {
         return Err(Error::IsDir(format!("inode {ino}")));
     }
-    let extents = cat.extents(live, ino, offset, end)?;
+    let extents = read::placed(cat.placed_extents(live, ino, offset, end)?)?;
     let later = match ahead {
-        Some((from, to)) => cat.extents(live, ino, from, to)?,
+        Some((from, to)) => read::placed(cat.placed_extents(live, ino, from, to)?)?,
         None => Vec::new(),
     };
     Ok(PlannedRead {

@@ -1,13 +1,28 @@
-//! Reading file bytes: extents from the catalog, verified chunks from the mirrors,
-//! through a small cache of decoded chunks.
+//! Reading file bytes: extents from the catalog with their chunks' places, verified
+//! chunks from the redundancy layer, through a small cache of decoded chunks.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::catalog::{Catalog, Extent, InodeAttr};
 use crate::error::{Error, Result};
-use crate::store::MirrorStore;
-use crate::types::{ChunkId, GenId};
+use crate::store::Redundancy;
+use crate::types::{ChunkId, GenId, Location};
+
+/// An extent with the place of its chunk: what reading it needs.
+pub type Placed = (Extent, Location);
+
+/// The catalog's extents with their places; a chunk without one (only in a
+/// repository whose upgrade has not finished) is an error naming it.
+pub fn placed(extents: Vec<(Extent, Option<Location>)>) -> Result<Vec<Placed>> {
+    extents
+        .into_iter()
+        .map(|(e, at)| {
+            at.map(|at| (e, at))
+                .ok_or_else(|| Error::CorruptCatalog(format!("chunk {} has no place in a pack", e.chunk)))
+        })
+        .collect()
+}
 
 /// A chunk in the cache: loaded, or being loaded by some thread.
 enum Slot {
@@ -38,10 +53,10 @@ impl ChunkCache {
         }
     }
 
-    /// The plaintext of `id`, from the cache or read and verified from the mirrors.
-    pub fn get(&self, store: &MirrorStore, id: &ChunkId) -> Result<Arc<Vec<u8>>> {
+    /// The plaintext of `id` (at `at`), from the cache or read and verified.
+    pub fn get(&self, store: &dyn Redundancy, id: &ChunkId, at: Location) -> Result<Arc<Vec<u8>>> {
         if self.capacity == 0 {
-            return Ok(Arc::new(store.get_verified(id)?));
+            return Ok(Arc::new(store.read(id, at)?));
         }
         let mut guard = self.lock();
         loop {
@@ -56,7 +71,7 @@ impl ChunkCache {
         guard.0.insert(*id, Slot::Loading);
         drop(guard);
         let unwinding = Unloading { cache: self, id };
-        let loaded = store.get_verified(id).map(Arc::new);
+        let loaded = store.read(id, at).map(Arc::new);
         std::mem::forget(unwinding);
         let mut guard = self.lock();
         let (map, order) = &mut *guard;
@@ -107,14 +122,14 @@ impl Drop for Unloading<'_> {
 /// Loads chunks into a `ChunkCache` ahead of a sequential reader, on background
 /// threads, so disk reads, decompression and hashing overlap with the reader.
 pub struct Prefetcher {
-    sender: Option<std::sync::mpsc::SyncSender<ChunkId>>,
+    sender: Option<std::sync::mpsc::SyncSender<(ChunkId, Location)>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Prefetcher {
     /// `threads` loaders feeding `cache` from `store`.
-    pub fn new(store: Arc<MirrorStore>, cache: Arc<ChunkCache>, threads: usize) -> Prefetcher {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<ChunkId>(256);
+    pub fn new(store: Arc<dyn Redundancy>, cache: Arc<ChunkCache>, threads: usize) -> Prefetcher {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<(ChunkId, Location)>(256);
         let receiver = Arc::new(Mutex::new(receiver));
         let threads = (0..threads)
             .filter_map(|i| {
@@ -123,9 +138,9 @@ impl Prefetcher {
                     .name(format!("snapfs-readahead-{i}"))
                     .spawn(move || loop {
                         let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok(id) = next else { return };
+                        let Ok((id, at)) = next else { return };
                         // A failure here is reported when the reader itself gets there.
-                        let _ = cache.get(&store, &id);
+                        let _ = cache.get(&*store, &id, at);
                     })
                     .ok()
             })
@@ -138,10 +153,10 @@ impl Prefetcher {
 
     /// Asks for `ids` to be loaded; skips what is cached and drops what does not fit
     /// in the queue (read-ahead is a hint).
-    pub fn prefetch(&self, cache: &ChunkCache, ids: impl IntoIterator<Item = ChunkId>) {
+    pub fn prefetch(&self, cache: &ChunkCache, chunks: impl IntoIterator<Item = (ChunkId, Location)>) {
         let Some(sender) = &self.sender else { return };
-        for id in ids {
-            if !cache.contains(&id) && sender.try_send(id).is_err() {
+        for (id, at) in chunks {
+            if !cache.contains(&id) && sender.try_send((id, at)).is_err() {
                 return;
             }
         }
@@ -161,10 +176,10 @@ impl Drop for Prefetcher {
 /// overlapping the range). Holes read as zeros; reading past the end returns fewer
 /// bytes. Every chunk is verified; no good copy fails the read (never wrong bytes).
 pub fn read_extents(
-    store: &MirrorStore,
+    store: &dyn Redundancy,
     cache: &ChunkCache,
     attr: &InodeAttr,
-    extents: &[Extent],
+    extents: &[Placed],
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>> {
@@ -173,13 +188,13 @@ pub fn read_extents(
         return Ok(Vec::new());
     }
     let mut out = vec![0u8; (end - offset) as usize];
-    for e in extents {
+    for (e, at) in extents {
         let from = e.offset.max(offset);
         let to = e.end().min(end);
         if from >= to {
             continue;
         }
-        let plain = cache.get(store, &e.chunk)?;
+        let plain = cache.get(store, &e.chunk, *at)?;
         let src_start = (e.chunk_offset + (from - e.offset)) as usize;
         let src_end = src_start + (to - from) as usize;
         let bytes = plain.get(src_start..src_end).ok_or_else(|| {
@@ -197,14 +212,14 @@ pub fn read_extents(
 /// (uncached; for commands that read once).
 pub fn read_at(
     catalog: &Catalog,
-    store: &MirrorStore,
+    store: &dyn Redundancy,
     gen: GenId,
     attr: &InodeAttr,
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>> {
     let end = offset.saturating_add(len as u64);
-    let extents = catalog.extents(gen, attr.id, offset, end)?;
+    let extents = placed(catalog.placed_extents(gen, attr.id, offset, end)?)?;
     read_extents(store, &ChunkCache::new(0), attr, &extents, offset, len)
 }
 
@@ -213,8 +228,15 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::store::{HookedStore, MemoryStore, ObjectStore};
-    use crate::types::MirrorId;
+    use crate::store::{HookedStore, MemoryStore, ObjectStore, OverObjects};
+    use crate::types::PackId;
+
+    /// The place passed to reads: the store under test finds chunks by id.
+    const AT: Location = Location {
+        pack: PackId(1),
+        offset: 48,
+        len: 0,
+    };
 
     #[test]
     fn a_chunk_wanted_by_many_readers_at_once_is_read_once() {
@@ -232,32 +254,27 @@ mod tests {
         let frame = crate::codec::encode(&plain, Some(3));
         store.put(&frame.id, &frame.frame).unwrap();
         let id = frame.id;
-        let store =
-            MirrorStore::new(vec![(MirrorId(0), Ok(Box::new(store) as Box<dyn ObjectStore>))]).unwrap();
+        let store = OverObjects::new(Arc::new(store));
         let cache = ChunkCache::new(16);
         std::thread::scope(|s| {
             for _ in 0..8 {
-                s.spawn(|| assert_eq!(*cache.get(&store, &id).unwrap(), plain));
+                s.spawn(|| assert_eq!(*cache.get(&store, &id, AT).unwrap(), plain));
             }
         });
         assert_eq!(gets.load(Ordering::SeqCst), 1, "one read from the store");
         // Cached from now on.
-        assert_eq!(*cache.get(&store, &id).unwrap(), plain);
+        assert_eq!(*cache.get(&store, &id, AT).unwrap(), plain);
         assert_eq!(gets.load(Ordering::SeqCst), 1);
     }
 
     #[test]
     fn a_failed_load_lets_every_waiter_see_the_error() {
-        let store = MirrorStore::new(vec![(
-            MirrorId(0),
-            Ok(Box::new(MemoryStore::new()) as Box<dyn ObjectStore>),
-        )])
-        .unwrap();
+        let store = OverObjects::new(Arc::new(MemoryStore::new()));
         let cache = ChunkCache::new(16);
         let id = ChunkId::of(b"never stored");
         std::thread::scope(|s| {
             for _ in 0..4 {
-                s.spawn(|| assert!(cache.get(&store, &id).is_err()));
+                s.spawn(|| assert!(cache.get(&store, &id, AT).is_err()));
             }
         });
         assert!(!cache.contains(&id), "nothing is left loading");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use super::*;
 use crate::catalog::{NewCatalog, Settings};
 use crate::chunker::ChunkerParams;
-use crate::store::{FaultStore, MemoryStore, MirrorStore, ObjectStore};
-use crate::types::{Ino, MirrorId, RepoId};
+use crate::store::{FaultStore, MemoryStore, ObjectStore, OverObjects};
+use crate::types::{Ino, RepoId};
 use space::MAX_FILE_SIZE;
 
 const ME: Caller = Caller { uid: 1000, gid: 1000 };
@@ -14,7 +14,8 @@ const ME: Caller = Caller { uid: 1000, gid: 1000 };
 struct Fixture {
     _dir: tempfile::TempDir,
     fs: Fs,
-    store: Arc<MirrorStore>,
+    /// The objects under the filesystem's store (one per chunk).
+    store: Arc<dyn ObjectStore>,
 }
 
 fn fixture() -> Fixture {
@@ -50,9 +51,8 @@ fn fixture_with(mirror: Box<dyn ObjectStore>, options: FsOptions) -> Fixture {
         },
     )
     .unwrap();
-    let stores: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(mirror))];
-    let store = Arc::new(MirrorStore::new(stores).unwrap());
-    let fs = Fs::new(catalog, store.clone(), options).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::from(mirror);
+    let fs = Fs::new(catalog, Arc::new(OverObjects::new(store.clone())), options).unwrap();
     Fixture { _dir: dir, fs, store }
 }
 
@@ -450,13 +450,9 @@ fn a_new_fs_drops_inodes_left_nameless_by_a_crash() {
         .unwrap()
         .id;
     txn.commit().unwrap();
-    let stores: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(
-        MirrorId(0),
-        Ok(Box::new(MemoryStore::new()) as Box<dyn ObjectStore>),
-    )];
     let fs = Fs::new(
         catalog,
-        Arc::new(MirrorStore::new(stores).unwrap()),
+        Arc::new(OverObjects::new(Arc::new(MemoryStore::new()))),
         FsOptions::default(),
     )
     .unwrap();

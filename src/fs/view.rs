@@ -336,10 +336,10 @@ impl Fs {
                     if attr.kind == FileKind::Dir {
                         return Err(Error::IsDir(format!("inode {id}")));
                     }
-                    let extents = cat.extents(gen, id, offset, offset.saturating_add(len as u64))?;
-                    Ok((attr, extents))
+                    let extents = cat.placed_extents(gen, id, offset, offset.saturating_add(len as u64))?;
+                    Ok((attr, read::placed(extents)?))
                 })?;
-                read::read_extents(&self.store, &self.cache, &attr, &extents, offset, len)
+                read::read_extents(&*self.store, &self.cache, &attr, &extents, offset, len)
             }
         }
     }

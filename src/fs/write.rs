@@ -142,6 +142,24 @@ fn view_extents(st: &State, ino: InodeId, from: u64, to: u64, with_open: bool) -
     Ok(view)
 }
 
+/// `extents` with their chunks' places: a chunk put since the last commit is placed
+/// where the sink put it, any other where the catalog says. Call after the sink's
+/// `wait_written`, so that every chunk put is placed.
+pub(super) fn locate(st: &State, extents: Vec<Extent>) -> Result<Vec<super::read::Placed>> {
+    extents
+        .into_iter()
+        .map(|e| {
+            let at = match st.sink.location(&e.chunk) {
+                Some(at) => Some(at),
+                None => st.catalog.chunk(&e.chunk)?.and_then(|c| c.location),
+            };
+            let at =
+                at.ok_or_else(|| Error::CorruptCatalog(format!("chunk {} has no place in a pack", e.chunk)))?;
+            Ok((e, at))
+        })
+        .collect()
+}
+
 /// What a read of `[from, to)` of a file with buffered writes reads: its extents as
 /// the runs leave them, and the open run's uncut tail in that range (from
 /// `tail_offset`). Nothing is committed: the runs' chunks are read back from the
@@ -230,9 +248,9 @@ fn view_bytes(st: &mut State, attr: &InodeAttr, from: u64, to: u64) -> Result<Ve
     if st.dirty.get(&attr.id).is_some_and(|d| !d.sealed.is_empty()) {
         st.sink.wait_written()?;
     }
-    let extents = view_extents(st, attr.id, from, to, false)?;
+    let extents = locate(st, view_extents(st, attr.id, from, to, false)?)?;
     let mut bytes = read_extents(
-        &st.sink_store(),
+        &*st.sink_store(),
         &ChunkCache::new(0),
         attr,
         &extents,

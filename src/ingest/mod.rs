@@ -1,8 +1,8 @@
 //! Turning bytes into stored chunks and extents.
 //!
-//! Owns: deduplication against the catalog's chunk list, compression, writing new
-//! chunks to every mirror that lacks them, and the write-order rule: chunks written
-//! here become durable in `flush`, which must run before the catalog transaction that
+//! Owns: deduplication against the catalog's chunk list, compression, handing new
+//! chunks to the redundancy layer, and the write-order rule: chunks written here
+//! become durable in `sync`, which must run before the catalog transaction that
 //! references them commits (DESIGN.md §2.1). Knows nothing of files or folders.
 
 mod pool;
@@ -18,8 +18,8 @@ use crate::catalog::{Catalog, ChunkInfo, Extent, Txn};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::store::{MirrorSet, MirrorStore, ObjectStore};
-use crate::types::ChunkId;
+use crate::store::Redundancy;
+use crate::types::{ChunkId, Location};
 
 /// Where the catalog's knowledge of chunks comes from: the catalog itself, or a
 /// write transaction (which also sees its own uncommitted rows).
@@ -40,17 +40,13 @@ impl ChunkIndex for Txn<'_> {
     }
 }
 
-/// A chunk written (or completed) since the last sync.
+/// A chunk written since the last sync.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     plain_size: u64,
     stored_size: u64,
-    /// Mirrors this sink wrote it to.
-    written: MirrorSet,
-    /// Mirrors that held it before this sink saw it.
-    held: MirrorSet,
-    /// Mirrors expected to hold it once queued writes finish (for dedup decisions).
-    mirrors: MirrorSet,
+    /// Where it was put; `None` while a writer thread has it.
+    at: Option<Location>,
     /// True once `record` has put its row into a transaction.
     recorded: bool,
 }
@@ -62,15 +58,15 @@ pub struct IngestStats {
     pub chunks: u64,
     /// Plaintext bytes seen.
     pub plain_bytes: u64,
-    /// Chunks that had to be written (to at least one mirror).
+    /// Chunks that had to be written.
     pub new_chunks: u64,
-    /// Bytes written per mirror copy (frame bytes).
+    /// Frame bytes written (per copy).
     pub stored_bytes: u64,
 }
 
 /// Stores chunk plaintexts, each once, and remembers what the catalog must record.
 pub struct ChunkSink {
-    store: Arc<MirrorStore>,
+    store: Arc<dyn Redundancy>,
     params: ChunkerParams,
     zstd_level: Option<i32>,
     pending: HashMap<ChunkId, Pending>,
@@ -80,7 +76,7 @@ pub struct ChunkSink {
     unrecorded: Vec<ChunkId>,
     /// `put_stream`'s read buffer, kept between calls.
     read_buf: Vec<u8>,
-    /// A sync of the mirrors made outside `sync` (see `sync_failed`) failed: the next
+    /// A sync of the store made outside `sync` (see `sync_failed`) failed: the next
     /// `sync` fails with this error as if it had failed itself.
     failed_sync: Option<Error>,
     stats: IngestStats,
@@ -90,7 +86,7 @@ pub struct ChunkSink {
 
 impl ChunkSink {
     /// A sink writing to `store` with the repository's chunking and compression.
-    pub fn new(store: Arc<MirrorStore>, params: ChunkerParams, zstd_level: Option<i32>) -> ChunkSink {
+    pub fn new(store: Arc<dyn Redundancy>, params: ChunkerParams, zstd_level: Option<i32>) -> ChunkSink {
         ChunkSink {
             store,
             params,
@@ -127,59 +123,42 @@ impl ChunkSink {
         self.stats
     }
 
-    /// Stores one chunk unless every healthy mirror already holds it (DESIGN.md §2.6:
-    /// a dedup hit counts only where every healthy mirror has a copy; mirrors that
-    /// lack it get one). `index` answers what the catalog knows. Not durable until
-    /// `sync`; not in the catalog until `record`.
+    /// Stores one chunk unless the catalog (`index`) or this sink already has it
+    /// (every copy of a stored chunk sits at its one location, which the redundancy
+    /// layer keeps good). Not durable until `sync`; not in the catalog until `record`.
     pub fn put(&mut self, index: &dyn ChunkIndex, plain: &[u8]) -> Result<ChunkId> {
         let id = ChunkId::of(plain);
         self.stats.chunks += 1;
         self.stats.plain_bytes += plain.len() as u64;
-        let healthy = self.store.healthy();
-        let held = match self.pending.get(&id) {
-            Some(p) => p.mirrors,
-            None => index
-                .chunk_info(&id)?
-                .map_or(MirrorSet(0), |c| MirrorSet(c.mirrors)),
-        };
-        if held.is_superset_of(healthy) {
+        if self.pending.contains_key(&id) || index.chunk_info(&id)?.is_some() {
             return Ok(id);
         }
-        let missing = MirrorSet(healthy.0 & !held.0);
         self.stats.new_chunks += 1;
-        if let Some(pool) = &self.pool {
-            pool.submit(id, plain.to_vec(), missing)?;
-            let earlier = self.pending.get(&id);
-            let entry = Pending {
-                plain_size: plain.len() as u64,
-                stored_size: earlier.map_or(0, |p| p.stored_size),
-                written: earlier.map_or(MirrorSet(0), |p| p.written),
-                held: earlier.map_or(held, |p| p.held),
-                mirrors: MirrorSet(held.0 | missing.0),
-                recorded: false,
-            };
-            self.pending.insert(id, entry);
-            self.unrecorded.push(id);
-            return Ok(id);
+        let mut pending = Pending {
+            plain_size: plain.len() as u64,
+            stored_size: 0,
+            at: None,
+            recorded: false,
+        };
+        match &self.pool {
+            Some(pool) => pool.submit(id, plain.to_vec())?,
+            None => {
+                let encoded = codec::encode_with_id(id, plain, self.zstd_level);
+                let at = self.store.put(&[(id, &encoded.frame)])?;
+                pending.stored_size = encoded.frame.len() as u64;
+                pending.at = at.first().copied();
+                self.stats.stored_bytes += pending.stored_size;
+            }
         }
-        let encoded = codec::encode_with_id(id, plain, self.zstd_level);
-        let written = self.store.put_to(&id, &encoded.frame, missing)?;
-        self.stats.stored_bytes += encoded.frame.len() as u64;
-        let mirrors = MirrorSet(held.0 | written.0);
-        let earlier = self.pending.get(&id).map_or(0, |p| p.written.0);
-        self.pending.insert(
-            id,
-            Pending {
-                plain_size: plain.len() as u64,
-                stored_size: encoded.frame.len() as u64,
-                written: MirrorSet(earlier | written.0),
-                held: self.pending.get(&id).map_or(held, |p| p.held),
-                mirrors,
-                recorded: false,
-            },
-        );
+        self.pending.insert(id, pending);
         self.unrecorded.push(id);
         Ok(id)
+    }
+
+    /// Where chunk `id`, put since the last sync, was stored; `None` when this sink
+    /// has no such chunk or a writer thread still has it (see `wait_written`).
+    pub fn location(&self, id: &ChunkId) -> Option<Location> {
+        self.pending.get(id).and_then(|p| p.at)
     }
 
     /// Chunks everything `reader` yields, storing each chunk, and returns the extents
@@ -226,7 +205,7 @@ impl ChunkSink {
     }
 
     /// The store chunks go to.
-    pub fn store(&self) -> Arc<MirrorStore> {
+    pub fn store(&self) -> Arc<dyn Redundancy> {
         self.store.clone()
     }
 
@@ -236,14 +215,13 @@ impl ChunkSink {
     }
 
     /// Waits for the writer threads and takes in what they wrote: every chunk put so
-    /// far is then written to its mirrors (not yet durable: that is `sync`), so it can
-    /// be read back.
+    /// far is then placed (not yet durable: that is `sync`), so it can be read back.
     pub fn wait_written(&mut self) -> Result<()> {
         let Some(pool) = &self.pool else { return Ok(()) };
         let written = match pool.wait() {
             Ok(w) => w,
             Err(e) => {
-                // Some chunk did not reach its mirrors: forget everything pending, so
+                // Some chunk was not stored: forget everything pending, so
                 // no later write counts on a copy that may not exist (the transaction
                 // that would have recorded them fails with this error).
                 self.pending.clear();
@@ -255,7 +233,7 @@ impl ChunkSink {
             self.stats.stored_bytes += w.stored_size;
             if let Some(p) = self.pending.get_mut(&w.id) {
                 p.stored_size = w.stored_size;
-                p.written = MirrorSet(p.written.0 | w.written.0);
+                p.at = Some(w.at);
             }
         }
         Ok(())
@@ -268,7 +246,7 @@ impl ChunkSink {
         self.unrecorded.clear();
     }
 
-    /// Notes that a sync of this sink's mirrors made by someone else (to shorten the
+    /// Notes that a sync of this sink's store made by someone else (to shorten the
     /// sync a commit makes) failed: the chunks pending now may not be durable, so the
     /// next `sync` fails with `error`.
     pub fn sync_failed(&mut self, error: Error) {
@@ -286,16 +264,20 @@ impl ChunkSink {
         self.wait_written()?;
         for id in std::mem::take(&mut self.unrecorded) {
             if let Some(p) = self.pending.get_mut(&id).filter(|p| !p.recorded) {
-                txn.add_chunk(&id, p.plain_size, p.stored_size, p.held.0 | p.written.0)?;
+                let at = p.at.ok_or_else(|| Error::NoMirror {
+                    reason: format!("chunk {id} was never placed"),
+                })?;
+                txn.add_chunk(&id, p.plain_size, p.stored_size, at)?;
                 p.recorded = true;
             }
         }
         Ok(())
     }
 
-    /// Records what is left, makes every chunk stored since the last sync durable in
-    /// its mirrors (one sync per mirror), and takes a mirror lost meanwhile out of the
-    /// rows in `txn`. Commit `txn` only after this returns (DESIGN.md §2.1).
+    /// Records what is left, makes every chunk stored since the last sync durable
+    /// (one sync of the store), and notes in `txn` every disk that is not healthy now
+    /// as incomplete (it may lack what `txn` names, so it is filled before it is
+    /// trusted again). Commit `txn` only after this returns (DESIGN.md §2.1).
     pub fn sync(&mut self, txn: &Txn<'_>) -> Result<()> {
         let failed = self.failed_sync.take();
         if self.pending.is_empty() {
@@ -312,13 +294,12 @@ impl ChunkSink {
             self.abandon();
             return Err(e);
         }
-        let healthy = self.store.healthy();
-        for (id, p) in self.pending.drain() {
-            let lost = MirrorSet(p.written.0 & !healthy.0);
-            if !lost.is_empty() {
-                txn.drop_chunk_mirrors(&id, lost.0)?;
+        for disk in self.store.status() {
+            if disk.state != crate::store::MirrorState::Healthy {
+                txn.mark_mirror_incomplete(disk.id)?;
             }
         }
+        self.pending.clear();
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! A small pool of threads that compress chunks and write them to the mirrors, so the
-//! thread that cuts and hashes a stream never waits on zstd or on file creation.
+//! A small pool of threads that compress chunks and hand them to the redundancy layer,
+//! so the thread that cuts and hashes a stream never waits on zstd or on a write.
 //!
 //! The queue is bounded (backpressure keeps memory bounded); `wait` returns once every
 //! submitted chunk is written, with the frame sizes and the first error.
@@ -10,21 +10,20 @@ use std::thread::JoinHandle;
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::store::{MirrorSet, MirrorStore};
-use crate::types::ChunkId;
+use crate::store::Redundancy;
+use crate::types::{ChunkId, Location};
 
 struct Job {
     id: ChunkId,
     plain: Vec<u8>,
-    targets: MirrorSet,
 }
 
-/// A chunk the pool finished writing: its frame size and the mirrors that took it.
+/// A chunk the pool finished writing: its frame size and where it was put.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Written {
     pub id: ChunkId,
     pub stored_size: u64,
-    pub written: MirrorSet,
+    pub at: Location,
 }
 
 #[derive(Default)]
@@ -61,7 +60,7 @@ pub(super) struct WriterPool {
 impl WriterPool {
     /// `threads` workers with a queue of `depth` chunks.
     pub(super) fn new(
-        store: Arc<MirrorStore>,
+        store: Arc<dyn Redundancy>,
         zstd_level: Option<i32>,
         threads: usize,
         depth: usize,
@@ -78,7 +77,7 @@ impl WriterPool {
                 let (store, receiver, shared) = (store.clone(), receiver.clone(), shared.clone());
                 std::thread::Builder::new()
                     .name(format!("snapfs-writer-{i}"))
-                    .spawn(move || work(&store, zstd_level, &receiver, &shared))
+                    .spawn(move || work(&*store, zstd_level, &receiver, &shared))
                     .map_err(Error::io_with("starting a writer thread"))
             })
             .filter_map(|t| t.ok())
@@ -90,15 +89,15 @@ impl WriterPool {
         }
     }
 
-    /// Queues a chunk for `targets`; blocks while the queue is full.
-    pub(super) fn submit(&self, id: ChunkId, plain: Vec<u8>, targets: MirrorSet) -> Result<()> {
+    /// Queues a chunk; blocks while the queue is full.
+    pub(super) fn submit(&self, id: ChunkId, plain: Vec<u8>) -> Result<()> {
         {
             let mut progress = self.shared.lock();
             progress.in_flight += 1;
             progress.submitted += 1;
         }
         let sent = match &self.sender {
-            Some(s) if !self.threads.is_empty() => s.send(Job { id, plain, targets }).is_ok(),
+            Some(s) if !self.threads.is_empty() => s.send(Job { id, plain }).is_ok(),
             _ => false,
         };
         if !sent {
@@ -142,7 +141,7 @@ impl Drop for WriterPool {
     }
 }
 
-fn work(store: &MirrorStore, zstd_level: Option<i32>, receiver: &Mutex<Receiver<Job>>, shared: &Shared) {
+fn work(store: &dyn Redundancy, zstd_level: Option<i32>, receiver: &Mutex<Receiver<Job>>, shared: &Shared) {
     loop {
         let job = {
             let rx = receiver.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,14 +149,15 @@ fn work(store: &MirrorStore, zstd_level: Option<i32>, receiver: &Mutex<Receiver<
         };
         let Ok(job) = job else { return };
         let encoded = codec::encode_with_id(job.id, &job.plain, zstd_level);
-        let result = store.put_to(&job.id, &encoded.frame, job.targets);
+        let result = store.put(&[(job.id, &encoded.frame)]);
         let mut progress = shared.lock();
-        match result {
-            Ok(written) => progress.done.push(Written {
+        match result.map(|at| at.first().copied()) {
+            Ok(Some(at)) => progress.done.push(Written {
                 id: job.id,
                 stored_size: encoded.frame.len() as u64,
-                written,
+                at,
             }),
+            Ok(None) => {}
             Err(e) => {
                 if progress.error.is_none() {
                     progress.error = Some(e);
@@ -213,7 +213,7 @@ impl Backlog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{HookedStore, ObjectStore};
+    use crate::store::{HookedStore, ObjectStore, OverObjects};
     use crate::types::MirrorId;
 
     #[test]
@@ -232,11 +232,12 @@ mod tests {
             Box::new(|| {}),
         );
         let mirrors: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(Box::new(gated)))];
-        let store = Arc::new(MirrorStore::new(mirrors).unwrap());
-        let pool = WriterPool::new(store.clone(), None, 1, 8);
+        let objects: Arc<dyn ObjectStore> = Arc::from(mirrors.into_iter().next().unwrap().1.unwrap());
+        let store = Arc::new(OverObjects::new(objects.clone()));
+        let pool = WriterPool::new(store.clone() as Arc<dyn Redundancy>, None, 1, 8);
         for i in 0..4u8 {
             let plain = vec![i; 100];
-            pool.submit(ChunkId::of(&plain), plain, MirrorSet(1)).unwrap();
+            pool.submit(ChunkId::of(&plain), plain).unwrap();
         }
         let backlog = pool.backlog();
         backlog.wait_below(5); // four in flight: returns at once
@@ -251,7 +252,7 @@ mod tests {
         waiter.join().unwrap();
         assert!(!returned_early, "it returned while four chunks were in flight");
         assert!(
-            store.list().unwrap().len() >= 3,
+            objects.list().unwrap().len() >= 3,
             "fewer than two in flight means at least three written"
         );
         assert_eq!(pool.wait().unwrap().len(), 4);
@@ -274,11 +275,12 @@ mod tests {
             Box::new(|| {}),
         );
         let mirrors: Vec<(MirrorId, Result<Box<dyn ObjectStore>>)> = vec![(MirrorId(0), Ok(Box::new(gated)))];
-        let store = Arc::new(MirrorStore::new(mirrors).unwrap());
-        let pool = WriterPool::new(store.clone(), None, 1, 8);
+        let objects: Arc<dyn ObjectStore> = Arc::from(mirrors.into_iter().next().unwrap().1.unwrap());
+        let store = Arc::new(OverObjects::new(objects.clone()));
+        let pool = WriterPool::new(store.clone() as Arc<dyn Redundancy>, None, 1, 8);
         let submit = |i: u8| {
             let plain = vec![i; 100];
-            pool.submit(ChunkId::of(&plain), plain, MirrorSet(1)).unwrap();
+            pool.submit(ChunkId::of(&plain), plain).unwrap();
         };
         (0..3).for_each(submit);
         let backlog = pool.backlog();

@@ -1,6 +1,6 @@
-//! `snapfs check`: the catalog's invariants, then every referenced chunk present in
-//! a complete mirror, and with `read_data` every copy read and verified (scrub's
-//! verification, without repair). Read-only. `repair` mends the catalog's findings
+//! `snapfs check`: the catalog's invariants, then every chunk's pack entry present
+//! on every complete mirror, and with `read_data` every copy read and verified
+//! (scrub's verification, without repair). Read-only. `repair` mends the catalog's findings
 //! (never chunk data), offline, after saving a copy of the catalog beside it.
 
 use std::path::{Path, PathBuf};
@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::catalog::{self, Catalog};
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::repo::{RepoLock, CATALOG_FILE};
-use crate::store::{DirStore, ObjectStore};
+use crate::store::MirrorState;
+use crate::types::{MirrorId, PackId};
 
 /// What `check` found.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -37,46 +37,47 @@ pub fn check(
         ..Default::default()
     };
     let settings = catalog.settings()?;
-    let mut mirrors: Vec<(u32, PathBuf, Option<DirStore>)> = Vec::new();
-    for m in catalog.mirrors()? {
-        match DirStore::open(&m.path, settings.repo_id, m.id) {
-            Ok(s) => mirrors.push((m.id.0, m.path, Some(s))),
-            Err(e) => {
-                report
-                    .problems
-                    .push(format!("mirror {} ({}) is unusable: {e}", m.id, m.path.display()));
-                mirrors.push((m.id.0, m.path, None));
-            }
+    let store = crate::repo::open_store(catalog, settings.repo_id)?;
+    for m in store.status() {
+        if let MirrorState::Lost { reason } = &m.state {
+            report
+                .problems
+                .push(format!("{} is unusable: {reason}", m.describe));
         }
     }
-    let total = catalog.chunk_totals(None)?.chunks;
+    let total = catalog.chunk_totals()?.chunks;
     let mut cursor = None;
-    let (mut missing, mut corrupt) = (0u64, 0u64);
+    let (mut missing, mut corrupt, mut short) = (0u64, 0u64, 0u64);
+    // The pack whose lengths were last looked at, and the lengths.
+    let mut lengths: Option<(PackId, Vec<(MirrorId, bool, Option<u64>)>)> = None;
     loop {
-        let batch = catalog.chunks_after(cursor, 1024)?;
-        let Some(last) = batch.last().map(|c| c.id) else {
+        let batch = catalog.chunks_by_place(cursor, 1024)?;
+        let Some(last) = batch.last().and_then(|c| c.location) else {
             break;
         };
         for chunk in &batch {
+            let Some(at) = chunk.location else { continue };
             report.chunks += 1;
-            let mut good = false;
-            for (id, _, store) in &mirrors {
-                let Some(store) = store else { continue };
-                let claimed = chunk.mirrors & (1 << id) != 0;
-                if read_data {
-                    match store.get_frame(&chunk.id)? {
-                        Some(frame) if codec::decode(&chunk.id, &frame).is_ok() => good = true,
-                        Some(_) => corrupt += 1,
-                        None if claimed => missing += 1,
-                        None => {}
-                    }
-                    report.copies_verified += 1;
-                } else if store.contains(&chunk.id)? {
-                    good = true;
-                } else if claimed {
-                    missing += 1;
+            let good = if read_data {
+                let found = store.scrub(&chunk.id, at, false);
+                report.copies_verified += (found.good.len() + found.corrupt.len()) as u64;
+                corrupt += found.corrupt.len() as u64;
+                missing += found.missing.len() as u64;
+                !found.good.is_empty()
+            } else {
+                if lengths.as_ref().is_none_or(|(p, _)| *p != at.pack) {
+                    lengths = Some((at.pack, store.pack_lengths(at.pack)));
                 }
-            }
+                let disks = &lengths.as_ref().expect("just set").1;
+                for (_, _, len) in disks.iter().filter(|(_, trusted, _)| *trusted) {
+                    match len {
+                        None => missing += 1,
+                        Some(len) if *len < at.end() => short += 1,
+                        Some(_) => {}
+                    }
+                }
+                disks.iter().any(|(_, _, len)| len.is_some_and(|l| l >= at.end()))
+            };
             if !good && chunk.refs > 0 {
                 report
                     .problems
@@ -86,9 +87,20 @@ pub fn check(
         cursor = Some(last);
         progress(report.chunks, total);
     }
+    let unplaced = total.saturating_sub(report.chunks);
+    if unplaced > 0 {
+        report
+            .problems
+            .push(format!("{unplaced} chunks have no place in a pack"));
+    }
     if missing > 0 {
         report.problems.push(format!(
-            "{missing} copies recorded in a mirror are missing there (snapfs scrub repairs them)"
+            "{missing} copies are missing from a mirror that should hold them (snapfs scrub repairs them)"
+        ));
+    }
+    if short > 0 {
+        report.problems.push(format!(
+            "{short} copies lie past the end of their pack's file on a mirror (snapfs scrub repairs them)"
         ));
     }
     if corrupt > 0 {

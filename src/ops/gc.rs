@@ -1,24 +1,29 @@
-//! Garbage collection: deleting the chunks that nothing references any more.
+//! Garbage collection: dropping the chunks that nothing references any more, and
+//! deleting the packs that hold nothing live.
 //!
-//! A chunk goes in two steps. **Condemn**, in one short catalog transaction: its row
-//! is dropped, so no write can count on it any more (a write of the same bytes stores
-//! a fresh copy), and the store is told it is going (a put of it waits until the
-//! deletion is over). **Delete**, with no lock of the mount held: once every read
-//! that started before the condemnation has finished, its objects go from every
-//! mirror. So gc never deletes a chunk that is referenced or in flight (DESIGN §2.5)
-//! by construction, not by timing, and the mount serves requests throughout, waiting
-//! only for a batch's transaction. A crash between the steps leaves unknown objects,
-//! which a sweep removes (the other order could leave rows naming deleted objects).
+//! A chunk goes in one short catalog transaction: its row is dropped, so no write can
+//! count on it any more (a write of the same bytes stores a fresh entry), and its
+//! entry's bytes count as dead in its pack (schema.sql's triggers). A pack whose
+//! bytes are all dead goes next: the packs to delete are chosen with every write
+//! committed (offline, or inside the mount under its lock after a flush), leaving out
+//! the pack being filled, so no unfinished commit can name one; their files are
+//! deleted once every read that started before has finished, with no lock of the
+//! mount held; then their rows go. So gc never deletes a chunk that is referenced or
+//! in flight (DESIGN §2.5) by construction, not by timing. A crash between the steps
+//! leaves a dead pack that the next gc deletes. Partly dead packs are compaction's.
 //!
 //! Time is in proportion to the garbage: the catalog keeps a list of unreferenced
-//! chunks (`chunk_garbage`), so gc never walks the repository, except a sweep.
+//! chunks (`chunk_garbage`) and counts each pack's live bytes, so gc never walks the
+//! repository, except a sweep (which lists every pack file to find those no catalog
+//! row knows: left by a crash or a failed commit).
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, ChunkInfo};
+use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::fs::Fs;
-use crate::store::{MirrorStore, ObjectStore, RemovalGuard};
+use crate::store::Redundancy;
+use crate::types::PackId;
 
 /// Chunks condemned per transaction: one batch holds the mount's writer for about
 /// 10 µs a chunk, so this bounds what a `stat` beside a big gc waits.
@@ -28,9 +33,12 @@ pub const BATCH: usize = 1000;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct GcStats {
     pub chunks: u64,
-    /// Stored bytes per mirror.
+    /// Stored bytes of those chunks (per mirror): what their entries held.
     pub bytes: u64,
-    /// Object files no catalog row knows (left by a crash or a failed commit), removed
+    /// Packs deleted because nothing in them was live any more.
+    #[serde(default)]
+    pub packs: u64,
+    /// Pack files no catalog row knows (left by a crash or a failed commit), removed
     /// from all mirrors together; only counted when the sweep ran.
     pub orphans: u64,
     /// Whether the mirrors were swept for such files (O(repository), so only when
@@ -43,69 +51,55 @@ pub struct GcStats {
     pub unseen_rows: u64,
 }
 
-/// Chunks whose rows are gone and whose objects are about to be: the result of
-/// `condemn`, consumed by `delete`.
-#[must_use = "condemned chunks must be deleted (or left for a sweep)"]
-pub struct Condemned {
-    chunks: Vec<ChunkInfo>,
-    _going: RemovalGuard,
-}
-
-impl Condemned {
-    /// True when there was no garbage left to condemn.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    /// Deletes the condemned chunks' objects from every mirror (no lock needed), then
-    /// lets puts of them go ahead. The caller has waited for older reads.
-    pub fn delete(self, store: &MirrorStore) -> Result<GcStats> {
-        for c in &self.chunks {
-            store.remove(&c.id)?;
-        }
-        Ok(GcStats {
-            chunks: self.chunks.len() as u64,
-            bytes: self.chunks.iter().map(|c| c.stored_size).sum(),
-            ..Default::default()
-        })
-    }
-}
-
-/// Condemns up to `limit` unreferenced chunks: drops their rows in one transaction
-/// and tells `store` they are going. Refuses (and changes nothing) if one is
-/// referenced again. Runs with no write in flight (offline, or inside the mount with
-/// writes committed first).
-pub fn condemn(catalog: &mut Catalog, store: &MirrorStore, limit: usize) -> Result<Condemned> {
+/// Drops up to `limit` unreferenced chunks' rows in one transaction, made durable
+/// before any pack goes (a power cut after a pack's deletion must not bring back rows
+/// naming it). Refuses (and changes nothing) if one is referenced again. Returns the
+/// chunks and their stored bytes.
+pub fn condemn(catalog: &mut Catalog, limit: usize) -> Result<(u64, u64)> {
     let chunks = catalog.garbage_first(limit)?;
+    if chunks.is_empty() {
+        return Ok((0, 0));
+    }
     let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
-    // Puts wait from before the rows go: a put that started earlier belongs to a
-    // write committed before this transaction (the caller flushed), so none is
-    // running for these ids now.
-    let going = store.begin_removal(&ids);
     catalog.drop_chunks(&ids)?;
-    // The rows' removal must be durable before any object goes: a mount commits
-    // without syncing, and a power cut after the deletion would bring back rows
-    // naming objects that are gone. (A cut before it leaves unknown objects, which
-    // a sweep removes.)
     catalog.sync()?;
-    Ok(Condemned {
-        chunks,
-        _going: going,
-    })
+    Ok((chunks.len() as u64, chunks.iter().map(|c| c.stored_size).sum()))
+}
+
+/// The packs gc may delete now: no live entry, and not the pack being filled. Call
+/// with every write committed, so no unfinished commit can name one.
+pub fn dead_packs(catalog: &Catalog, store: &dyn Redundancy) -> Result<Vec<PackId>> {
+    let open = store.open_pack();
+    Ok(catalog
+        .dead_packs()?
+        .into_iter()
+        .filter(|p| Some(*p) != open)
+        .collect())
+}
+
+/// Deletes `packs` (chosen by `dead_packs`, after the reads that might still use
+/// them) from every disk, then forgets their rows.
+pub fn delete_packs(catalog: &mut Catalog, store: &dyn Redundancy, packs: &[PackId]) -> Result<u64> {
+    if packs.is_empty() {
+        return Ok(0);
+    }
+    store.delete_packs(packs)?;
+    catalog.drop_pack_rows(packs)?;
+    Ok(packs.len() as u64)
 }
 
 /// Deletes every chunk no extent references, from every mirror, batch by batch, on
 /// a repository no mount serves (the caller holds the lock). With `sweep`, also
 /// lists every mirror and deletes object files the catalog does not know. Stops at
 /// the first error.
-pub fn gc(catalog: &mut Catalog, store: &MirrorStore, dry_run: bool, sweep: bool) -> Result<GcStats> {
+pub fn gc(catalog: &mut Catalog, store: &dyn Redundancy, dry_run: bool, sweep: bool) -> Result<GcStats> {
     gc_with_progress(catalog, store, dry_run, sweep, &mut |_, _| {})
 }
 
 /// `gc`, calling `progress(chunks deleted, chunks to delete)` after each batch.
 pub fn gc_with_progress(
     catalog: &mut Catalog,
-    store: &MirrorStore,
+    store: &dyn Redundancy,
     dry_run: bool,
     sweep: bool,
     progress: &mut dyn FnMut(u64, u64),
@@ -125,13 +119,15 @@ pub fn gc_with_progress(
     } else {
         let mut stats = GcStats::default();
         loop {
-            let batch = condemn(catalog, store, BATCH)?;
-            if batch.is_empty() {
+            let batch = condemn(catalog, BATCH)?;
+            if batch.0 == 0 {
                 break;
             }
-            add(&mut stats, batch.delete(store)?);
+            add(&mut stats, batch);
             progress(stats.chunks, chunks.max(stats.chunks));
         }
+        let dead = dead_packs(catalog, store)?;
+        stats.packs = delete_packs(catalog, store, &dead)?;
         stats
     };
     stats.dry_run = dry_run;
@@ -145,11 +141,11 @@ pub fn gc_with_progress(
 }
 
 /// gc on a mounted repository, beside the requests it serves, of the garbage there
-/// was when it started: each batch is
-/// condemned under the core's lock with writes committed first (one short
-/// transaction), then deleted with no lock held, after the reads that might still
-/// fetch its chunks. A sweep (rare: after a crash or a failed commit) runs under the
-/// lock, since it must see no uncommitted object.
+/// was when it started: each batch is condemned under the core's lock with writes
+/// committed first (one short transaction); then the dead packs, chosen under the
+/// lock, are deleted with no lock held, after the reads that might still use them. A
+/// sweep (rare: after a crash or a failed commit) chooses under the lock too, since
+/// it must see no uncommitted entry.
 pub fn gc_mounted(
     fs: &Fs,
     dry_run: bool,
@@ -177,16 +173,25 @@ pub fn gc_mounted(
     // the next run's (background reclaim's).
     while stats.chunks < total {
         let limit = BATCH.min((total - stats.chunks) as usize);
-        let batch = fs.with_catalog(|cat, store, _| condemn(cat, store, limit))?;
-        if batch.is_empty() {
+        let batch = fs.with_catalog(|cat, _, _| condemn(cat, limit))?;
+        if batch.0 == 0 {
             break;
         }
-        fs.wait_for_older_reads();
-        add(&mut stats, batch.delete(&store)?);
+        add(&mut stats, batch);
         progress(stats.chunks, total);
     }
+    let dead = fs.with_catalog(|cat, store, _| dead_packs(cat, store))?;
+    if !dead.is_empty() {
+        fs.wait_for_older_reads();
+        store.delete_packs(&dead)?;
+        fs.with_catalog(|cat, _, _| cat.drop_pack_rows(&dead))?;
+        stats.packs = dead.len() as u64;
+    }
     if sweep {
-        stats.orphans = fs.with_catalog(|cat, store, _| sweep_unknown(cat, store, false))?;
+        let unknown = fs.with_catalog(|cat, store, _| unknown_packs(cat, store))?;
+        fs.wait_for_older_reads();
+        store.delete_packs(&unknown)?;
+        stats.orphans = unknown.len() as u64;
         stats.swept = true;
     }
     log_stats(&stats);
@@ -204,37 +209,40 @@ pub fn reclaim(fs: &Fs) -> Result<GcStats> {
     gc_mounted(fs, false, false, &mut |_, _| {})
 }
 
-fn add(total: &mut GcStats, batch: GcStats) {
-    total.chunks += batch.chunks;
-    total.bytes += batch.bytes;
+fn add(total: &mut GcStats, (chunks, bytes): (u64, u64)) {
+    total.chunks += chunks;
+    total.bytes += bytes;
 }
 
-/// Deletes (or with `dry_run` counts) the object files of every mirror that the
-/// catalog does not know. O(repository): only when something may have left them.
-fn sweep_unknown(catalog: &Catalog, store: &MirrorStore, dry_run: bool) -> Result<u64> {
-    let mut orphans = std::collections::BTreeSet::new();
-    for m in catalog.mirrors()? {
-        let Some(mirror) = store.store(m.id) else { continue };
-        for id in mirror.list()? {
-            if catalog.chunk(&id)?.is_none() {
-                orphans.insert(id);
-            }
-        }
-    }
+/// Pack files some disk holds that no catalog row knows, leaving out the pack being
+/// filled. Call with every write committed. O(packs): only when something may have
+/// left them.
+fn unknown_packs(catalog: &Catalog, store: &dyn Redundancy) -> Result<Vec<PackId>> {
+    let known: std::collections::BTreeSet<PackId> = catalog.packs()?.iter().map(|p| p.id).collect();
+    let open = store.open_pack();
+    Ok(store
+        .pack_ids()?
+        .into_iter()
+        .filter(|p| !known.contains(p) && Some(*p) != open)
+        .collect())
+}
+
+/// Deletes (or with `dry_run` counts) the pack files no catalog row knows.
+fn sweep_unknown(catalog: &Catalog, store: &dyn Redundancy, dry_run: bool) -> Result<u64> {
+    let unknown = unknown_packs(catalog, store)?;
     if !dry_run {
-        for id in &orphans {
-            store.remove(id)?;
-        }
+        store.delete_packs(&unknown)?;
     }
-    Ok(orphans.len() as u64)
+    Ok(unknown.len() as u64)
 }
 
 fn log_stats(stats: &GcStats) {
     log::debug!(
-        "gc{}: {} unreferenced chunks ({} stored bytes), {} unknown objects",
+        "gc{}: {} unreferenced chunks ({} stored bytes), {} dead packs, {} unknown packs",
         if stats.dry_run { " (dry run)" } else { "" },
         stats.chunks,
         stats.bytes,
+        stats.packs,
         stats.orphans
     );
 }

@@ -1,40 +1,40 @@
 //! `snapfs mirror add` and `mirror remove`: changing the mirror set, and resilvering
-//! (filling) a new or returning mirror from the others.
+//! (filling) a new or returning mirror from the others, pack by pack.
 //!
-//! A mirror being filled is recorded as `filling`: it is trusted neither for reads nor
-//! for dedup until every chunk is in it and synced; then it becomes `complete`. An
-//! interrupted fill continues when `mirror add` is run again on the same folder.
+//! A mirror being filled is recorded as `filling`: it is written from the moment it
+//! joins but trusted for reads only once every pack is in it and synced; then it
+//! becomes `complete`. An interrupted fill continues when `mirror add` is run again on
+//! the same folder (a pack already there whole is not copied again).
 //!
 //! On a mounted repository (`add_mounted`, `remove_mounted`, `reinstate_lost`) the
 //! same happens beside the requests the mount serves: the new mirror joins the
-//! mount's store at once, last in read order, so every chunk written from then on
-//! reaches it; the fill copies what it lacks (the catalog's per-chunk mirror bits
-//! say what it holds) in batches, each marked in one short transaction. A lost
-//! mirror that scrub refilled comes back the same way, without a remount.
+//! mount's store at once (at a pack boundary, so every pack from then on reaches it
+//! whole), and the fill copies the packs from before, with no lock of the mount held.
+//! A lost mirror that scrub refilled comes back the same way, without a remount.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::fs::Fs;
 use crate::repo::Repo;
-use crate::store::{DirStore, MirrorSet, MirrorState, ObjectStore};
-use crate::types::{ChunkId, MirrorId};
+use crate::store::{MirrorState, Redundancy};
+use crate::types::{MirrorId, PackId};
 
 /// What adding (or refilling) a mirror did.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ResilverReport {
     pub mirror: u32,
-    pub chunks: u64,
-    /// Chunks copied into it (the others were there already).
+    /// Packs looked at.
+    pub packs: u64,
+    /// Packs copied into it (the others were there whole already), and their bytes.
     pub copied: u64,
     pub bytes: u64,
 }
 
 /// Adds the folder `dir` as a new mirror (or continues filling it, when it is one
-/// already), copies every chunk into it from the other mirrors, and marks it complete.
+/// already), copies every pack into it from the other mirrors, and marks it complete.
 pub fn add(
     repo: &mut Repo,
     dir: &Path,
@@ -42,99 +42,61 @@ pub fn add(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ResilverReport> {
     let dir = std::path::absolute(dir).map_err(Error::io_with(format!("resolving {}", dir.display())))?;
+    let repo_id = repo.settings.repo_id;
     let known = repo.catalog.mirrors()?.into_iter().find(|m| m.path == dir);
-    let (id, store) = match known {
+    let id = match known {
         Some(m) => {
-            let store = match DirStore::open(&dir, repo.settings.repo_id, m.id) {
-                Ok(s) => s,
-                Err(_) => DirStore::create(&dir, repo.settings.repo_id, m.id)?,
-            };
+            // Its folder may have come back empty: it gets its identity again.
+            if crate::store::check_folder(&dir, repo_id, m.id).is_err() {
+                crate::store::claim_folder(&dir, repo_id, m.id)?;
+            }
             repo.catalog.set_mirror_state(m.id, "filling")?;
-            (m.id, store)
+            m.id
         }
         None => {
-            if let Some((other, _)) = crate::store::read_identity(&dir)? {
-                return Err(Error::ForeignMirror {
-                    path: dir.clone(),
-                    other: other.to_string(),
-                });
-            }
+            refuse_foreign(&dir)?;
             let id = repo.catalog.add_mirror(&dir, now_ns)?;
-            match DirStore::create(&dir, repo.settings.repo_id, id) {
-                Ok(s) => (id, s),
-                Err(e) => {
-                    repo.catalog.remove_mirror(id)?;
-                    return Err(e);
-                }
+            if let Err(e) = crate::store::claim_folder(&dir, repo_id, id) {
+                repo.catalog.remove_mirror(id)?;
+                return Err(e);
             }
+            id
         }
     };
-    let report = fill(repo, id, &store, progress)?;
+    repo.store.attach(id, &dir)?;
+    let packs: Vec<PackId> = repo.catalog.packs()?.iter().map(|p| p.id).collect();
+    let mut report = ResilverReport {
+        mirror: id.0,
+        ..ResilverReport::default()
+    };
+    for (i, pack) in packs.iter().enumerate() {
+        copy_pack(&*repo.store, id, *pack, &mut report)?;
+        progress(i as u64 + 1, packs.len() as u64);
+    }
+    repo.store.set_complete(id)?;
     repo.catalog.set_mirror_state(id, "complete")?;
     Ok(report)
 }
 
-fn fill(
-    repo: &mut Repo,
-    id: MirrorId,
-    target: &DirStore,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<ResilverReport> {
-    let total = repo.catalog.chunk_totals(None)?.chunks;
-    let mut report = ResilverReport {
-        mirror: id.0,
-        chunks: 0,
-        copied: 0,
-        bytes: 0,
-    };
-    let sources: Vec<MirrorId> = repo
-        .catalog
-        .mirrors()?
-        .into_iter()
-        .filter(|m| m.id != id)
-        .map(|m| m.id)
-        .collect();
-    let mut cursor = None;
-    loop {
-        let batch = repo.catalog.chunks_after(cursor, 1024)?;
-        let Some(last) = batch.last().map(|c| c.id) else {
-            break;
-        };
-        let mut done = Vec::new();
-        for chunk in &batch {
-            report.chunks += 1;
-            let present = target
-                .get_frame(&chunk.id)?
-                .is_some_and(|f| codec::decode(&chunk.id, &f).is_ok());
-            if !present {
-                let frame = sources
-                    .iter()
-                    .filter_map(|m| repo.store.store(*m))
-                    .filter_map(|s| s.get_frame(&chunk.id).ok().flatten())
-                    .find(|f| codec::decode(&chunk.id, f).is_ok());
-                let Some(frame) = frame else {
-                    if chunk.refs > 0 {
-                        return Err(Error::CorruptChunk {
-                            id: chunk.id,
-                            mirror: "every mirror".into(),
-                            reason: "no good copy to fill the new mirror from; run snapfs scrub".into(),
-                        });
-                    }
-                    continue;
-                };
-                target.put(&chunk.id, &frame)?;
-                report.copied += 1;
-                report.bytes += frame.len() as u64;
-            }
-            done.push(chunk.id);
-        }
-        // Durable in the mirror before the catalog says so.
-        target.sync()?;
-        let _ = repo.catalog.mark_chunks_in_mirror(&done, id)?;
-        cursor = Some(last);
-        progress(report.chunks, total);
+/// Copies `pack` into disk `id` unless it is there whole, counting it in `report`.
+fn copy_pack(store: &dyn Redundancy, id: MirrorId, pack: PackId, report: &mut ResilverReport) -> Result<()> {
+    let bytes = store.fill(id, pack)?;
+    report.packs += 1;
+    if bytes > 0 {
+        report.copied += 1;
+        report.bytes += bytes;
     }
-    Ok(report)
+    Ok(())
+}
+
+fn refuse_foreign(dir: &Path) -> Result<()> {
+    if let Some((other, _)) = crate::store::read_identity(dir)? {
+        return Err(Error::ForeignMirror {
+            path: dir.to_path_buf(),
+            other: other.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Removes the mirror at `dir` from the repository (its files stay). Refused when no
@@ -160,14 +122,10 @@ pub fn remove(repo: &mut Repo, dir: &Path) -> Result<u32> {
     Ok(target.id.0)
 }
 
-/// Chunks a mounted fill looks at per batch (one short transaction each).
-const MOUNTED_BATCH: usize = 1024;
-
-/// `add` on a mounted repository: records the folder (or a known one) as
-/// `filling`, attaches it to the mount's store, then copies into it every chunk it
-/// lacks, in batches, while the mount serves, and marks it complete. A chunk whose
-/// bit says the mirror holds it is only checked for presence (scrub verifies
-/// bytes); any other is copied unless a good copy is already there.
+/// `add` on a mounted repository: records the folder (or a known one) as `filling`,
+/// attaches it to the mount's store (every pack started from then on reaches it),
+/// then copies in every older pack the catalog counts, with no lock of the mount
+/// held, and marks it complete. A pack gc deletes meanwhile is skipped.
 pub fn add_mounted(
     fs: &Fs,
     dir: &Path,
@@ -175,135 +133,59 @@ pub fn add_mounted(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ResilverReport> {
     let dir = std::path::absolute(dir).map_err(Error::io_with(format!("resolving {}", dir.display())))?;
-    let (id, repo_id, known) = fs.with_catalog(|cat, _, _| {
-        let repo_id = cat.settings()?.repo_id;
-        match cat.mirrors()?.into_iter().find(|m| m.path == dir) {
-            Some(m) => {
-                cat.set_mirror_state(m.id, "filling")?;
-                Ok((m.id, repo_id, true))
-            }
-            None => {
-                if let Some((other, _)) = crate::store::read_identity(&dir)? {
-                    return Err(Error::ForeignMirror {
-                        path: dir.clone(),
-                        other: other.to_string(),
-                    });
+    let repo_id = fs.settings().repo_id;
+    let (id, known) =
+        fs.with_catalog(
+            |cat, _, _| match cat.mirrors()?.into_iter().find(|m| m.path == dir) {
+                Some(m) => {
+                    cat.set_mirror_state(m.id, "filling")?;
+                    Ok((m.id, true))
                 }
-                Ok((cat.add_mirror(&dir, now_ns)?, repo_id, false))
-            }
-        }
-    })?;
-    // As `add`: a known mirror is opened (or given its identity again when its
-    // folder came back empty); a new one must be an empty or new folder.
-    let opened = match known {
-        true => DirStore::open(&dir, repo_id, id).or_else(|_| DirStore::create(&dir, repo_id, id)),
-        false => DirStore::create(&dir, repo_id, id),
-    };
-    let target = match opened {
-        Ok(s) => s,
-        Err(e) => {
-            if !known {
-                fs.with_catalog(|cat, _, _| cat.remove_mirror(id))?;
-            }
-            return Err(e);
-        }
+                None => {
+                    refuse_foreign(&dir)?;
+                    Ok((cat.add_mirror(&dir, now_ns)?, false))
+                }
+            },
+        )?;
+    let claimed = match known && crate::store::check_folder(&dir, repo_id, id).is_ok() {
+        true => Ok(()),
+        false => crate::store::claim_folder(&dir, repo_id, id),
     };
     let store = fs.store();
-    store.attach(id, Box::new(target))?;
+    if let Err(e) = claimed.and_then(|()| store.attach(id, &dir)) {
+        if !known {
+            fs.with_catalog(|cat, _, _| cat.remove_mirror(id))?;
+        }
+        return Err(e);
+    }
     fs.reload_mirror_paths()?;
-    let report = fill_mounted(fs, id, progress).inspect_err(|e| {
-        store.mark_lost(id, format!("filling it failed: {e}"));
-    })?;
-    fs.with_catalog(|cat, _, _| cat.set_mirror_state(id, "complete"))?;
-    log::info!(
-        "mirror {id} at {} is complete: {} chunks, {} copied",
-        dir.display(),
-        report.chunks,
-        report.copied
-    );
-    Ok(report)
-}
-
-fn fill_mounted(fs: &Fs, id: MirrorId, progress: &mut dyn FnMut(u64, u64)) -> Result<ResilverReport> {
-    let store = fs.store();
-    let target = store
-        .store(id)
-        .ok_or_else(|| Error::NotFound(format!("mirror {id}")))?;
-    // Everything put before the attach is committed now (with its mirror bits), so
-    // what the bits say below is all the fill must copy.
-    let total = fs.with_catalog(|cat, _, _| Ok(cat.chunk_totals(None)?.chunks))?;
+    // Taken after the attach with every write committed: each pack from before the
+    // attach has its row by now, and none gets more entries.
+    let packs: Vec<PackId> = fs.with_catalog(|cat, _, _| Ok(cat.packs()?.iter().map(|p| p.id).collect()))?;
     let mut report = ResilverReport {
         mirror: id.0,
-        chunks: 0,
-        copied: 0,
-        bytes: 0,
+        ..ResilverReport::default()
     };
-    let mut cursor: Option<ChunkId> = None;
-    let only_target = {
-        let mut set = MirrorSet::EMPTY;
-        set.insert(id);
-        set
-    };
-    loop {
-        let batch = fs.with_catalog(|cat, _, _| cat.chunks_after(cursor, MOUNTED_BATCH))?;
-        let Some(last) = batch.last().map(|c| c.id) else {
-            break;
-        };
-        let (mut marked, mut copied, mut unsourced) = (Vec::new(), Vec::new(), Vec::new());
-        for chunk in &batch {
-            report.chunks += 1;
-            let present = if MirrorSet(chunk.mirrors).contains(id) {
-                target.contains(&chunk.id)?
-            } else {
-                target
-                    .get_frame(&chunk.id)?
-                    .is_some_and(|f| codec::decode(&chunk.id, &f).is_ok())
-            };
-            if !present {
-                let frame = store
-                    .status()
-                    .iter()
-                    .filter(|m| m.id != id && m.state == MirrorState::Healthy)
-                    .filter_map(|m| store.store(m.id))
-                    .filter_map(|s| s.get_frame(&chunk.id).ok().flatten())
-                    .find(|f| codec::decode(&chunk.id, f).is_ok());
-                let Some(frame) = frame else {
-                    unsourced.push(chunk);
-                    continue;
-                };
-                // Waits for a gc deleting this chunk, like any put.
-                if !store.put_to(&chunk.id, &frame, only_target)?.contains(id) {
-                    return Err(Error::NoMirror {
-                        reason: format!("mirror {id} failed while being filled"),
-                    });
-                }
-                report.copied += 1;
-                report.bytes += frame.len() as u64;
-                copied.push(chunk.id);
+    for (i, pack) in packs.iter().enumerate() {
+        if let Err(e) = copy_pack(&*store, id, *pack, &mut report) {
+            let still_known = fs.with_catalog(|cat, _, _| Ok(cat.packs()?.iter().any(|p| p.id == *pack)))?;
+            if still_known {
+                store.mark_lost(id, &format!("filling it failed: {e}"));
+                return Err(e);
             }
-            marked.push(chunk.id);
+            // gc deleted it meanwhile: a copy that landed after the deletion goes too.
+            store.delete_packs(&[*pack])?;
         }
-        // Durable in the mirror before the catalog says so.
-        target.sync()?;
-        let gone = fs.with_catalog(|cat, _, _| cat.mark_chunks_in_mirror(&marked, id))?;
-        // A copy of a chunk gc deleted meanwhile would be an object nobody knows.
-        for chunk in copied.iter().filter(|c| gone.contains(c)) {
-            let _ = target.remove(chunk);
-        }
-        // No good copy elsewhere: fine for a chunk gc has deleted since (or one
-        // nothing references), a hole to report otherwise.
-        for chunk in unsourced.iter().filter(|c| c.refs > 0) {
-            if fs.with_catalog(|cat, _, _| cat.chunk(&chunk.id))?.is_some() {
-                return Err(Error::CorruptChunk {
-                    id: chunk.id,
-                    mirror: "every other mirror".into(),
-                    reason: "no good copy to fill the mirror from; run snapfs scrub".into(),
-                });
-            }
-        }
-        cursor = Some(last);
-        progress(report.chunks, total.max(report.chunks));
+        progress(i as u64 + 1, packs.len() as u64);
     }
+    store.set_complete(id)?;
+    fs.with_catalog(|cat, _, _| cat.set_mirror_state(id, "complete"))?;
+    log::info!(
+        "mirror {id} at {} is complete: {} packs, {} copied",
+        dir.display(),
+        report.packs,
+        report.copied
+    );
     Ok(report)
 }
 
@@ -318,10 +200,15 @@ pub fn remove_mounted(fs: &Fs, dir: &Path) -> Result<u32> {
             .iter()
             .find(|m| m.path == dir)
             .ok_or_else(|| Error::NotFound(format!("mirror {} (see snapfs status)", dir.display())))?;
-        let healthy = store.healthy();
+        let status = store.status();
+        let healthy = |id: MirrorId| {
+            status
+                .iter()
+                .any(|s| s.id == id && s.state == MirrorState::Healthy)
+        };
         let others = mirrors
             .iter()
-            .filter(|m| m.id != target.id && m.state == "complete" && healthy.contains(m.id))
+            .filter(|m| m.id != target.id && m.state == "complete" && healthy(m.id))
             .count();
         if others == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -329,23 +216,15 @@ pub fn remove_mounted(fs: &Fs, dir: &Path) -> Result<u32> {
                 dir.display()
             )));
         }
-        // Not trusted from here on, should the removal stop half-way.
-        cat.set_mirror_state(target.id, "filling")?;
         Ok(target.id)
     })?;
     store.detach(id)?;
+    fs.with_catalog(|cat, _, _| cat.remove_mirror(id))?;
     fs.reload_mirror_paths()?;
-    // Detached, the mirror gets no new bits: clear the old ones a page per turn of
-    // the catalog lock (the mount serves between pages), then drop the row.
-    let mut cursor = None;
-    while let Some(last) = fs.with_catalog(|cat, _, _| cat.clear_mirror_bits(id, cursor, MOUNTED_BATCH))? {
-        cursor = Some(last);
-    }
-    fs.with_catalog(|cat, _, _| cat.remove_mirror_row(id))?;
     Ok(id.0)
 }
 
-/// Brings back every mirror the mount has set aside that can be opened again (a
+/// Brings back every mirror the mount has set aside whose folder is its own again (a
 /// disk that returned, a folder scrub refilled): each is attached and filled with
 /// what it lacks, as `add_mounted` does. Returns what each fill did; a mirror that
 /// still cannot be opened stays lost and is skipped.
@@ -362,8 +241,7 @@ pub fn reinstate_lost(fs: &Fs, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec
         let Some(record) = records.iter().find(|m| m.id == id) else {
             continue;
         };
-        let repo_id = fs.settings().repo_id;
-        if let Err(e) = DirStore::open(&record.path, repo_id, id) {
+        if let Err(e) = crate::store::check_folder(&record.path, fs.settings().repo_id, id) {
             log::info!("mirror {id} ({}) is still lost: {e}", record.path.display());
             continue;
         }

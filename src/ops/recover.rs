@@ -1,7 +1,8 @@
 //! Catalog disaster recovery: compressed copies of the catalog in every mirror
 //! (`MIRROR/catalog/catalog-<time>.db.zst`, the newest few kept), taken at every
 //! snapshot and at a clean unmount, and `snapfs recover`, which rebuilds a lost or
-//! corrupt `catalog.db` from the newest good copy.
+//! corrupt `catalog.db` from the newest good copy, then rebuilds where every chunk
+//! lies from the packs themselves (the copy may predate a gc or a compaction).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,54 @@ pub struct RecoverReport {
     pub broken_catalog_moved_to: Option<PathBuf>,
     /// Copies tried before it that were unusable, with why.
     pub skipped: Vec<String>,
+    /// What rebuilding the chunks' places from the packs found.
+    pub reindex: ReindexReport,
+}
+
+/// What `reindex` found.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ReindexReport {
+    /// Packs read, and the good entries in them.
+    pub packs: u64,
+    pub entries: u64,
+    /// Chunk rows whose place was not a good entry of theirs and was set to one.
+    pub moved: u64,
+    /// Chunk rows for which no pack holds a good entry (`check` names their files).
+    pub missing: u64,
+}
+
+/// Rebuilds where each chunk of the repository at `repo_path` lies from its packs
+/// alone: every pack is read, and every chunk row whose place is not one of its good
+/// entries is moved to one. The caller holds the repository lock.
+pub fn reindex(repo_path: &Path) -> Result<ReindexReport> {
+    let mut catalog = catalog::Catalog::open(&repo_path.join(CATALOG_FILE))?;
+    let settings = catalog.settings()?;
+    let store = repo::open_store(&catalog, settings.repo_id)?;
+    let mut found: std::collections::HashMap<crate::types::ChunkId, Vec<crate::types::Location>> =
+        std::collections::HashMap::new();
+    let mut report = ReindexReport::default();
+    report.packs = store.scan_entries(&mut |id, at| {
+        found.entry(id).or_default().push(at);
+    })?;
+    report.entries = found.values().map(|v| v.len() as u64).sum();
+    let mut cursor = None;
+    loop {
+        let batch = catalog.chunks_after(cursor, 4096)?;
+        let Some(last) = batch.last().map(|c| c.id) else {
+            break;
+        };
+        let mut moves = Vec::new();
+        for chunk in &batch {
+            match found.get(&chunk.id) {
+                Some(places) if chunk.location.is_some_and(|at| places.contains(&at)) => {}
+                Some(places) => moves.push((chunk.id, places[0])),
+                None => report.missing += 1,
+            }
+        }
+        report.moved += catalog.set_locations(&moves)?;
+        cursor = Some(last);
+    }
+    Ok(report)
 }
 
 /// Rebuilds `REPO/catalog.db` from the newest sound copy found in `mirrors` (folders;
@@ -211,6 +260,7 @@ pub fn recover_with_progress(
             .and_then(|f| f.sync_all())
             .map_err(Error::io_with(format!("syncing {}", db.display())))?;
         repo::mark_sweep_needed(repo_path)?;
+        let reindex = reindex(repo_path)?;
         let taken = copy
             .file_name()
             .and_then(|n| n.to_str())
@@ -225,6 +275,7 @@ pub fn recover_with_progress(
             newest_snapshot: info.newest_snapshot.map(|(n, _)| n),
             broken_catalog_moved_to: moved,
             skipped,
+            reindex,
         });
     }
     let _ = std::fs::remove_file(&staging);

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, FileKind, InodeAttr};
 use crate::error::{Error, Result};
-use crate::store::MirrorStore;
+use crate::store::Redundancy;
 use crate::types::{GenId, InodeId};
 
 /// What a restore wrote.
@@ -26,7 +26,7 @@ pub struct RestoreStats {
 /// Copies `path` of generation `gen` to `dest`, which must not exist yet.
 pub fn restore(
     catalog: &Catalog,
-    store: &MirrorStore,
+    store: &dyn Redundancy,
     gen: GenId,
     path: &str,
     dest: &Path,
@@ -55,7 +55,7 @@ pub fn restore_size(catalog: &Catalog, gen: GenId, path: &str) -> Result<u64> {
 /// `restore`, calling `progress(bytes written so far)` after each chunk.
 pub fn restore_with_progress(
     catalog: &Catalog,
-    store: &MirrorStore,
+    store: &dyn Redundancy,
     gen: GenId,
     path: &str,
     dest: &Path,
@@ -82,7 +82,7 @@ pub fn restore_with_progress(
 
 struct Restorer<'a> {
     catalog: &'a Catalog,
-    store: &'a MirrorStore,
+    store: &'a dyn Redundancy,
     gen: GenId,
     links: HashMap<InodeId, PathBuf>,
     stats: RestoreStats,
@@ -112,8 +112,9 @@ impl Restorer<'_> {
             }
             FileKind::File => {
                 let file = std::fs::File::create_new(dest).map_err(Error::io_with(ctx("creating")))?;
-                for e in self.catalog.extents(self.gen, id, 0, attr.size)? {
-                    let plain = self.store.get_verified(&e.chunk)?;
+                let extents = self.catalog.placed_extents(self.gen, id, 0, attr.size)?;
+                for (e, at) in crate::fs::placed(extents)? {
+                    let plain = self.store.read(&e.chunk, at)?;
                     let bytes = plain
                         .get(e.chunk_offset as usize..(e.chunk_offset + e.length) as usize)
                         .ok_or_else(|| {

@@ -2,21 +2,20 @@
 //! missing copies from a good one, and name the files hurt by chunks that have no
 //! good copy left.
 //!
-//! Scrub changes only object files, never the catalog, so it runs beside a mount
-//! (objects are immutable under their id; a repair writes the same bytes the daemon
-//! would). It walks chunks in id order and keeps its place in `REPO/scrub.cursor`,
-//! so an interrupted scrub continues where it stopped. A mirror folder that vanished
-//! and came back empty is given its identity again and filled.
+//! Scrub changes only pack files, never the catalog, so it runs beside a mount (a
+//! repair writes the same bytes at the same place, which every mirror holds). It
+//! walks chunks in place order (pack, then offset) and keeps its place in
+//! `REPO/scrub.cursor`, so an interrupted scrub continues where it stopped. A mirror
+//! folder that vanished and came back empty is given its identity again and filled.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::catalog::{Catalog, MirrorRecord};
-use crate::codec;
 use crate::error::{Error, Result};
-use crate::store::{DirStore, ObjectStore};
-use crate::types::{ChunkId, RepoId};
+use crate::store::{MirrorState, PackMirrors, Redundancy, TARGET_PACK_BYTES};
+use crate::types::{Location, MirrorId, PackId, RepoId};
 
 /// File in the repository that remembers where an interrupted scrub stopped.
 pub const CURSOR_FILE: &str = "scrub.cursor";
@@ -63,11 +62,14 @@ impl ScrubReport {
 /// Progress: chunks done, chunks in all.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
-/// Opens a mirror for scrubbing; an empty or missing folder gets its identity back.
-fn open_for_scrub(m: &MirrorRecord, repo_id: RepoId) -> Result<DirStore> {
-    match DirStore::open(&m.path, repo_id, m.id) {
-        Ok(s) => Ok(s),
-        Err(open_err) => DirStore::create(&m.path, repo_id, m.id).map_err(|_| open_err),
+/// Gives every mirror folder that vanished or came back empty its identity again,
+/// so that the store opens it and scrub fills it; a folder that holds something
+/// else is left alone (and reported lost by the store).
+fn reclaim_empty_folders(records: &[MirrorRecord], repo_id: RepoId) {
+    for m in records {
+        if crate::store::check_folder(&m.path, repo_id, m.id).is_err() {
+            let _ = crate::store::claim_folder(&m.path, repo_id, m.id);
+        }
     }
 }
 
@@ -75,108 +77,93 @@ fn open_for_scrub(m: &MirrorRecord, repo_id: RepoId) -> Result<DirStore> {
 pub fn scrub(repo: &Path, catalog: &Catalog, progress: Progress<'_>) -> Result<ScrubReport> {
     let settings = catalog.settings()?;
     let records = catalog.mirrors()?;
+    reclaim_empty_folders(&records, settings.repo_id);
+    // Every mirror counts as complete here: scrub reads and repairs them all.
+    let folders: Vec<(MirrorId, PathBuf, bool)> =
+        records.iter().map(|m| (m.id, m.path.clone(), true)).collect();
+    let store = PackMirrors::open(
+        settings.repo_id,
+        &folders,
+        catalog.next_pack_id()?,
+        TARGET_PACK_BYTES,
+    )?;
     let mut report = ScrubReport::default();
-    let mut stores: Vec<Option<DirStore>> = Vec::new();
     for m in &records {
-        let mut entry = MirrorScrub {
+        let problem = store
+            .status()
+            .into_iter()
+            .find(|s| s.id == m.id)
+            .and_then(|s| match s.state {
+                MirrorState::Lost { reason } => Some(reason),
+                _ => None,
+            });
+        report.mirrors.push(MirrorScrub {
             id: m.id.0,
             path: m.path.clone(),
+            problem,
             ..Default::default()
-        };
-        match open_for_scrub(m, settings.repo_id) {
-            Ok(s) => stores.push(Some(s)),
-            Err(e) => {
-                entry.problem = Some(e.to_string());
-                stores.push(None);
-            }
-        }
-        report.mirrors.push(entry);
+        });
     }
+    let slot = |id: MirrorId| records.iter().position(|m| m.id == id);
     let cursor_path = repo.join(CURSOR_FILE);
     let mut cursor = std::fs::read_to_string(&cursor_path)
         .ok()
-        .and_then(|s| ChunkId::from_hex(s.trim()));
+        .and_then(|s| parse_cursor(s.trim()));
     report.resumed = cursor.is_some();
-    let total = catalog.chunk_totals(None)?.chunks;
+    let total = catalog.chunk_totals()?.chunks;
     let mut done = 0u64;
     if let Some(c) = cursor {
-        done = catalog.count_chunks_upto(&c)?;
+        done = catalog.count_chunks_placed_upto(c)?;
     }
     loop {
-        let batch = catalog.chunks_after(cursor, 512)?;
-        let Some(last) = batch.last().map(|c| c.id) else {
+        let batch = catalog.chunks_by_place(cursor, 512)?;
+        let Some(last) = batch.last().and_then(|c| c.location) else {
             break;
         };
         for chunk in &batch {
-            scrub_chunk(catalog, &chunk.id, &stores, &mut report)?;
+            let Some(at) = chunk.location else { continue };
+            let found = store.scrub(&chunk.id, at, true);
+            let mut count = |ids: &[MirrorId], f: fn(&mut MirrorScrub) -> &mut u64| {
+                for i in ids.iter().filter_map(|id| slot(*id)) {
+                    *f(&mut report.mirrors[i]) += 1;
+                }
+            };
+            count(&found.good, |m| &mut m.good);
+            count(&found.corrupt, |m| &mut m.corrupt);
+            count(&found.missing, |m| &mut m.missing);
+            count(&found.repaired, |m| &mut m.repaired);
+            for (id, why) in &found.failed {
+                if let Some(i) = slot(*id) {
+                    report.mirrors[i]
+                        .problem
+                        .get_or_insert_with(|| format!("repair failed: {why}"));
+                }
+            }
+            if found.good.is_empty() {
+                report.unrepairable.push(Damage {
+                    chunk: chunk.id.to_hex(),
+                    used_by: catalog.chunk_users(&chunk.id)?,
+                });
+            }
             done += 1;
             report.chunks += 1;
         }
         progress(done, total);
         cursor = Some(last);
-        std::fs::write(&cursor_path, last.to_hex())
+        std::fs::write(&cursor_path, format!("{} {}", last.pack.0, last.offset))
             .map_err(Error::io_with(format!("writing {}", cursor_path.display())))?;
     }
-    // Repairs are durable before the scrub says it is done.
-    for store in stores.iter().flatten() {
-        store.sync()?;
-    }
+    // Repairs are durable when made (each one fdatasyncs what it wrote).
     let _ = std::fs::remove_file(&cursor_path);
     Ok(report)
 }
 
-fn scrub_chunk(
-    catalog: &Catalog,
-    id: &ChunkId,
-    stores: &[Option<DirStore>],
-    report: &mut ScrubReport,
-) -> Result<()> {
-    let mut good: Option<Vec<u8>> = None;
-    let mut bad = Vec::new();
-    for (i, store) in stores.iter().enumerate() {
-        let Some(store) = store else { continue };
-        let frame = match store.get_frame(id) {
-            Ok(f) => f,
-            Err(e) => {
-                report.mirrors[i].problem.get_or_insert_with(|| e.to_string());
-                continue;
-            }
-        };
-        match frame {
-            Some(f) if codec::decode(id, &f).is_ok() => {
-                report.mirrors[i].good += 1;
-                if good.is_none() {
-                    good = Some(f);
-                }
-            }
-            Some(_) => {
-                report.mirrors[i].corrupt += 1;
-                bad.push(i);
-            }
-            None => {
-                report.mirrors[i].missing += 1;
-                bad.push(i);
-            }
-        }
-    }
-    match good {
-        Some(frame) => {
-            for i in bad {
-                let Some(store) = &stores[i] else { continue };
-                match store.put(id, &frame) {
-                    Ok(()) => report.mirrors[i].repaired += 1,
-                    Err(e) => {
-                        report.mirrors[i]
-                            .problem
-                            .get_or_insert_with(|| format!("repair failed: {e}"));
-                    }
-                }
-            }
-        }
-        None => report.unrepairable.push(Damage {
-            chunk: id.to_hex(),
-            used_by: catalog.chunk_users(id)?,
-        }),
-    }
-    Ok(())
+/// A saved cursor: "<pack> <offset>"; an older scrub's (a chunk id) starts over.
+fn parse_cursor(text: &str) -> Option<Location> {
+    let (pack, offset) = text.split_once(' ')?;
+    Some(Location {
+        pack: PackId(pack.parse().ok()?),
+        offset: offset.parse().ok()?,
+        len: 0,
+    })
 }

@@ -1,7 +1,7 @@
 //! `snapfs status`: mirrors and their health, sizes, dedup and compression ratios.
 //!
-//! Read-only: opens the catalog read-only and each mirror's identity, so it works
-//! while the repository is mounted or locked.
+//! Read-only: opens the catalog read-only and each mirror's packs for reading, so it
+//! works while the repository is mounted or locked.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::repo;
-use crate::store::DirStore;
+use crate::store::MirrorState;
 
 /// The health of one mirror as `status` sees it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -21,23 +21,12 @@ pub struct MirrorReport {
     /// Why the mirror is lost; absent when it is usable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
-    /// Chunks the catalog records in this mirror, and their bytes on disk.
-    pub chunks: u64,
+    /// Pack files in this mirror, and their bytes on disk.
+    pub packs: u64,
     pub stored_bytes: u64,
     /// Free bytes on the mirror's filesystem; absent when it cannot be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub available_bytes: Option<u64>,
-    /// How a commit makes new chunks durable here: `syncfs` (one per mirror) or
-    /// `fsync` (every new chunk file and folder); absent when the mirror is lost.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sync: Option<String>,
-    /// The mirror's filesystem type, which chose `sync` (`ext2/3/4`, `fuse` …, or the
-    /// statfs magic number in hex); absent when the mirror is lost.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub filesystem: Option<String>,
-    /// True when `SNAPFS_SYNC=fsync` chose `sync`, not the filesystem type.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub sync_forced: bool,
 }
 
 /// Everything `snapfs status` reports.
@@ -58,6 +47,10 @@ pub struct StatusReport {
     pub data_bytes: u64,
     /// Distinct chunks stored, and their plaintext bytes.
     pub chunks: u64,
+    /// Entry bytes of the packs the catalog counts, and of those the live ones: the
+    /// rest is dead (compaction gives it back).
+    pub pack_bytes: u64,
+    pub live_pack_bytes: u64,
     pub unique_bytes: u64,
     /// Bytes one complete copy takes on disk.
     pub stored_bytes: u64,
@@ -83,31 +76,32 @@ pub fn status(path: &Path) -> Result<StatusReport> {
     let settings = catalog.settings()?;
     let live = catalog.live();
     let tree = catalog.tree_totals(live)?;
-    let all = catalog.chunk_totals(None)?;
+    let all = catalog.chunk_totals()?;
     let versions = catalog.all_versions_data_bytes()?;
+    let packs = catalog.packs()?;
+    let store = repo::open_store(&catalog, settings.repo_id)?;
+    let records = catalog.mirrors()?;
     let mut mirrors = Vec::new();
-    for m in catalog.mirrors()? {
-        let totals = catalog.chunk_totals(Some(m.id))?;
-        let (state, problem, available, sync) = match DirStore::open(&m.path, settings.repo_id, m.id) {
-            Ok(store) => (
-                m.state.clone(),
-                None,
-                store.available_bytes().ok(),
-                Some(store.sync_choice().clone()),
-            ),
-            Err(e) => ("lost".to_string(), Some(e.to_string()), None, None),
+    for disk in store.status() {
+        let Some(m) = records.iter().find(|m| m.id == disk.id) else {
+            continue;
+        };
+        let (state, problem) = match &disk.state {
+            MirrorState::Lost { reason } => ("lost".to_string(), Some(reason.clone())),
+            _ => (m.state.clone(), None),
+        };
+        let usage = match &disk.state {
+            MirrorState::Lost { .. } => Default::default(),
+            _ => store.disk_usage(disk.id)?,
         };
         mirrors.push(MirrorReport {
             id: m.id.0,
-            path: m.path,
+            path: m.path.clone(),
             state,
             problem,
-            chunks: totals.chunks,
-            stored_bytes: totals.stored_bytes,
-            available_bytes: available,
-            sync: sync.as_ref().map(|c| c.mode.as_str().to_string()),
-            filesystem: sync.as_ref().map(|c| c.filesystem.clone()),
-            sync_forced: sync.is_some_and(|c| c.forced),
+            packs: usage.packs,
+            stored_bytes: usage.bytes,
+            available_bytes: usage.free,
         });
     }
     let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
@@ -125,6 +119,8 @@ pub fn status(path: &Path) -> Result<StatusReport> {
         logical_bytes: tree.logical_bytes,
         data_bytes: tree.data_bytes,
         chunks: all.chunks,
+        pack_bytes: packs.iter().map(|p| p.bytes).sum(),
+        live_pack_bytes: packs.iter().map(|p| p.live_bytes).sum(),
         unique_bytes: all.plain_bytes,
         stored_bytes: all.stored_bytes,
         all_versions_bytes: versions,

@@ -175,6 +175,126 @@ fn identity_text(repo: RepoId, mirror: MirrorId) -> String {
     format!("snapfs-mirror {IDENTITY_VERSION}\nrepository {repo}\nmirror {mirror}\n")
 }
 
+/// Makes `path` mirror `mirror` of repository `repo`: its identity file, durably. The
+/// folder is created if missing; an existing empty folder is fine; a folder that
+/// already is exactly this mirror is left as it is (so an interrupted claim can be
+/// retried). Refusals change nothing on disk: `ForeignMirror` (another repository's
+/// mirror), `Exists` (another mirror of this repository), `NotAMirror` (not empty, no
+/// identity), `NotDir` (a file).
+pub fn claim_folder(path: &Path, repo: RepoId, mirror: MirrorId) -> Result<()> {
+    let mut stale_temps = Vec::new();
+    match fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            create_dir_all_durably(path).map_err(Error::io_with(format!(
+                "creating mirror folder {}",
+                path.display()
+            )))?;
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("inspecting mirror folder {}", path.display()),
+                e,
+            ))
+        }
+        Ok(meta) if !meta.is_dir() => return Err(Error::NotDir(path.display().to_string())),
+        Ok(_) => match read_identity(path)? {
+            // Already this mirror: the caller finishes what an interrupted create left.
+            Some((r, m)) if r == repo && m == mirror => return Ok(()),
+            Some((r, _)) if r != repo => {
+                return Err(Error::ForeignMirror {
+                    path: path.to_path_buf(),
+                    other: r.to_string(),
+                })
+            }
+            Some((_, m)) => {
+                return Err(Error::Exists(format!(
+                    "{} (mirror {m} of this repository)",
+                    path.display()
+                )))
+            }
+            None => {
+                let entries = fs::read_dir(path).map_err(Error::io_with(format!(
+                    "listing mirror folder {}",
+                    path.display()
+                )))?;
+                for entry in entries {
+                    let entry = entry.map_err(Error::io_with(format!(
+                        "listing mirror folder {}",
+                        path.display()
+                    )))?;
+                    // Leftovers of our own interrupted identity write do not count.
+                    if entry
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(IDENTITY_TMP_PREFIX)
+                    {
+                        stale_temps.push(entry.path());
+                    } else {
+                        return Err(Error::NotAMirror {
+                            path: path.to_path_buf(),
+                        });
+                    }
+                }
+            }
+        },
+    }
+    // Identity first: a folder holding only our identity is recognised on retry.
+    let tmp = path.join(format!("{IDENTITY_TMP_PREFIX}-{}", std::process::id()));
+    let ctx = || format!("writing mirror identity in {}", path.display());
+    let mut file = fs::File::create(&tmp).map_err(Error::io_with(ctx()))?;
+    file.write_all(identity_text(repo, mirror).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(Error::io_with(ctx()))?;
+    drop(file);
+    fs::rename(&tmp, path.join(IDENTITY_FILE)).map_err(Error::io_with(ctx()))?;
+    for stale in stale_temps {
+        // Best effort: a leftover temp file is harmless.
+        let _ = fs::remove_file(stale);
+    }
+    fsync_dir(path).map_err(Error::io_with(ctx()))
+}
+
+/// Checks that `path` is exactly mirror `mirror` of repository `repo`. Errors:
+/// `ForeignMirror` (another repository), `UnsupportedFormat` (newer identity),
+/// `MirrorUnusable` with the reason (folder or identity missing, another mirror
+/// number, unreadable).
+pub fn check_folder(path: &Path, repo: RepoId, mirror: MirrorId) -> Result<()> {
+    let unusable = |reason: String| Error::MirrorUnusable {
+        id: mirror,
+        path: path.to_path_buf(),
+        reason,
+    };
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(unusable("it is not a folder".into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(unusable("the folder does not exist".into()))
+        }
+        Err(e) => return Err(unusable(e.to_string())),
+    }
+    match read_identity(path) {
+        Ok(Some((r, m))) if r == repo && m == mirror => {}
+        Ok(Some((r, _))) if r != repo => {
+            return Err(Error::ForeignMirror {
+                path: path.to_path_buf(),
+                other: r.to_string(),
+            })
+        }
+        Ok(Some((_, m))) => {
+            return Err(unusable(format!(
+                "it is mirror {m} of this repository, not mirror {mirror}"
+            )))
+        }
+        Ok(None) => return Err(unusable(format!("no {IDENTITY_FILE} identity file"))),
+        Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
+        Err(Error::NotAMirror { .. }) => {
+            return Err(unusable(format!("its {IDENTITY_FILE} file is unreadable")))
+        }
+        Err(e) => return Err(unusable(e.to_string())),
+    }
+    Ok(())
+}
+
 impl DirStore {
     /// Makes `path` mirror `mirror` of repository `repo` and opens it. The folder is
     /// created if missing; an existing empty folder is fine; a folder that already is
@@ -183,79 +303,7 @@ impl DirStore {
     /// `Exists` (another mirror of this repository), `NotAMirror` (not empty, no
     /// identity), `NotDir` (a file). On return the identity and `objects/` are durable.
     pub fn create(path: &Path, repo: RepoId, mirror: MirrorId) -> Result<DirStore> {
-        let mut stale_temps = Vec::new();
-        match fs::metadata(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                create_dir_all_durably(path).map_err(Error::io_with(format!(
-                    "creating mirror folder {}",
-                    path.display()
-                )))?;
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    format!("inspecting mirror folder {}", path.display()),
-                    e,
-                ))
-            }
-            Ok(meta) if !meta.is_dir() => return Err(Error::NotDir(path.display().to_string())),
-            Ok(_) => match read_identity(path)? {
-                Some((r, m)) if r == repo && m == mirror => {
-                    // Already this mirror: finish what an interrupted create left.
-                    create_objects_dir(path)?;
-                    return DirStore::open(path, repo, mirror);
-                }
-                Some((r, _)) if r != repo => {
-                    return Err(Error::ForeignMirror {
-                        path: path.to_path_buf(),
-                        other: r.to_string(),
-                    })
-                }
-                Some((_, m)) => {
-                    return Err(Error::Exists(format!(
-                        "{} (mirror {m} of this repository)",
-                        path.display()
-                    )))
-                }
-                None => {
-                    let entries = fs::read_dir(path).map_err(Error::io_with(format!(
-                        "listing mirror folder {}",
-                        path.display()
-                    )))?;
-                    for entry in entries {
-                        let entry = entry.map_err(Error::io_with(format!(
-                            "listing mirror folder {}",
-                            path.display()
-                        )))?;
-                        // Leftovers of our own interrupted identity write do not count.
-                        if entry
-                            .file_name()
-                            .to_string_lossy()
-                            .starts_with(IDENTITY_TMP_PREFIX)
-                        {
-                            stale_temps.push(entry.path());
-                        } else {
-                            return Err(Error::NotAMirror {
-                                path: path.to_path_buf(),
-                            });
-                        }
-                    }
-                }
-            },
-        }
-        // Identity first: a folder holding only our identity is recognised on retry.
-        let tmp = path.join(format!("{IDENTITY_TMP_PREFIX}-{}", std::process::id()));
-        let ctx = || format!("writing mirror identity in {}", path.display());
-        let mut file = fs::File::create(&tmp).map_err(Error::io_with(ctx()))?;
-        file.write_all(identity_text(repo, mirror).as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(Error::io_with(ctx()))?;
-        drop(file);
-        fs::rename(&tmp, path.join(IDENTITY_FILE)).map_err(Error::io_with(ctx()))?;
-        for stale in stale_temps {
-            // Best effort: a leftover temp file is harmless.
-            let _ = fs::remove_file(stale);
-        }
-        fsync_dir(path).map_err(Error::io_with(ctx()))?;
+        claim_folder(path, repo, mirror)?;
         create_objects_dir(path)?;
         DirStore::open(path, repo, mirror)
     }
@@ -267,39 +315,12 @@ impl DirStore {
     /// The way `sync` works is chosen here from the folder's filesystem type (and
     /// `SNAPFS_SYNC`); a bad `SNAPFS_SYNC` makes the mirror unusable, saying why.
     pub fn open(path: &Path, repo: RepoId, mirror: MirrorId) -> Result<DirStore> {
+        check_folder(path, repo, mirror)?;
         let unusable = |reason: String| Error::MirrorUnusable {
             id: mirror,
             path: path.to_path_buf(),
             reason,
         };
-        match fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(unusable("it is not a folder".into())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(unusable("the folder does not exist".into()))
-            }
-            Err(e) => return Err(unusable(e.to_string())),
-        }
-        match read_identity(path) {
-            Ok(Some((r, m))) if r == repo && m == mirror => {}
-            Ok(Some((r, _))) if r != repo => {
-                return Err(Error::ForeignMirror {
-                    path: path.to_path_buf(),
-                    other: r.to_string(),
-                })
-            }
-            Ok(Some((_, m))) => {
-                return Err(unusable(format!(
-                    "it is mirror {m} of this repository, not mirror {mirror}"
-                )))
-            }
-            Ok(None) => return Err(unusable(format!("no {IDENTITY_FILE} identity file"))),
-            Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
-            Err(Error::NotAMirror { .. }) => {
-                return Err(unusable(format!("its {IDENTITY_FILE} file is unreadable")))
-            }
-            Err(e) => return Err(unusable(e.to_string())),
-        }
         let objects = path.join(OBJECTS_DIR);
         if !objects.is_dir() {
             return Err(unusable(format!("its {OBJECTS_DIR}/ folder is missing")));

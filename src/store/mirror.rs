@@ -28,6 +28,8 @@ use crate::types::{ChunkId, MirrorId};
 pub enum MirrorState {
     /// Read and written.
     Healthy,
+    /// Written, but still being filled with what it lacks (packs): read last.
+    Filling,
     /// Set aside: not written any more, read only as a last resort.
     Lost {
         /// The error that set it aside.
@@ -39,6 +41,7 @@ impl fmt::Display for MirrorState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MirrorState::Healthy => f.write_str("healthy"),
+            MirrorState::Filling => f.write_str("filling"),
             MirrorState::Lost { reason } => write!(f, "lost: {reason}"),
         }
     }
@@ -86,7 +89,7 @@ impl Slot {
     fn healthy_store(&self) -> Option<&dyn ObjectStore> {
         match *self.state() {
             MirrorState::Healthy => self.store.as_deref(),
-            MirrorState::Lost { .. } => None,
+            MirrorState::Lost { .. } | MirrorState::Filling => None,
         }
     }
 
@@ -323,7 +326,7 @@ impl MirrorStore {
             .iter()
             .filter_map(|s| match &*s.state() {
                 MirrorState::Lost { reason } => Some(format!("{}: {reason}", s.describe)),
-                MirrorState::Healthy => None,
+                MirrorState::Healthy | MirrorState::Filling => None,
             })
             .collect();
         if reasons.is_empty() {

@@ -20,20 +20,26 @@ mod direct;
 mod fault;
 mod memory;
 mod mirror;
+#[cfg(test)]
+mod over_objects;
 pub mod pack;
 mod pack_mirrors;
 mod packs;
+mod redundancy;
 mod removals;
 mod sync;
 
-pub use dir::{create_dir_all_durably, read_identity, DirStore};
+pub use dir::{check_folder, claim_folder, create_dir_all_durably, read_identity, DirStore, IDENTITY_FILE};
 pub use fault::FaultStore;
 pub use memory::MemoryStore;
 #[cfg(test)]
 pub use memory::{Hook, HookedStore};
 pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
-pub use pack_mirrors::{Location, PackMirrors, TARGET_PACK_BYTES};
+#[cfg(test)]
+pub use over_objects::OverObjects;
+pub use pack_mirrors::{PackMirrors, PACKS_DIR, TARGET_PACK_BYTES};
 pub use packs::PackDir;
+pub use redundancy::{DiskUsage, EntryScrub, Redundancy};
 pub use removals::RemovalGuard;
 pub use sync::{mode_for_filesystem, SyncChoice, SyncMode, SYNC_ENV};
 

@@ -1,33 +1,38 @@
 //! Mirrors over packs (storage format 2): every disk folder holds the same packs, byte
 //! for byte, so a chunk has one location (pack, offset, length) that is good on every
-//! disk. The first implementation of the redundancy interface that parity and remotes
-//! will share: it takes chunks, says where they are, makes them durable, reads them
-//! back verified, repairs a bad copy from a good one, and reports each disk's health.
+//! disk. The first implementation of `Redundancy`.
 //!
 //! Owns: which pack is being filled and when to start the next, the append of each
-//! batch to every healthy disk at the same offset, the one verify-and-repair loop of
-//! reads, and the disks' health. A disk that fails an append or a sync is set aside
-//! (lost), as it can no longer be trusted to hold what the catalog will say is there;
-//! a full disk is reported to the caller instead and the disk stays in.
+//! batch to every writable disk at the same offset, the one verify-and-repair loop
+//! (reads and scrub), the disks' health, and filling a new or returning disk pack by
+//! pack. A disk that fails an append or a sync is set aside (lost), as it can no
+//! longer be trusted to hold what the catalog will say is there; a full disk is
+//! reported to the caller instead and the disk stays in.
 //!
-//! Lock scopes: `filling` is held for one batch's appends to every disk (writes into
-//! the page cache, no fsync) so that every disk sees the batches in the same order;
-//! the syncs run without it. A disk's `state` lock covers one read or change of its
-//! state.
+//! Disks: healthy (read and written), filling (written from its attach on, read last,
+//! trusted once `set_complete` says every older pack was copied in), lost (neither).
+//! A disk joins only at a pack boundary: `attach` closes the pack being filled, so the
+//! newcomer has every pack from then on whole, and `fill` copies the older ones.
+//!
+//! Lock scopes: `disks` is held only to clone or replace the list (no I/O); `filling`
+//! is held for one batch's appends to every disk (writes into the page cache, no
+//! fsync) so that every disk sees the batches in the same order; the syncs run
+//! without it. A disk's `state` lock covers one read or change of its state.
 //!
 //! Knows nothing of the catalog: the caller records each location the puts return
 //! (with its commit, after `sync`), and hands it back to read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::mirror::{MirrorState, MirrorStatus};
 use super::pack::{self, EntryLoc, PACK_HEADER_LEN};
 use super::packs::PackDir;
+use super::redundancy::{DiskUsage, EntryScrub, Redundancy};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::types::{ChunkId, MirrorId, PackId, RepoId};
+use crate::types::{ChunkId, Location, MirrorId, PackId, RepoId};
 
 /// The size at which a pack is finished and the next one started. Measured with
 /// `cargo bench --bench packs` (README): 16 MiB packs wrote 411-504 MB/s and read back
@@ -36,18 +41,21 @@ use crate::types::{ChunkId, MirrorId, PackId, RepoId};
 /// and a sensible unit to stripe over disks and upload.
 pub const TARGET_PACK_BYTES: u64 = 16 << 20;
 
-/// Where a chunk's entry lies, the same on every disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Location {
-    /// The pack.
-    pub pack: PackId,
-    /// The entry inside it.
-    pub entry: EntryLoc,
+/// The folder of a mirror that holds its packs.
+pub const PACKS_DIR: &str = "packs";
+
+fn entry(at: Location) -> EntryLoc {
+    EntryLoc {
+        offset: at.offset,
+        len: at.len,
+    }
 }
 
 struct Disk {
     id: MirrorId,
-    packs: PackDir,
+    folder: PathBuf,
+    /// `None` when the folder could not even be opened.
+    packs: Option<PackDir>,
     state: Mutex<MirrorState>,
     heals: AtomicU64,
 }
@@ -62,16 +70,33 @@ impl Disk {
         *self.state() == MirrorState::Healthy
     }
 
+    /// Healthy or filling: every put reaches it.
+    fn writable(&self) -> Option<&PackDir> {
+        match *self.state() {
+            MirrorState::Healthy | MirrorState::Filling => self.packs.as_ref(),
+            MirrorState::Lost { .. } => None,
+        }
+    }
+
     fn describe(&self) -> String {
-        format!("mirror {} ({})", self.id, self.packs.root().display())
+        format!("mirror {} ({})", self.id, self.folder.display())
     }
 
     /// Sets the disk aside; the first reason is kept.
     fn set_aside(&self, reason: String) {
         let mut state = self.state();
-        if *state == MirrorState::Healthy {
+        if !matches!(*state, MirrorState::Lost { .. }) {
             log::warn!("{} set aside: {reason}", self.describe());
             *state = MirrorState::Lost { reason };
+        }
+    }
+
+    /// Read order: healthy disks first, then filling ones, then lost ones.
+    fn rank(&self) -> u8 {
+        match *self.state() {
+            MirrorState::Healthy => 0,
+            MirrorState::Filling => 1,
+            MirrorState::Lost { .. } => 2,
         }
     }
 }
@@ -84,9 +109,22 @@ struct Filling {
     full: Vec<PackId>,
 }
 
+/// Opens mirror folder `folder` as disk `id` of repository `repo`: its identity must
+/// be exactly that (see `check_folder`), its `packs/` is created if missing.
+fn open_disk(repo: RepoId, id: MirrorId, folder: &Path) -> Result<PackDir> {
+    super::check_folder(folder, repo, id)?;
+    PackDir::open(&folder.join(PACKS_DIR), repo).map_err(|e| Error::MirrorUnusable {
+        id,
+        path: folder.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// Several disks holding the same packs. Thread-safe.
 pub struct PackMirrors {
-    disks: Vec<Disk>,
+    repo: RepoId,
+    /// Scope: held only to clone or replace the `Arc` (no I/O under it).
+    disks: Mutex<Arc<Vec<Arc<Disk>>>>,
     filling: Mutex<Filling>,
     target_pack_bytes: u64,
 }
@@ -97,42 +135,74 @@ fn is_caller_error(e: &Error) -> bool {
 }
 
 impl PackMirrors {
-    /// The disks `folders` (each a mirror's `packs/`, with its id) of repository
-    /// `repo`. New packs are numbered from `first_free` on (the catalog's next unused
-    /// number), skipping any number a disk already has a file for (a pack a crash
-    /// left before its commit named it). A pack is started anew once the one being
-    /// filled holds `target_pack_bytes`.
+    /// The mirror folders `folders` (id, folder, and whether the catalog counts it
+    /// complete) of repository `repo`. A folder that cannot be opened starts lost with
+    /// the reason; an incomplete one starts filling. New packs are numbered from
+    /// `first_free` on (the catalog's next unused number), skipping any number a disk
+    /// already has a file for (a pack a crash left before its commit named it). A
+    /// pack is started anew once the one being filled holds `target_pack_bytes`.
+    /// Errors: `NoMirror` when no folder is usable.
     pub fn open(
         repo: RepoId,
-        folders: &[(MirrorId, &Path)],
+        folders: &[(MirrorId, PathBuf, bool)],
         first_free: PackId,
         target_pack_bytes: u64,
     ) -> Result<PackMirrors> {
-        if folders.is_empty() {
-            return Err(Error::NoMirror {
-                reason: "no mirror is configured".into(),
-            });
-        }
-        let disks = folders
+        let disks: Vec<Arc<Disk>> = folders
             .iter()
-            .map(|(id, folder)| {
-                Ok(Disk {
+            .map(|(id, folder, complete)| {
+                let (packs, state) = match open_disk(repo, *id, folder) {
+                    Ok(p) if *complete => (Some(p), MirrorState::Healthy),
+                    Ok(p) => (Some(p), MirrorState::Filling),
+                    Err(e) => (
+                        None,
+                        MirrorState::Lost {
+                            reason: e.to_string(),
+                        },
+                    ),
+                };
+                Arc::new(Disk {
                     id: *id,
-                    packs: PackDir::open(folder, repo)?,
-                    state: Mutex::new(MirrorState::Healthy),
+                    folder: folder.clone(),
+                    packs,
+                    state: Mutex::new(state),
                     heals: AtomicU64::new(0),
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(PackMirrors {
-            disks,
+            .collect();
+        let store = PackMirrors {
+            repo,
+            disks: Mutex::new(Arc::new(disks)),
             filling: Mutex::new(Filling {
                 pack: None,
                 next_id: first_free,
                 full: Vec::new(),
             }),
             target_pack_bytes,
-        })
+        };
+        if !store.disks().iter().any(|d| d.healthy()) {
+            return Err(store.no_healthy_disk());
+        }
+        Ok(store)
+    }
+
+    fn disks(&self) -> Arc<Vec<Arc<Disk>>> {
+        self.disks.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn disk(&self, id: MirrorId) -> Result<Arc<Disk>> {
+        self.disks()
+            .iter()
+            .find(|d| d.id == id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("mirror {id}")))
+    }
+
+    /// The disks in read order.
+    fn read_order(&self) -> Vec<Arc<Disk>> {
+        let mut disks: Vec<Arc<Disk>> = self.disks().iter().cloned().collect();
+        disks.sort_by_key(|d| d.rank());
+        disks
     }
 
     fn filling(&self) -> MutexGuard<'_, Filling> {
@@ -142,18 +212,100 @@ impl PackMirrors {
 
     fn no_healthy_disk(&self) -> Error {
         let reasons: Vec<String> = self
-            .disks
+            .disks()
             .iter()
             .map(|d| format!("{}: {}", d.describe(), *d.state()))
             .collect();
         Error::NoMirror {
-            reason: reasons.join("; "),
+            reason: if reasons.is_empty() {
+                "no mirror is configured".into()
+            } else {
+                reasons.join("; ")
+            },
         }
     }
 
-    /// Stores `chunks` (id and frame each), together and in order, on every healthy
-    /// disk, and returns their locations. Durable only after a later `sync`.
-    pub fn put(&self, chunks: &[(ChunkId, &[u8])]) -> Result<Vec<Location>> {
+    /// Closes the pack being filled: the next put starts a new one.
+    fn close_open_pack(filling: &mut Filling) {
+        if let Some((full, _)) = filling.pack.take() {
+            filling.full.push(full);
+        }
+    }
+
+    fn repair(&self, source: &Disk, bad: &Disk, id: &ChunkId, at: Location, whole_pack: bool) -> Result<()> {
+        let (Some(from), Some(to)) = (source.packs.as_ref(), bad.packs.as_ref()) else {
+            return Err(Error::MissingChunk { id: *id });
+        };
+        if whole_pack {
+            // The good copy of the pack, up to where this process has written it (a
+            // pack being filled is restored as far as the entries that exist).
+            let len = from.file_len(at.pack).ok_or(Error::MissingChunk { id: *id })?;
+            let bytes = from
+                .read_run(at.pack, 0, len as usize)?
+                .ok_or(Error::MissingChunk { id: *id })?;
+            return to.install(at.pack, &bytes);
+        }
+        let good = from
+            .read_run(at.pack, at.offset, at.len as usize)?
+            .ok_or(Error::MissingChunk { id: *id })?;
+        to.repair_entry(at.pack, at.offset, &good)
+    }
+
+    /// Reads `id` at `at` from each disk in read order: every copy with `all`, else
+    /// up to the first good one. Returns the good plaintext and its disk, the disks
+    /// whose copy was bad (with whether the whole pack is missing or cut short, and
+    /// why), and whether any disk had the pack at all.
+    #[allow(clippy::type_complexity)]
+    fn read_copies(
+        &self,
+        id: &ChunkId,
+        at: Location,
+        all: bool,
+    ) -> (
+        Option<(Arc<Disk>, Vec<u8>)>,
+        Vec<(Arc<Disk>, bool, String)>,
+        Vec<MirrorId>,
+        bool,
+    ) {
+        let mut good: Option<(Arc<Disk>, Vec<u8>)> = None;
+        let mut bad = Vec::new();
+        let mut good_disks = Vec::new();
+        let mut some_disk_has_the_pack = false;
+        for disk in self.read_order() {
+            let Some(packs) = disk.packs.as_ref() else {
+                continue;
+            };
+            let read = packs.read_frame(at.pack, entry(at), id);
+            some_disk_has_the_pack |= !matches!(read, Ok(None));
+            let (whole_pack, reason) = match read {
+                Ok(Some(frame)) => match codec::decode(id, &frame) {
+                    Ok(plain) => {
+                        good_disks.push(disk.id);
+                        if good.is_none() {
+                            good = Some((disk.clone(), plain));
+                        }
+                        if !all {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => (false, e.to_string()),
+                },
+                Ok(None) => (true, format!("pack {} is missing", at.pack)),
+                Err(e) => {
+                    // A copy cut short before the entry's end is restored whole.
+                    let short = packs.file_len(at.pack).is_none_or(|len| len < at.end());
+                    (short, e.to_string())
+                }
+            };
+            bad.push((disk, whole_pack, reason));
+        }
+        (good, bad, good_disks, some_disk_has_the_pack)
+    }
+}
+
+impl Redundancy for PackMirrors {
+    fn put(&self, chunks: &[(ChunkId, &[u8])]) -> Result<Vec<Location>> {
         let mut bytes = Vec::new();
         let mut lens = Vec::with_capacity(chunks.len());
         for (id, frame) in chunks {
@@ -161,6 +313,7 @@ impl PackMirrors {
             pack::encode_entry(id, frame, &mut bytes);
             lens.push((bytes.len() - before) as u32);
         }
+        let disks = self.disks();
         let mut filling = self.filling();
         let (pack, offset) = match filling.pack {
             Some((pack, len))
@@ -169,21 +322,24 @@ impl PackMirrors {
                 (pack, len)
             }
             _ => {
-                if let Some((full, _)) = filling.pack.take() {
-                    filling.full.push(full);
-                }
+                Self::close_open_pack(&mut filling);
                 let mut id = filling.next_id;
-                while self.disks.iter().any(|d| d.packs.path(id).exists()) {
+                while disks
+                    .iter()
+                    .filter_map(|d| d.packs.as_ref())
+                    .any(|p| p.path(id).exists())
+                {
                     id = PackId(id.0 + 1);
                 }
                 filling.next_id = PackId(id.0 + 1);
                 (id, PACK_HEADER_LEN)
             }
         };
-        let mut written = 0;
-        for disk in self.disks.iter().filter(|d| d.healthy()) {
-            match disk.packs.append(pack, offset, &bytes) {
-                Ok(()) => written += 1,
+        let mut written_healthy = 0;
+        for disk in disks.iter() {
+            let Some(packs) = disk.writable() else { continue };
+            match packs.append(pack, offset, &bytes) {
+                Ok(()) => written_healthy += usize::from(disk.healthy()),
                 Err(e) if is_caller_error(&e) => {
                     // Nothing of the batch counts: the disks that took it hold dead
                     // bytes, and the next batch starts a new pack so offsets agree.
@@ -194,7 +350,9 @@ impl PackMirrors {
                 Err(e) => disk.set_aside(format!("writing pack {pack}: {e}")),
             }
         }
-        if written == 0 {
+        if written_healthy == 0 {
+            // A pack the healthy disks lack must not take further batches.
+            filling.pack = None;
             return Err(self.no_healthy_disk());
         }
         filling.pack = Some((pack, offset + bytes.len() as u64));
@@ -205,7 +363,8 @@ impl PackMirrors {
             .map(|len| {
                 let loc = Location {
                     pack,
-                    entry: EntryLoc { offset: at, len },
+                    offset: at,
+                    len,
                 };
                 at += u64::from(len);
                 loc
@@ -213,84 +372,51 @@ impl PackMirrors {
             .collect())
     }
 
-    /// Makes every put that returned before the call durable on every healthy disk
-    /// (fdatasync of the packs written, never `syncfs`). A disk whose sync fails is
-    /// set aside; the call fails only when no healthy disk is left.
-    pub fn sync(&self) -> Result<()> {
+    /// fdatasync of the packs written on every writable disk, never `syncfs`. A disk
+    /// whose sync fails is set aside; the call fails only when no healthy disk is left.
+    fn sync(&self) -> Result<()> {
         let full = std::mem::take(&mut self.filling().full);
-        for disk in self.disks.iter().filter(|d| d.healthy()) {
-            let result = disk
-                .packs
+        for disk in self.disks().iter() {
+            let Some(packs) = disk.writable() else { continue };
+            let result = packs
                 .sync()
-                .and_then(|()| full.iter().try_for_each(|p| disk.packs.finish(*p)));
+                .and_then(|()| full.iter().try_for_each(|p| packs.finish(*p)));
             match result {
                 Ok(()) => {}
                 Err(e) if is_caller_error(&e) => return Err(e),
                 Err(e) => disk.set_aside(format!("syncing packs: {e}")),
             }
         }
-        if !self.disks.iter().any(Disk::healthy) {
+        if !self.disks().iter().any(|d| d.healthy()) {
             return Err(self.no_healthy_disk());
         }
         Ok(())
     }
 
-    /// The verified plaintext of chunk `id` at `at`. Reads the healthy disks in order
-    /// (the set-aside ones last) until a copy decodes and hashes to `id`; every healthy
-    /// disk read before it whose copy was bad gets the good entry written over the bad
-    /// one, or the whole pack restored from the good disk when its copy is missing or
-    /// cut short (counted as heals; a repair that fails never fails the read). Errors:
-    /// `CorruptChunk` naming each disk and why, or `MissingChunk` when no disk has the
-    /// pack. Never returns wrong bytes.
-    pub fn read(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>> {
-        let order = self
-            .disks
-            .iter()
-            .filter(|d| d.healthy())
-            .chain(self.disks.iter().filter(|d| !d.healthy()));
-        let mut to_heal: Vec<(&Disk, bool)> = Vec::new(); // (disk, whole pack)
-        let mut reasons = Vec::new();
-        let mut some_disk_has_the_pack = false;
-        let mut good = None;
-        for disk in order {
-            let healthy = disk.healthy();
-            let read = disk.packs.read_frame(at.pack, at.entry, id);
-            some_disk_has_the_pack |= !matches!(read, Ok(None));
-            let (whole_pack, reason) = match read {
-                Ok(Some(frame)) => match codec::decode(id, &frame) {
-                    Ok(plain) => {
-                        good = Some((disk, plain));
-                        break;
-                    }
-                    Err(e) => (false, e.to_string()),
-                },
-                Ok(None) => (true, format!("pack {} is missing", at.pack)),
-                Err(e) => {
-                    // A copy cut short before the entry's end is restored whole.
-                    let short = disk
-                        .packs
-                        .file_len(at.pack)
-                        .is_none_or(|len| len < at.entry.end());
-                    (short, e.to_string())
-                }
-            };
-            if healthy {
-                to_heal.push((disk, whole_pack));
-            }
-            reasons.push(format!("{}: {reason}", disk.describe()));
-        }
+    /// Reads the disks in read order until a copy decodes and hashes to `id`; every
+    /// writable disk read before it whose copy was bad gets the good entry written over
+    /// the bad one, or the whole pack restored from the good disk when its copy is
+    /// missing or cut short (counted as heals; a repair that fails never fails the
+    /// read). Errors: `CorruptChunk` naming each disk and why, or `MissingChunk` when
+    /// no disk has the pack.
+    fn read(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>> {
+        let (good, bad, _, some_disk_has_the_pack) = self.read_copies(id, at, false);
         let Some((source, plain)) = good else {
             if !some_disk_has_the_pack {
                 return Err(Error::MissingChunk { id: *id });
             }
+            let reasons: Vec<String> = bad
+                .iter()
+                .map(|(d, _, why)| format!("{}: {why}", d.describe()))
+                .collect();
             return Err(Error::CorruptChunk {
                 id: *id,
                 mirror: "every mirror".into(),
                 reason: reasons.join("; "),
             });
         };
-        for (disk, whole_pack) in to_heal {
-            match self.repair(source, disk, id, at, whole_pack) {
+        for (disk, whole_pack, _) in bad.iter().filter(|(d, _, _)| d.writable().is_some()) {
+            match self.repair(&source, disk, id, at, *whole_pack) {
                 Ok(()) => {
                     disk.heals.fetch_add(1, Ordering::Relaxed);
                     log::warn!(
@@ -309,30 +435,35 @@ impl PackMirrors {
         Ok(plain)
     }
 
-    fn repair(&self, source: &Disk, bad: &Disk, id: &ChunkId, at: Location, whole_pack: bool) -> Result<()> {
-        if whole_pack {
-            // The good copy of the pack, up to where this process has written it (a
-            // pack being filled is restored as far as the entries that exist).
-            let len = source
-                .packs
-                .file_len(at.pack)
-                .ok_or(Error::MissingChunk { id: *id })?;
-            let bytes = source
-                .packs
-                .read_run(at.pack, 0, len as usize)?
-                .ok_or(Error::MissingChunk { id: *id })?;
-            return bad.packs.install(at.pack, &bytes);
+    fn scrub(&self, id: &ChunkId, at: Location, repair: bool) -> EntryScrub {
+        let (good, bad, good_disks, _) = self.read_copies(id, at, true);
+        let mut report = EntryScrub {
+            good: good_disks,
+            ..EntryScrub::default()
+        };
+        for (disk, whole_pack, _) in &bad {
+            if *whole_pack && disk.packs.as_ref().is_some_and(|p| p.file_len(at.pack).is_none()) {
+                report.missing.push(disk.id);
+            } else {
+                report.corrupt.push(disk.id);
+            }
+            let Some((source, _)) = &good else { continue };
+            if disk.packs.is_none() || !repair {
+                continue;
+            }
+            match self.repair(source, disk, id, at, *whole_pack) {
+                Ok(()) => {
+                    disk.heals.fetch_add(1, Ordering::Relaxed);
+                    report.repaired.push(disk.id);
+                }
+                Err(e) => report.failed.push((disk.id, e.to_string())),
+            }
         }
-        let entry = source
-            .packs
-            .read_run(at.pack, at.entry.offset, at.entry.len as usize)?
-            .ok_or(Error::MissingChunk { id: *id })?;
-        bad.packs.repair_entry(at.pack, at.entry.offset, &entry)
+        report
     }
 
-    /// Every disk with its state and heal count, in read order.
-    pub fn status(&self) -> Vec<MirrorStatus> {
-        self.disks
+    fn status(&self) -> Vec<MirrorStatus> {
+        self.disks()
             .iter()
             .map(|d| MirrorStatus {
                 id: d.id,
@@ -341,6 +472,181 @@ impl PackMirrors {
                 heals: d.heals.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    fn pack_lengths(&self, pack: PackId) -> Vec<(MirrorId, bool, Option<u64>)> {
+        self.disks()
+            .iter()
+            .filter_map(|d| Some((d.id, d.healthy(), d.packs.as_ref()?.file_len(pack))))
+            .collect()
+    }
+
+    fn open_pack(&self) -> Option<PackId> {
+        self.filling().pack.map(|(p, _)| p)
+    }
+
+    fn pack_ids(&self) -> Result<Vec<PackId>> {
+        let mut all = std::collections::BTreeSet::new();
+        for disk in self.disks().iter() {
+            let Some(packs) = disk.writable() else { continue };
+            all.extend(packs.list()?);
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn scan_entries(&self, visit: &mut dyn FnMut(ChunkId, Location)) -> Result<u64> {
+        let mut scanned = 0;
+        let disks = self.read_order();
+        for pack in self.pack_ids()? {
+            let scan = disks
+                .iter()
+                .filter_map(|d| d.writable())
+                .filter(|p| p.file_len(pack).is_some())
+                .find_map(|p| match p.scan(pack) {
+                    Ok(scan) => Some(scan),
+                    Err(e) => {
+                        log::warn!("pack {pack} in {}: {e}", p.root().display());
+                        None
+                    }
+                });
+            let Some(scan) = scan else { continue };
+            for e in &scan.entries {
+                visit(
+                    e.id,
+                    Location {
+                        pack,
+                        offset: e.loc.offset,
+                        len: e.loc.len,
+                    },
+                );
+            }
+            scanned += 1;
+        }
+        Ok(scanned)
+    }
+
+    fn delete_packs(&self, ids: &[PackId]) -> Result<()> {
+        for disk in self.disks().iter() {
+            let Some(packs) = disk.packs.as_ref() else {
+                continue;
+            };
+            for id in ids {
+                if let Err(e) = packs.remove(*id) {
+                    if disk.writable().is_some() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn disk_usage(&self, id: MirrorId) -> Result<DiskUsage> {
+        let disk = self.disk(id)?;
+        let Some(packs) = disk.packs.as_ref() else {
+            return Ok(DiskUsage::default());
+        };
+        let mut usage = DiskUsage::default();
+        for p in packs.list()? {
+            usage.packs += 1;
+            usage.bytes += packs.file_len(p).unwrap_or(0);
+        }
+        usage.free = rustix::fs::statvfs(&disk.folder)
+            .ok()
+            .map(|s| s.f_bavail * s.f_frsize);
+        Ok(usage)
+    }
+
+    fn attach(&self, id: MirrorId, folder: &Path) -> Result<()> {
+        let packs = open_disk(self.repo, id, folder)?;
+        let disk = Arc::new(Disk {
+            id,
+            folder: folder.to_path_buf(),
+            packs: Some(packs),
+            state: Mutex::new(MirrorState::Filling),
+            heals: AtomicU64::new(0),
+        });
+        // Under the filling lock: no batch is half-appended, and the next one starts a
+        // pack the newcomer gets whole.
+        let mut filling = self.filling();
+        Self::close_open_pack(&mut filling);
+        let mut guard = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut disks: Vec<Arc<Disk>> = guard.as_ref().clone();
+        match disks.iter().position(|d| d.id == id) {
+            Some(i) => {
+                disk.heals
+                    .store(disks[i].heals.load(Ordering::Relaxed), Ordering::Relaxed);
+                disks[i] = disk;
+            }
+            None => disks.push(disk),
+        }
+        *guard = Arc::new(disks);
+        Ok(())
+    }
+
+    fn fill(&self, id: MirrorId, pack: PackId) -> Result<u64> {
+        let target = self.disk(id)?;
+        let Some(to) = target.writable() else {
+            return Err(Error::MirrorUnusable {
+                id,
+                path: target.folder.clone(),
+                reason: format!("{}", *target.state()),
+            });
+        };
+        let source = self
+            .read_order()
+            .into_iter()
+            .filter(|d| d.id != id && d.healthy())
+            .find(|d| d.packs.as_ref().is_some_and(|p| p.file_len(pack).is_some()));
+        let Some(source) = source else {
+            return Err(Error::CorruptPack {
+                path: to.path(pack),
+                reason: "no healthy mirror holds this pack to copy it from".into(),
+            });
+        };
+        let from = source.packs.as_ref().expect("a source has packs");
+        let len = from.file_len(pack).unwrap_or(0);
+        if to.file_len(pack) == Some(len) {
+            return Ok(0);
+        }
+        let bytes = from
+            .read_run(pack, 0, len as usize)?
+            .ok_or_else(|| Error::CorruptPack {
+                path: from.path(pack),
+                reason: "it went away while being copied".into(),
+            })?;
+        to.install(pack, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    fn set_complete(&self, id: MirrorId) -> Result<()> {
+        let disk = self.disk(id)?;
+        let mut state = disk.state();
+        if *state == MirrorState::Filling {
+            *state = MirrorState::Healthy;
+        }
+        Ok(())
+    }
+
+    fn detach(&self, id: MirrorId) -> Result<()> {
+        let mut guard = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        if !guard.iter().any(|d| d.id == id) {
+            return Err(Error::NotFound(format!("mirror {id}")));
+        }
+        let disks: Vec<Arc<Disk>> = guard.iter().filter(|d| d.id != id).cloned().collect();
+        if !disks.iter().any(|d| d.healthy()) {
+            return Err(Error::NoMirror {
+                reason: format!("mirror {id} is the last healthy one"),
+            });
+        }
+        *guard = Arc::new(disks);
+        Ok(())
+    }
+
+    fn mark_lost(&self, id: MirrorId, reason: &str) {
+        if let Ok(disk) = self.disk(id) {
+            disk.set_aside(reason.to_string());
+        }
     }
 }
 
@@ -359,13 +665,14 @@ mod tests {
 
     fn fixture(target: u64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let folders: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("m{i}/packs"))).collect();
-        let named: Vec<(MirrorId, &Path)> = folders
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (MirrorId(i as u32), f.as_path()))
+        let mirrors: Vec<(MirrorId, PathBuf, bool)> = (0..2)
+            .map(|i| (MirrorId(i), dir.path().join(format!("m{i}")), true))
             .collect();
-        let store = PackMirrors::open(REPO, &named, PackId(1), target).unwrap();
+        for (id, folder, _) in &mirrors {
+            crate::store::claim_folder(folder, REPO, *id).unwrap();
+        }
+        let folders = mirrors.iter().map(|(_, f, _)| f.join(PACKS_DIR)).collect();
+        let store = PackMirrors::open(REPO, &mirrors, PackId(1), target).unwrap();
         Fixture {
             _dir: dir,
             folders,
@@ -460,7 +767,7 @@ mod tests {
         f.store.sync().unwrap();
         let path = pack_file(&f, 0, locs[2].pack);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[locs[2].entry.offset as usize + 70] ^= 0x10;
+        bytes[locs[2].offset as usize + 70] ^= 0x10;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(f.store.read(&batch[2].0, locs[2]).unwrap(), batch[2].2);
         assert_eq!(f.store.status()[0].heals, 1);
@@ -498,7 +805,7 @@ mod tests {
         f.store.sync().unwrap();
         let path = pack_file(&f, 0, locs[0].pack);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.set_len(locs[3].entry.offset + 5).unwrap();
+        file.set_len(locs[3].offset + 5).unwrap();
         assert_eq!(f.store.read(&batch[4].0, locs[4]).unwrap(), batch[4].2);
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -515,7 +822,7 @@ mod tests {
         for disk in 0..2 {
             let path = pack_file(&f, disk, locs[0].pack);
             let mut bytes = std::fs::read(&path).unwrap();
-            bytes[locs[0].entry.offset as usize + 45 + disk] ^= 1;
+            bytes[locs[0].offset as usize + 45 + disk] ^= 1;
             std::fs::write(&path, &bytes).unwrap();
         }
         let err = f.store.read(&batch[0].0, locs[0]).unwrap_err();
@@ -577,11 +884,12 @@ mod tests {
     #[test]
     fn a_pack_number_a_crash_left_on_disk_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let folder = dir.path().join("packs");
-        let leftover = PackDir::open(&folder, REPO).unwrap();
+        let folder = dir.path().join("m0");
+        crate::store::claim_folder(&folder, REPO, MirrorId(0)).unwrap();
+        let leftover = PackDir::open(&folder.join(PACKS_DIR), REPO).unwrap();
         leftover.append(PackId(1), PACK_HEADER_LEN, b"").unwrap();
         leftover.sync().unwrap();
-        let store = PackMirrors::open(REPO, &[(MirrorId(0), folder.as_path())], PackId(1), 1 << 20).unwrap();
+        let store = PackMirrors::open(REPO, &[(MirrorId(0), folder, true)], PackId(1), 1 << 20).unwrap();
         let batch = chunks(0, 1);
         let refs: Vec<(ChunkId, &[u8])> = batch
             .iter()
