@@ -145,6 +145,16 @@ impl Catalog {
             .map_err(sql_err("listing unpacked chunks"))
     }
 
+    /// How many chunks have no place (a format-1 repository being upgraded).
+    pub fn unplaced_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM chunks WHERE pack_id IS NULL", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(sql_err("counting unpacked chunks"))
+    }
+
     /// Moves each chunk of `moves` to its new place, in one transaction (the triggers
     /// move its bytes between the packs' counts). A chunk the catalog no longer has
     /// is skipped; returns how many moved.

@@ -21,6 +21,7 @@ mod rollback;
 mod scrub;
 mod snapshot;
 mod status;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -76,6 +77,7 @@ pub enum Command {
     Check(check::Args),
     Recover(recover::Args),
     Mirror(mirror::Args),
+    Upgrade(upgrade::Args),
     Completions(docs::CompletionsArgs),
     Manpage(docs::ManpageArgs),
 }
@@ -141,6 +143,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Log(args) => diff::log(&repo, args),
         Command::Scrub(args) => scrub::run(&repo, args),
         Command::Check(args) => check::run(&repo, args),
+        Command::Upgrade(args) => upgrade::run(&repo, args),
         Command::Recover(args) => recover::run(&repo, args),
         Command::Mirror(args) => mirror::run(&repo, args),
         Command::Completions(_) | Command::Manpage(_) => Ok(()),

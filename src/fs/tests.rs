@@ -27,11 +27,10 @@ fn fixture_over(mirror: Box<dyn ObjectStore>) -> Fixture {
     fixture_with(mirror, FsOptions::default())
 }
 
-/// A filesystem over one mirror, `mirror`, with `options`.
-fn fixture_with(mirror: Box<dyn ObjectStore>, options: FsOptions) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::create(
-        &dir.path().join("catalog.db"),
+/// A new catalog at `path` with the fixtures' settings.
+fn new_catalog(path: &std::path::Path) -> Catalog {
+    Catalog::create(
+        path,
         &NewCatalog {
             settings: Settings {
                 repo_id: RepoId([3; 16]),
@@ -50,7 +49,13 @@ fn fixture_with(mirror: Box<dyn ObjectStore>, options: FsOptions) -> Fixture {
             mirrors: vec!["/m0".into()],
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A filesystem over one mirror, `mirror`, with `options`.
+fn fixture_with(mirror: Box<dyn ObjectStore>, options: FsOptions) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = new_catalog(&dir.path().join("catalog.db"));
     let store: Arc<dyn ObjectStore> = Arc::from(mirror);
     let fs = Fs::new(catalog, Arc::new(OverObjects::new(store.clone())), options).unwrap();
     Fixture { _dir: dir, fs, store }
@@ -997,85 +1002,146 @@ fn everything_inside_a_snapshot_is_served_while_the_core_is_locked() {
     assert!(read_back, "and read the right bytes");
 }
 
-/// Writes `data` as file `name`, commits it, and unlinks it: its chunks become
-/// garbage (no snapshot holds them).
-fn make_garbage(f: &Fixture, name: &str, data: &[u8]) {
-    let ino = file(f, name);
-    f.fs.write(ino, 0, data).unwrap();
-    f.fs.fsync(None).unwrap();
-    f.fs.unlink(InodeId::ROOT, name.as_bytes()).unwrap();
-    f.fs.fsync(None).unwrap();
+/// A filesystem over two mirror folders of real packs of at most `pack_bytes`.
+struct PackedFixture {
+    dir: tempfile::TempDir,
+    fs: Fs,
+    store: Arc<crate::store::PackMirrors>,
+}
+
+fn packed_fixture(pack_bytes: u64) -> PackedFixture {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = RepoId([3; 16]);
+    let folders: Vec<_> = (0..2u32)
+        .map(|i| {
+            let folder = dir.path().join(format!("m{i}"));
+            crate::store::claim_folder(&folder, repo, crate::types::MirrorId(i)).unwrap();
+            (crate::types::MirrorId(i), folder, true)
+        })
+        .collect();
+    let store = Arc::new(
+        crate::store::PackMirrors::open(repo, &folders, crate::types::PackId(1), pack_bytes).unwrap(),
+    );
+    let catalog = new_catalog(&dir.path().join("catalog.db"));
+    let fs = Fs::new(catalog, store.clone(), FsOptions::default()).unwrap();
+    PackedFixture { dir, fs, store }
+}
+
+/// Every chunk the live file `name` names reads back from the packs, verified.
+fn assert_stored(f: &PackedFixture, name: &str) {
+    let placed: Vec<_> = {
+        let st = f.fs.lock();
+        let live = st.catalog.live();
+        let ino = st
+            .catalog
+            .lookup(live, InodeId::ROOT, name.as_bytes())
+            .unwrap()
+            .unwrap();
+        st.catalog.placed_extents(live, ino, 0, u64::MAX).unwrap()
+    };
+    assert!(!placed.is_empty());
+    for (extent, at) in placed {
+        f.store
+            .read(&extent.chunk, at.expect("placed"))
+            .unwrap_or_else(|e| panic!("chunk {} of {name} at {at:?}: {e}", extent.chunk));
+    }
 }
 
 #[test]
 fn gc_beside_writes_of_the_same_bytes_loses_nothing() {
-    // Deletions are slow (2 ms each) and the writes below start once the first one
-    // has begun, so they store the same chunks while gc is deleting them: a put must
-    // wait for its chunk's deletion, or the deletion takes the new copy.
-    static DELETING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let slow =
-        crate::store::HookedStore::new(Box::new(|| {}), Box::new(|| {})).with_before_remove(Box::new(|| {
-            DELETING.store(true, std::sync::atomic::Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }));
-    let f = fixture_over(Box::new(slow));
+    // The garbage fills many small packs; writers store the same bytes while gc
+    // condemns its chunks and deletes its packs. A write must never count on a
+    // condemned chunk (it stores a fresh entry) and gc must never delete a pack a
+    // write just used: every new file reads back and every chunk it names is stored.
+    let f = packed_fixture(256 << 10);
     let data = random(70, 4 << 20);
-    make_garbage(&f, "old", &data);
+    let ino =
+        f.fs.create(ME, InodeId::ROOT, b"old", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    f.fs.write(ino, 0, &data).unwrap();
+    f.fs.fsync(None).unwrap();
+    f.fs.unlink(InodeId::ROOT, b"old").unwrap();
+    f.fs.fsync(None).unwrap();
     let (before, _) = f.fs.with_catalog(|cat, _, _| cat.garbage_totals()).unwrap();
     assert!(before > 50, "garbage to collect: {before} chunks");
-    std::thread::scope(|s| {
-        let gc = s.spawn(|| crate::ops::gc::gc_mounted(&f.fs, false, false, &mut |_, _| {}).unwrap());
-        while !DELETING.load(std::sync::atomic::Ordering::SeqCst) {
+    let packs_before = f.store.pack_ids().unwrap().len();
+    assert!(packs_before > 10, "the garbage spans {packs_before} packs");
+    let condemned = &std::sync::atomic::AtomicBool::new(false);
+    let fs = &f.fs;
+    let stats = std::thread::scope(|s| {
+        // The writes start once gc has condemned the garbage (before, they would
+        // simply make it referenced again), beside its choice and deletion of packs.
+        let gc = s.spawn(|| {
+            crate::ops::gc::gc_mounted(fs, false, false, &mut |_, _| {
+                condemned.store(true, std::sync::atomic::Ordering::SeqCst)
+            })
+            .unwrap()
+        });
+        while !condemned.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::yield_now();
         }
         for i in 0..8 {
-            let ino = file(&f, &format!("new{i}"));
+            let ino =
+                f.fs.create(
+                    ME,
+                    InodeId::ROOT,
+                    format!("new{i}").as_bytes(),
+                    FileKind::File,
+                    0o644,
+                    0,
+                    b"",
+                )
+                .unwrap()
+                .id;
             f.fs.write(ino, 0, &data).unwrap();
             f.fs.fsync(None).unwrap();
         }
-        assert!(gc.join().unwrap().chunks > 0, "gc deleted the old copies");
+        gc.join().unwrap()
     });
+    assert!(stats.chunks > 0, "gc condemned the old chunks");
     for i in 0..8 {
-        let ino =
-            f.fs.lookup(InodeId::ROOT, format!("new{i}").as_bytes())
-                .unwrap()
-                .id;
+        let name = format!("new{i}");
+        let ino = f.fs.lookup(InodeId::ROOT, name.as_bytes()).unwrap().id;
         assert!(
             f.fs.read(ino, 0, data.len()).unwrap() == data,
-            "new{i} reads back"
+            "{name} reads back"
         );
+        assert_stored(&f, &name);
     }
-    // Every chunk a file names has its object: nothing referenced was deleted.
-    let ids: Vec<_> = {
-        let st = f.fs.lock();
-        let live = st.catalog.live();
-        let ino = st.catalog.lookup(live, InodeId::ROOT, b"new7").unwrap().unwrap();
-        st.catalog
-            .extents(live, ino, 0, u64::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.chunk)
-            .collect()
-    };
-    for id in ids {
-        assert!(
-            f.store.contains(&id).unwrap(),
-            "chunk {id} of a live file is stored"
-        );
+    // What is left over is the next gc's, and nothing it deletes is named.
+    let again = crate::ops::gc::gc_mounted(&f.fs, false, true, &mut |_, _| {}).unwrap();
+    assert!(stats.packs + again.packs > 0, "dead packs were deleted");
+    for i in 0..8 {
+        assert_stored(&f, &format!("new{i}"));
     }
     let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
+    drop(f.dir);
 }
 
 #[test]
 fn gc_waits_for_reads_that_began_before_it_condemned_their_chunks() {
-    let f = fixture();
-    make_garbage(&f, "old", &random(71, 300_000));
+    let f = packed_fixture(64 << 10);
+    let ino =
+        f.fs.create(ME, InodeId::ROOT, b"old", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    f.fs.write(ino, 0, &random(71, 1 << 20)).unwrap();
+    f.fs.fsync(None).unwrap();
+    f.fs.unlink(InodeId::ROOT, b"old").unwrap();
+    f.fs.fsync(None).unwrap();
+    let packs_before = f.store.pack_ids().unwrap().len();
     let reading = f.fs.reads.enter();
     std::thread::scope(|s| {
         let gc = s.spawn(|| crate::ops::gc::gc_mounted(&f.fs, false, false, &mut |_, _| {}).unwrap());
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(!gc.is_finished(), "gc deletes nothing while an older read runs");
+        assert!(!gc.is_finished(), "gc deletes no pack while an older read runs");
+        assert_eq!(
+            f.store.pack_ids().unwrap().len(),
+            packs_before,
+            "every pack is still there"
+        );
         // The core itself is free meanwhile: a lookup and a listing answer.
         assert_eq!(
             f.fs.lookup(InodeId::ROOT, b"old").unwrap_err().errno(),
@@ -1083,10 +1149,13 @@ fn gc_waits_for_reads_that_began_before_it_condemned_their_chunks() {
         );
         f.fs.readdir_nodes(Ino::ROOT, SnapDir::Hidden).unwrap();
         drop(reading);
-        assert!(gc.join().unwrap().chunks > 0);
+        let stats = gc.join().unwrap();
+        assert!(stats.chunks > 0 && stats.packs > 0, "{stats:?}");
     });
+    assert!(f.store.pack_ids().unwrap().len() < packs_before);
     let (left, _) = f.fs.with_catalog(|cat, _, _| cat.garbage_totals()).unwrap();
     assert_eq!(left, 0);
+    drop(f.dir);
 }
 
 /// Runs `reads` on another thread while this one holds the core's lock, and returns

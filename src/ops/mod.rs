@@ -15,6 +15,7 @@ pub mod retention;
 pub mod scrub;
 pub mod snapshots;
 pub mod status;
+pub mod upgrade;
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
