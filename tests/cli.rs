@@ -236,55 +236,30 @@ fn unknown_arguments_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// `snapfs status` (JSON, or text with `text`) with `SNAPFS_SYNC` set to `sync`.
-fn status_with_sync(repo: &Path, sync: &str, text: bool) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapfs"))
-        .arg("--repo")
-        .arg(repo)
-        .arg("status")
-        .args(if text { &[][..] } else { &["--json"][..] })
-        .env_remove("SNAPFS_REPO")
-        .env("SNAPFS_SYNC", sync)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
-fn status_says_how_each_mirror_is_synced() {
-    let (_tmp, repo) = temp_repo();
+fn status_counts_each_mirrors_packs_and_their_bytes_on_disk() {
+    let (tmp, repo) = temp_repo();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), random_bytes(3, 2_000_000)).unwrap();
     snapfs_ok(&repo, &["init"]);
-    // Chosen by the mirror folder's filesystem type.
-    let auto: serde_json::Value = serde_json::from_str(&status_with_sync(&repo, "auto", false)).unwrap();
-    for m in auto["mirrors"].as_array().unwrap() {
-        let sync = m["sync"].as_str().unwrap();
-        assert!(sync == "syncfs" || sync == "fsync", "{m}");
-        assert!(!m["filesystem"].as_str().unwrap().is_empty(), "{m}");
-        assert!(m.get("sync_forced").is_none(), "{m}");
+    snapfs_ok(&repo, &["import", src.to_str().unwrap()]);
+    let status: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
+    let mirrors = status["mirrors"].as_array().unwrap();
+    assert_eq!(mirrors.len(), 2);
+    for (m, folder) in mirrors.iter().zip(common::mount::mirror_dirs(&repo)) {
+        let files = pack_files(&folder);
+        assert!(!files.is_empty(), "{m}");
+        assert_eq!(m["packs"], files.len() as u64, "{m}");
+        let on_disk: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+        assert_eq!(m["stored_bytes"], on_disk, "{m}");
+        assert!(on_disk > 2_000_000, "random bytes do not compress: {m}");
+        assert_eq!(m["state"], "complete", "{m}");
     }
-    // Forced.
-    let forced: serde_json::Value = serde_json::from_str(&status_with_sync(&repo, "fsync", false)).unwrap();
-    for m in forced["mirrors"].as_array().unwrap() {
-        assert_eq!(m["sync"], "fsync", "{m}");
-        assert_eq!(m["sync_forced"], true, "{m}");
-    }
-    let text = status_with_sync(&repo, "fsync", true);
+    let text = snapfs_ok(&repo, &["status"]);
     assert_eq!(
-        text.matches("synced by fsync per file (forced by SNAPFS_SYNC)")
-            .count(),
+        text.matches(" pack, ").count() + text.matches(" packs, ").count(),
         2,
         "{text}"
     );
-    let text = status_with_sync(&repo, "", true);
-    assert_eq!(text.matches(", synced by ").count(), 2, "{text}");
-    // A value that is no mode makes the mirrors unusable, saying why.
-    let bad: serde_json::Value = serde_json::from_str(&status_with_sync(&repo, "sometimes", false)).unwrap();
-    for m in bad["mirrors"].as_array().unwrap() {
-        assert_eq!(m["state"], "lost", "{m}");
-        assert!(
-            m["problem"].as_str().unwrap().contains("SNAPFS_SYNC=sometimes"),
-            "{m}"
-        );
-    }
 }

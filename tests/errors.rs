@@ -59,19 +59,8 @@ fn repo_with_snapshot() -> (tempfile::TempDir, PathBuf, String) {
     (tmp, repo, name)
 }
 
-/// The object files (relative to a mirror folder) of the first mirror.
-fn object_files(mirror: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for dir in fs::read_dir(mirror.join("objects")).unwrap() {
-        for f in fs::read_dir(dir.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path().strip_prefix(mirror).unwrap().to_path_buf());
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A repository whose one file's first chunk is gone from every mirror.
+/// A repository whose one file's last chunk is gone from every mirror: its pack was
+/// cut short inside that chunk's entry.
 fn repo_with_a_chunk_lost_everywhere() -> (tempfile::TempDir, PathBuf) {
     let (tmp, repo) = temp_repo();
     let src = tmp.path().join("src");
@@ -80,9 +69,11 @@ fn repo_with_a_chunk_lost_everywhere() -> (tempfile::TempDir, PathBuf) {
     snapfs_ok(&repo, &["init"]);
     snapfs_ok(&repo, &["import", src.to_str().unwrap()]);
     let mirrors = mirror_dirs(&repo);
-    let victim = object_files(&mirrors[0])[0].clone();
     for m in &mirrors {
-        fs::remove_file(m.join(&victim)).unwrap();
+        let pack = pack_files(m)[0].clone();
+        let last = pack_entries(&pack).last().unwrap().clone();
+        let f = fs::OpenOptions::new().write(true).open(&pack).unwrap();
+        f.set_len(last.frame_offset() + 10).unwrap();
     }
     (tmp, repo)
 }

@@ -1,5 +1,6 @@
-//! Fault injection on real mirror folders: flipped bytes, deleted objects, a chunk
-//! bad everywhere, a whole mirror lost and brought back. Files must read correctly
+//! Fault injection on real mirror folders of packs: flipped bytes inside entries,
+//! packs cut short (torn tails) or deleted, a chunk bad everywhere, a whole mirror
+//! lost and brought back. Files must read correctly
 //! or fail with EIO, never return wrong bytes; scrub repairs what it can and names
 //! what it cannot.
 
@@ -11,30 +12,61 @@ use std::path::{Path, PathBuf};
 use common::mount::*;
 use common::*;
 
-/// Every object file of a mirror folder.
-fn objects(mirror: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in fs::read_dir(mirror.join("objects")).unwrap() {
-        let sub = sub.unwrap().path();
-        if !sub.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(&sub).unwrap() {
-            let f = f.unwrap().path();
-            if !f.file_name().unwrap().to_string_lossy().starts_with('.') {
-                out.push(f);
-            }
-        }
-    }
-    out.sort();
-    out
+/// Every entry of a mirror folder's packs, in place order (pack, then offset), with
+/// its pack file.
+fn entries(mirror: &Path) -> Vec<(PathBuf, PackEntry)> {
+    pack_files(mirror)
+        .into_iter()
+        .flat_map(|pack| pack_entries(&pack).into_iter().map(move |e| (pack.clone(), e)))
+        .collect()
 }
 
-fn flip_byte(path: &Path) {
-    let mut bytes = fs::read(path).unwrap();
-    let i = bytes.len() / 2;
-    bytes[i] ^= 0x5a;
-    fs::write(path, bytes).unwrap();
+/// The same pack file in another mirror folder.
+fn in_mirror(pack: &Path, from: &Path, to: &Path) -> PathBuf {
+    to.join(pack.strip_prefix(from).unwrap())
+}
+
+/// Flips a byte in the middle of the entry's frame (a rotten sector).
+fn spoil(pack: &Path, entry: &PackEntry) {
+    flip_byte(pack, entry.frame_offset() + (entry.len - 48) / 2);
+}
+
+/// Cuts `pack` short at the start of `entry` (a torn tail: it and every later entry
+/// of the pack are missing).
+fn cut_at(pack: &Path, entry: &PackEntry) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(pack)
+        .unwrap()
+        .set_len(entry.offset)
+        .unwrap();
+}
+
+/// The bytes of every pack file of a mirror folder, by path below it.
+fn pack_bytes(mirror: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    pack_files(mirror)
+        .into_iter()
+        .map(|p| {
+            (
+                p.strip_prefix(mirror).unwrap().to_path_buf(),
+                fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Damages mirror 0: flips a byte in each of the first 10 entries and cuts the pack
+/// short before its last 10. Returns how many entries it holds.
+fn damage_mirror_0(repo: &Path) -> usize {
+    let all = entries(&repo.join("mirror-0"));
+    assert!(all.len() > 40, "{} entries", all.len());
+    assert_eq!(pack_files(&repo.join("mirror-0")).len(), 1, "one pack");
+    for (pack, e) in &all[..10] {
+        spoil(pack, e);
+    }
+    let (pack, e) = &all[all.len() - 10];
+    cut_at(pack, e);
+    all.len()
 }
 
 /// A repository with 40 files of 200 KiB random data (plenty of chunks) imported.
@@ -63,29 +95,22 @@ fn scrub_json(repo: &Path) -> (Option<i32>, serde_json::Value) {
 }
 
 #[test]
-fn scrub_alone_repairs_flipped_and_deleted_objects_and_a_second_scrub_finds_nothing() {
+fn scrub_alone_repairs_flipped_and_torn_entries_and_a_second_scrub_finds_nothing() {
     let (_tmp, repo, files) = repo_with_files();
-    let m0 = repo.join("mirror-0");
-    let objs = objects(&m0);
-    assert!(objs.len() > 40, "{} objects", objs.len());
-    for p in &objs[..10] {
-        flip_byte(p);
-    }
-    for p in &objs[10..20] {
-        fs::remove_file(p).unwrap();
-    }
+    damage_mirror_0(&repo);
     let (code, report) = scrub_json(&repo);
     assert_eq!(code, Some(0), "{report}");
+    // The first entry past the cut restores the pack's whole tail, so the 9 after
+    // it are good by the time scrub reads them.
     assert_eq!(report["mirrors"][0]["corrupt"], 10);
-    assert_eq!(report["mirrors"][0]["missing"], 10);
-    assert_eq!(report["mirrors"][0]["repaired"], 20);
+    assert_eq!(report["mirrors"][0]["missing"], 1);
+    assert_eq!(report["mirrors"][0]["repaired"], 11);
     assert_eq!(report["mirrors"][1]["repaired"], 0);
-    for p in &objs[..20] {
-        assert_eq!(
-            fs::read(p).unwrap(),
-            fs::read(repo.join("mirror-1").join(p.strip_prefix(&m0).unwrap())).unwrap()
-        );
-    }
+    assert_eq!(
+        pack_bytes(&repo.join("mirror-0")),
+        pack_bytes(&repo.join("mirror-1")),
+        "mirror 0's pack is whole again, byte for byte"
+    );
     let (code, again) = scrub_json(&repo);
     assert_eq!(code, Some(0));
     assert!(snapfs_ok(&repo, &["check", "--read-data"]).contains("no problems found"));
@@ -112,14 +137,7 @@ fn scrub_alone_repairs_flipped_and_deleted_objects_and_a_second_scrub_finds_noth
 fn reads_heal_damaged_copies_through_the_mount() {
     require_fuse!();
     let (tmp, repo, files) = repo_with_files();
-    let m0 = repo.join("mirror-0");
-    let objs = objects(&m0);
-    for p in &objs[..10] {
-        flip_byte(p);
-    }
-    for p in &objs[10..20] {
-        fs::remove_file(p).unwrap();
-    }
+    damage_mirror_0(&repo);
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let m = Mount::new(&repo, &mnt);
@@ -135,6 +153,34 @@ fn reads_heal_damaged_copies_through_the_mount() {
     assert_eq!(code, Some(0));
     let fixed = report["mirrors"][0]["repaired"].as_u64().unwrap();
     assert_eq!(fixed, 0, "reads already healed every damaged copy: {report}");
+    assert_eq!(
+        pack_bytes(&repo.join("mirror-0")),
+        pack_bytes(&repo.join("mirror-1"))
+    );
+}
+
+#[test]
+fn a_deleted_pack_is_read_from_the_other_mirror_and_restored_whole() {
+    require_fuse!();
+    let (tmp, repo, files) = repo_with_files();
+    for pack in pack_files(&repo.join("mirror-0")) {
+        fs::remove_file(pack).unwrap();
+    }
+    let out = snapfs(&repo, &["check"]);
+    assert_eq!(out.status.code(), Some(3), "check sees the missing pack");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&repo, &mnt);
+    for (name, data) in &files {
+        assert_eq!(&fs::read(m.path(name)).unwrap(), data, "{name}");
+    }
+    m.umount();
+    assert_eq!(
+        pack_bytes(&repo.join("mirror-0")),
+        pack_bytes(&repo.join("mirror-1")),
+        "reads restored the pack"
+    );
+    assert!(snapfs_ok(&repo, &["check", "--read-data"]).contains("no problems found"));
 }
 
 #[test]
@@ -145,11 +191,10 @@ fn a_chunk_bad_in_every_mirror_fails_with_eio_and_scrub_names_the_file() {
     let name = snapfs_ok(&repo, &["list", "--json"]);
     let snap: serde_json::Value = serde_json::from_str(&name).unwrap();
     let snap = snap[0]["name"].as_str().unwrap().to_string();
-    let m0 = repo.join("mirror-0");
-    let victim = objects(&m0)[3].clone();
-    let rel = victim.strip_prefix(&m0).unwrap().to_path_buf();
-    flip_byte(&victim);
-    flip_byte(&repo.join("mirror-1").join(&rel));
+    let (m0, m1) = (repo.join("mirror-0"), repo.join("mirror-1"));
+    let (pack, victim) = entries(&m0)[3].clone();
+    spoil(&pack, &victim);
+    spoil(&in_mirror(&pack, &m0, &m1), &victim);
 
     let (code, report) = scrub_json(&repo);
     assert_eq!(code, Some(3), "damage found is exit code 3: {report}");
@@ -217,7 +262,15 @@ fn a_lost_mirror_is_refilled_by_scrub_and_then_carries_everything() {
     fs::create_dir(repo.join("mirror-1")).unwrap();
     let (code, report) = scrub_json(&repo);
     assert_eq!(code, Some(0), "{report}");
-    assert!(report["mirrors"][1]["repaired"].as_u64().unwrap() > 40);
+    // Each missing pack is restored whole at its first entry.
+    assert!(
+        report["mirrors"][1]["repaired"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert_eq!(
+        pack_bytes(&repo.join("mirror-1")),
+        pack_bytes(&repo.join("mirror-0"))
+    );
     // Now the other mirror can go.
     fs::remove_dir_all(repo.join("mirror-0")).unwrap();
     let m = Mount::new(&repo, &mnt);
@@ -451,18 +504,19 @@ fn a_full_disk_gives_enospc_keeps_older_files_and_forget_plus_gc_free_it() {
 fn check_finds_copies_missing_and_corrupt_and_exits_3() {
     let (_tmp, repo, _files) = repo_with_files();
     assert!(snapfs_ok(&repo, &["check"]).contains("no problems found"));
-    let m0 = repo.join("mirror-0");
-    let objs = objects(&m0);
-    fs::remove_file(&objs[0]).unwrap();
-    flip_byte(&objs[1]);
-    let rel = objs[2].strip_prefix(&m0).unwrap().to_path_buf();
-    fs::remove_file(&objs[2]).unwrap();
-    fs::remove_file(repo.join("mirror-1").join(&rel)).unwrap();
+    let (m0, m1) = (repo.join("mirror-0"), repo.join("mirror-1"));
+    let all = entries(&m0);
+    let n = all.len();
+    // Entry 1 corrupt on mirror 0; entry n-2 missing on mirror 0 (its pack cut
+    // short there); entry n-1 missing on both: no good copy.
+    spoil(&all[1].0, &all[1].1);
+    cut_at(&all[n - 2].0, &all[n - 2].1);
+    cut_at(&in_mirror(&all[n - 1].0, &m0, &m1), &all[n - 1].1);
+    let name: String = all[n - 1].1.chunk.iter().map(|b| format!("{b:02x}")).collect();
     let out = snapfs(&repo, &["check", "--read-data", "--json"]);
     assert_eq!(out.status.code(), Some(3));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems: Vec<String> = serde_json::from_value(report["problems"].clone()).unwrap();
-    let name = rel.file_name().unwrap().to_string_lossy().to_string();
     assert!(
         problems
             .iter()
@@ -586,8 +640,12 @@ fn mirror_add_fills_a_new_mirror_and_remove_keeps_one_complete() {
     let status: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
     assert_eq!(status["mirrors"].as_array().unwrap().len(), 3);
     assert_eq!(status["mirrors"][2]["state"], "complete");
-    assert_eq!(status["mirrors"][2]["chunks"], status["chunks"]);
-    assert_eq!(objects(&extra).len(), objects(&repo.join("mirror-0")).len());
+    assert_eq!(status["mirrors"][2]["packs"], status["mirrors"][0]["packs"]);
+    assert_eq!(
+        pack_bytes(&extra),
+        pack_bytes(&repo.join("mirror-0")),
+        "the new mirror holds the same packs"
+    );
     // Remove the two originals (files left in place, then deleted): the new one carries all.
     snapfs_ok(
         &repo,
@@ -624,15 +682,19 @@ fn mirror_add_fills_a_new_mirror_and_remove_keeps_one_complete() {
 #[test]
 fn an_interrupted_scrub_continues_where_it_stopped() {
     let (_tmp, repo, _files) = repo_with_files();
-    let m0 = repo.join("mirror-0");
-    let objs = objects(&m0); // sorted by path: objects/ab/<id>, so by id
-    let total = objs.len();
+    let all = entries(&repo.join("mirror-0")); // in place order, as scrub walks
+    let total = all.len();
     let cursor_at = total / 2;
-    let id_of = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let pack_id = |p: &Path| u64::from_str_radix(p.file_stem().unwrap().to_str().unwrap(), 16).unwrap();
     // As if a scrub had checked every chunk up to the middle one, then stopped.
-    fs::write(repo.join("scrub.cursor"), id_of(&objs[cursor_at])).unwrap();
-    flip_byte(&objs[1]); // before the cursor: not looked at again
-    flip_byte(&objs[total - 2]); // after it
+    let (pack, middle) = &all[cursor_at];
+    fs::write(
+        repo.join("scrub.cursor"),
+        format!("{} {}", pack_id(pack), middle.offset),
+    )
+    .unwrap();
+    spoil(&all[1].0, &all[1].1); // before the cursor: not looked at again
+    spoil(&all[total - 2].0, &all[total - 2].1); // after it
     let (code, report) = scrub_json(&repo);
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["resumed"], true);

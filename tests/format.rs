@@ -1,6 +1,8 @@
-//! A repository made by this version (format 1) and committed as a fixture keeps
-//! opening and reading in later versions: snapshots, content, metadata, and a clean
-//! check. The fixture is copied first; the committed one is never written.
+//! A repository made by the first version (storage format 1, one object file per
+//! chunk) and committed as a fixture: it is refused with a message naming `snapfs
+//! upgrade`, which converts it to format 2 (packs); after that it lists, reads and
+//! checks exactly as it did. The fixture is copied first; the committed one is never
+//! written.
 //!
 //! Made with: `snapfs init --chunk-size 4K:16K:64K`, `import` of a tree (docs/notes.txt
 //! with xattr user.tag=fixture and mtime 2020-01-02T03:04:05.123456789Z, data.bin and
@@ -28,12 +30,61 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-fn fixture() -> (tempfile::TempDir, PathBuf) {
+/// A copy of the format-1 fixture, as committed.
+fn format_1_copy() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repo-v1");
     copy_tree(&src, &repo);
     (tmp, repo)
+}
+
+/// A copy of the fixture, upgraded to format 2.
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, repo) = format_1_copy();
+    let out = snapfs_ok(&repo, &["upgrade"]);
+    assert!(out.contains("is storage format 2 now"), "{out}");
+    (tmp, repo)
+}
+
+#[test]
+fn a_format_1_repository_is_refused_with_a_message_naming_snapfs_upgrade() {
+    let (_tmp, repo) = format_1_copy();
+    for args in [&["list"][..], &["status"], &["check"], &["snapshot"], &["gc"]] {
+        let msg = snapfs_fails(&repo, args, &["snapfs upgrade --repo"]);
+        assert!(msg.contains("format"), "{args:?}: {msg}");
+    }
+    // Refusing changed nothing: the mirrors still hold their object files.
+    for m in common::mount::mirror_dirs(&repo) {
+        assert!(m.join("objects").is_dir(), "{}", m.display());
+        assert!(pack_files(&m).is_empty(), "{}", m.display());
+    }
+}
+
+#[test]
+fn an_upgrade_moves_every_chunk_into_packs_and_a_second_one_has_nothing_to_do() {
+    let (_tmp, repo) = format_1_copy();
+    let report: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["upgrade", "--json"])).unwrap();
+    assert_eq!(report["converted"], true, "{report}");
+    assert!(report["chunks"].as_u64().unwrap() > 3, "{report}");
+    assert_eq!(report["dropped"], 0, "{report}");
+    assert_eq!(report["object_folders_deleted"], 2, "{report}");
+    let mirrors = common::mount::mirror_dirs(&repo);
+    for m in &mirrors {
+        assert!(!m.join("objects").exists(), "{}", m.display());
+        let packs = pack_files(m);
+        assert_eq!(packs.len(), 1, "{}: {packs:?}", m.display());
+        let entries = pack_entries(&packs[0]);
+        assert_eq!(entries.len() as u64, report["chunks"].as_u64().unwrap());
+    }
+    // The mirrors hold the same pack, byte for byte.
+    let packs: Vec<Vec<u8>> = mirrors
+        .iter()
+        .map(|m| fs::read(&pack_files(m)[0]).unwrap())
+        .collect();
+    assert!(packs[0] == packs[1]);
+    let again = snapfs_ok(&repo, &["upgrade"]);
+    assert!(again.contains("is storage format 2 already"), "{again}");
 }
 
 #[test]
@@ -97,14 +148,13 @@ fn a_format_1_repository_restores_content_and_metadata() {
 }
 
 #[test]
-fn migrating_a_format_1_catalog_keeps_every_figure_of_list_and_status() {
-    let (_tmp, repo) = fixture();
-    // Read-only, an old catalog is counted row by row; opened for writing (gc) it
-    // is migrated and the figures are kept ones from then on.
+fn an_upgraded_repository_keeps_its_figures_through_gc_and_takes_new_snapshots() {
+    let (tmp, repo) = fixture();
     let before = snapfs_ok(&repo, &["list", "--json"]);
     let status_before: serde_json::Value =
         serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
-    snapfs_ok(&repo, &["gc"]);
+    let gc: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["gc", "--json"])).unwrap();
+    assert_eq!(gc["chunks"], 0, "nothing was garbage: {gc}");
     assert_eq!(snapfs_ok(&repo, &["list", "--json"]), before);
     let status_after: serde_json::Value =
         serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
@@ -114,9 +164,16 @@ fn migrating_a_format_1_catalog_keeps_every_figure_of_list_and_status() {
         "logical_bytes",
         "data_bytes",
         "all_versions_bytes",
+        "stored_bytes",
     ] {
         assert_eq!(status_after[key], status_before[key], "{key}");
     }
+    // New data goes into packs beside the moved ones.
+    let src = tmp.path().join("more");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("new.bin"), random_bytes(9, 100_000)).unwrap();
+    snapfs_ok(&repo, &["import", src.to_str().unwrap()]);
+    snapfs_ok(&repo, &["snapshot", "--label", "v3"]);
     let check = snapfs_ok(&repo, &["check", "--read-data"]);
     assert!(check.contains("no problems found"), "{check}");
 }

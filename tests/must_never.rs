@@ -389,13 +389,13 @@ fn space_of_deleted_files_comes_back_by_itself() {
     let m = Mount::new(&repo, &mnt);
     let empty: Vec<u64> = mirror_dirs(&repo)
         .iter()
-        .map(|d| tree_bytes(&d.join("objects")))
+        .map(|d| tree_bytes(&d.join("packs")))
         .collect();
     fs::write(m.path("big"), random_bytes(7, 24 << 20)).unwrap();
     fs::File::open(m.path("big")).unwrap().sync_all().unwrap();
     let full: Vec<u64> = mirror_dirs(&repo)
         .iter()
-        .map(|d| tree_bytes(&d.join("objects")))
+        .map(|d| tree_bytes(&d.join("packs")))
         .collect();
     assert!(
         full.iter().zip(&empty).all(|(f, e)| f - e >= 24 << 20),
@@ -408,7 +408,7 @@ fn space_of_deleted_files_comes_back_by_itself() {
     while std::time::Instant::now() < deadline {
         now = mirror_dirs(&repo)
             .iter()
-            .map(|d| tree_bytes(&d.join("objects")))
+            .map(|d| tree_bytes(&d.join("packs")))
             .collect();
         if now
             .iter()

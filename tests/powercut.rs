@@ -43,11 +43,8 @@ fn fsynced_file_survives_a_power_cut_of_mirrors_on_a_fuse_filesystem() {
             m1.to_str().unwrap(),
         ],
     );
-    let status: serde_json::Value = serde_json::from_str(&snapfs_ok(&repo, &["status", "--json"])).unwrap();
-    for m in status["mirrors"].as_array().unwrap() {
-        assert_eq!(m["filesystem"], "fuse", "{m}");
-        assert_eq!(m["sync"], "fsync", "{m}");
-    }
+    // Packs are made durable by fdatasync of each pack and fsync of its folder, on
+    // every filesystem (never syncfs), so mirrors on FUSE need no mode of their own.
 
     let data = random_bytes(8, 8 << 20);
     {

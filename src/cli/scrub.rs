@@ -44,6 +44,13 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     } else {
         Vec::new()
     };
+    // Not mounted: the catalog counts a refilled mirror complete again.
+    let completed = if reinstated.is_empty() && !snapfs::control::is_served(repo) {
+        scrub::mark_refilled_complete(repo, &report)
+            .with_context(|| format!("cannot mark refilled mirrors of {} complete", repo.display()))?
+    } else {
+        Vec::new()
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -65,6 +72,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             if let Some(p) = &m.problem {
                 println!("    problem: {p}");
             }
+        }
+        for id in &completed {
+            println!("  mirror {id} holds every chunk again and is complete");
         }
         for r in &reinstated {
             println!(

@@ -11,7 +11,7 @@ use crate::catalog::{self, Catalog};
 use crate::error::{Error, Result};
 use crate::repo::{RepoLock, CATALOG_FILE};
 use crate::store::MirrorState;
-use crate::types::{MirrorId, PackId};
+use crate::types::PackId;
 
 /// What `check` found.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub fn check(
     let mut cursor = None;
     let (mut missing, mut corrupt, mut short) = (0u64, 0u64, 0u64);
     // The pack whose lengths were last looked at, and the lengths.
-    let mut lengths: Option<(PackId, Vec<(MirrorId, bool, Option<u64>)>)> = None;
+    let mut lengths: Option<(PackId, Vec<crate::store::PackLength>)> = None;
     loop {
         let batch = catalog.chunks_by_place(cursor, 1024)?;
         let Some(last) = batch.last().and_then(|c| c.location) else {

@@ -5,8 +5,9 @@
 //! count on it any more (a write of the same bytes stores a fresh entry), and its
 //! entry's bytes count as dead in its pack (schema.sql's triggers). A pack whose
 //! bytes are all dead goes next: the packs to delete are chosen with every write
-//! committed (offline, or inside the mount under its lock after a flush), leaving out
-//! the pack being filled, so no unfinished commit can name one; their files are
+//! committed (offline, or inside the mount under its lock after a flush), so no
+//! unfinished commit can name one (the pack being filled is closed first if it is
+//! one of them); their files are
 //! deleted once every read that started before has finished, with no lock of the
 //! mount held; then their rows go. So gc never deletes a chunk that is referenced or
 //! in flight (DESIGN §2.5) by construction, not by timing. A crash between the steps
@@ -66,15 +67,16 @@ pub fn condemn(catalog: &mut Catalog, limit: usize) -> Result<(u64, u64)> {
     Ok((chunks.len() as u64, chunks.iter().map(|c| c.stored_size).sum()))
 }
 
-/// The packs gc may delete now: no live entry, and not the pack being filled. Call
-/// with every write committed, so no unfinished commit can name one.
+/// The packs gc may delete now: those with no live entry. The pack being filled is
+/// one of them when every entry in it is dead: it is closed first, so the next
+/// write starts a new pack. Call with every write committed and none able to start
+/// (offline, or under the mount's lock), so no unfinished commit can name one.
 pub fn dead_packs(catalog: &Catalog, store: &dyn Redundancy) -> Result<Vec<PackId>> {
-    let open = store.open_pack();
-    Ok(catalog
-        .dead_packs()?
-        .into_iter()
-        .filter(|p| Some(*p) != open)
-        .collect())
+    let dead = catalog.dead_packs()?;
+    if store.open_pack().is_some_and(|open| dead.contains(&open)) {
+        store.close_pack();
+    }
+    Ok(dead)
 }
 
 /// Deletes `packs` (chosen by `dead_packs`, after the reads that might still use

@@ -145,10 +145,13 @@ pub fn reindex(repo_path: &Path) -> Result<ReindexReport> {
     let store = repo::open_store(&catalog, settings.repo_id)?;
     let mut found: std::collections::HashMap<crate::types::ChunkId, Vec<crate::types::Location>> =
         std::collections::HashMap::new();
-    let mut report = ReindexReport::default();
-    report.packs = store.scan_entries(&mut |id, at| {
+    let packs = store.scan_entries(&mut |id, at| {
         found.entry(id).or_default().push(at);
     })?;
+    let mut report = ReindexReport {
+        packs,
+        ..ReindexReport::default()
+    };
     report.entries = found.values().map(|v| v.len() as u64).sum();
     let mut cursor = None;
     loop {

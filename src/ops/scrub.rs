@@ -167,3 +167,30 @@ fn parse_cursor(text: &str) -> Option<Location> {
         len: 0,
     })
 }
+
+/// After a whole scrub (not a resumed one) of a repository no mount serves, every
+/// mirror the catalog counts as filling that the scrub found or made whole (no
+/// problem, every bad copy on it repaired) is complete again: a lost mirror refilled
+/// by scrub is used without a `mirror add`. Returns those mirrors. Takes the lock;
+/// a mount holding it takes the mirrors back itself (`Request::Reinstate`).
+pub fn mark_refilled_complete(repo: &Path, report: &ScrubReport) -> Result<Vec<u32>> {
+    if report.resumed {
+        return Ok(Vec::new());
+    }
+    let whole: Vec<u32> = report
+        .mirrors
+        .iter()
+        .filter(|m| m.problem.is_none() && m.corrupt + m.missing == m.repaired)
+        .map(|m| m.id)
+        .collect();
+    let _lock = crate::repo::RepoLock::acquire(repo, "marking refilled mirrors complete (snapfs scrub)")?;
+    let mut catalog = Catalog::open(&repo.join(crate::repo::CATALOG_FILE))?;
+    let mut done = Vec::new();
+    for m in catalog.mirrors()? {
+        if m.state == "filling" && whole.contains(&m.id.0) {
+            catalog.set_mirror_state(m.id, "complete")?;
+            done.push(m.id.0);
+        }
+    }
+    Ok(done)
+}

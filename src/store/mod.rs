@@ -39,7 +39,7 @@ pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
 pub use over_objects::OverObjects;
 pub use pack_mirrors::{PackMirrors, PACKS_DIR, TARGET_PACK_BYTES};
 pub use packs::PackDir;
-pub use redundancy::{DiskUsage, EntryScrub, Redundancy};
+pub use redundancy::{DiskUsage, EntryScrub, PackLength, Redundancy};
 pub use removals::RemovalGuard;
 pub use sync::{mode_for_filesystem, SyncChoice, SyncMode, SYNC_ENV};
 

@@ -83,6 +83,8 @@ impl Redundancy for OverObjects {
         Some(PACK)
     }
 
+    fn close_pack(&self) {}
+
     fn pack_ids(&self) -> Result<Vec<PackId>> {
         Ok(vec![PACK])
     }

@@ -242,17 +242,34 @@ pub struct PackWriter {
     name_unsynced: bool,
 }
 
+/// Makes `folder` (a `packs/XX` folder) if it is missing, durably (the `packs` folder
+/// holding it is fsynced). Never makes `packs` or anything above it: a disk folder
+/// that vanished (unmounted, deleted) must fail the write, not get a new empty tree
+/// that no identity file vouches for.
+pub fn make_pack_folder(folder: &Path) -> Result<()> {
+    if folder.is_dir() {
+        return Ok(());
+    }
+    let parent = folder.parent().expect("a pack folder is inside packs/");
+    let ctx = || format!("creating folder {}", folder.display());
+    match std::fs::create_dir(folder) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::io(ctx(), e)),
+    }
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io_with(ctx()))
+}
+
 impl PackWriter {
-    /// Creates pack `id` in `packs` (its folder made if missing) and writes its header.
+    /// Creates pack `id` in `packs` (its `XX` folder made if missing, never `packs`
+    /// itself) and writes its header.
     /// Fails if the file exists: a pack is never reopened for appending.
     pub fn create(packs: &Path, repo: RepoId, id: PackId) -> Result<PackWriter> {
         let path = pack_path(packs, id);
         let folder = path.parent().expect("a pack path has a folder");
-        let made_folder = !folder.is_dir();
-        if made_folder {
-            super::create_dir_all_durably(folder)
-                .map_err(Error::io_with(format!("creating folder {}", folder.display())))?;
-        }
+        make_pack_folder(folder)?;
         let mut file = OpenOptions::new()
             .write(true)
             .read(true)

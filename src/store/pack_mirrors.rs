@@ -86,7 +86,7 @@ impl Disk {
     fn set_aside(&self, reason: String) {
         let mut state = self.state();
         if !matches!(*state, MirrorState::Lost { .. }) {
-            log::warn!("{} set aside: {reason}", self.describe());
+            log::warn!("{} is lost, set aside: {reason}", self.describe());
             *state = MirrorState::Lost { reason };
         }
     }
@@ -382,6 +382,14 @@ impl Redundancy for PackMirrors {
                 .sync()
                 .and_then(|()| full.iter().try_for_each(|p| packs.finish(*p)));
             match result {
+                // Files that are open keep taking writes after their folder is
+                // deleted or unmounted: the identity file tells that the disk is
+                // still there (one stat per disk and sync).
+                Ok(()) if !disk.folder.join(super::IDENTITY_FILE).exists() => disk.set_aside(format!(
+                    "its folder {} is gone (no {} in it)",
+                    disk.folder.display(),
+                    super::IDENTITY_FILE
+                )),
                 Ok(()) => {}
                 Err(e) if is_caller_error(&e) => return Err(e),
                 Err(e) => disk.set_aside(format!("syncing packs: {e}")),
@@ -442,7 +450,10 @@ impl Redundancy for PackMirrors {
             ..EntryScrub::default()
         };
         for (disk, whole_pack, _) in &bad {
-            if *whole_pack && disk.packs.as_ref().is_some_and(|p| p.file_len(at.pack).is_none()) {
+            // Missing: no pack file, or one that ends before the entry does (a torn
+            // tail, a copy cut short); anything else there is a corrupt copy.
+            let ends_before = |p: &PackDir| p.file_len(at.pack).is_none_or(|len| len < at.end());
+            if *whole_pack && disk.packs.as_ref().is_some_and(ends_before) {
                 report.missing.push(disk.id);
             } else {
                 report.corrupt.push(disk.id);
@@ -483,6 +494,10 @@ impl Redundancy for PackMirrors {
 
     fn open_pack(&self) -> Option<PackId> {
         self.filling().pack.map(|(p, _)| p)
+    }
+
+    fn close_pack(&self) {
+        Self::close_open_pack(&mut self.filling());
     }
 
     fn pack_ids(&self) -> Result<Vec<PackId>> {

@@ -254,14 +254,27 @@ impl PackDir {
         file.sync_data().map_err(Error::io_with(ctx()))
     }
 
-    /// Puts `bytes` (a good copy of the whole pack) in place as pack `id`, durably:
-    /// a temporary file, fdatasync, rename over whatever is there, fsync of the folder.
-    /// The repair of a missing or cut-short copy.
+    /// Makes pack `id` hold at least `bytes` (a good copy of the whole pack), durably:
+    /// the repair of a missing or cut-short copy. A missing pack is written to a
+    /// temporary file, fdatasynced and renamed into place (then the folder is
+    /// fsynced); a short one gets the bytes it lacks appended in place, so a writer
+    /// that has it open (a mount filling it, beside a scrub) keeps writing to the
+    /// same file. Entries before its end that are bad are each repaired on their own.
     pub fn install(&self, id: PackId, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
         let path = self.path(id);
         let folder = path.parent().expect("a pack path has a folder");
         let ctx = || format!("restoring pack {}", path.display());
-        super::create_dir_all_durably(folder).map_err(Error::io_with(ctx()))?;
+        if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) {
+            let len = file.metadata().map_err(Error::io_with(ctx()))?.len();
+            if let Some(missing) = bytes.get(len as usize..) {
+                file.write_all_at(missing, len)
+                    .and_then(|()| file.sync_data())
+                    .map_err(Error::io_with(ctx()))?;
+            }
+            return Ok(());
+        }
+        pack::make_pack_folder(folder)?;
         let tmp = folder.join(format!(".{id}.pack.tmp"));
         std::fs::write(&tmp, bytes)
             .and_then(|()| File::open(&tmp)?.sync_data())

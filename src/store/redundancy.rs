@@ -20,6 +20,10 @@ use super::mirror::MirrorStatus;
 use crate::error::Result;
 use crate::types::{ChunkId, Location, MirrorId, PackId};
 
+/// One disk's copy of a pack: the disk, whether it is trusted to hold every pack,
+/// and the file's length (`None`: the disk lacks it).
+pub type PackLength = (MirrorId, bool, Option<u64>);
+
 /// What a scrub found of one chunk's copies, disk by disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EntryScrub {
@@ -61,13 +65,18 @@ pub trait Redundancy: Send + Sync {
 
     /// The length of pack `pack`'s file on every disk that could be opened (`None`:
     /// that disk lacks it), with whether the disk is trusted to hold every pack.
-    fn pack_lengths(&self, pack: PackId) -> Vec<(MirrorId, bool, Option<u64>)>;
+    fn pack_lengths(&self, pack: PackId) -> Vec<PackLength>;
 
     /// Every disk with its state and heal count, in read order.
     fn status(&self) -> Vec<MirrorStatus>;
 
     /// The pack new entries go to, which no one may delete; `None` before the first put.
     fn open_pack(&self) -> Option<PackId>;
+
+    /// Finishes the pack being filled, so that the next put starts a new one: gc
+    /// closes an open pack whose every entry is dead, to delete it. Call only when no
+    /// put is in flight and none can start (offline, or under the mount's lock).
+    fn close_pack(&self);
 
     /// Every pack some usable disk holds.
     fn pack_ids(&self) -> Result<Vec<PackId>>;

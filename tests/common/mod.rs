@@ -161,3 +161,74 @@ pub fn temp_repo() -> (tempfile::TempDir, PathBuf) {
     let repo = dir.path().join("repo");
     (dir, repo)
 }
+
+/// Every pack file of the mirror folder `mirror` (`packs/XX/<16 hex>.pack`), sorted.
+pub fn pack_files(mirror: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(mirror.join("packs")) else {
+        return out;
+    };
+    for dir in dirs {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|e| e == "pack") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// One entry of a pack, read off its bytes by the layout README's "How it works"
+/// gives (48-byte pack header; entry: "SNPE", frame length u32 LE, chunk id, frame,
+/// 8-byte checksum).
+#[derive(Clone, Debug)]
+pub struct PackEntry {
+    pub offset: u64,
+    pub len: u64,
+    pub chunk: [u8; 32],
+}
+
+impl PackEntry {
+    /// Where the entry's frame (the chunk's stored bytes) starts.
+    pub fn frame_offset(&self) -> u64 {
+        self.offset + 40
+    }
+}
+
+/// The entries of the pack file `path`, in order, up to the first one that is not
+/// whole.
+pub fn pack_entries(path: &Path) -> Vec<PackEntry> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"SNFSPACK", "{} is a pack", path.display());
+    let mut out = Vec::new();
+    let mut at = 48usize;
+    while at + 48 <= bytes.len() && &bytes[at..at + 4] == b"SNPE" {
+        let frame = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        if at + 48 + frame > bytes.len() {
+            break;
+        }
+        out.push(PackEntry {
+            offset: at as u64,
+            len: (48 + frame) as u64,
+            chunk: bytes[at + 8..at + 40].try_into().unwrap(),
+        });
+        at += 48 + frame;
+    }
+    out
+}
+
+/// Flips one byte of the file `path` at `offset`.
+pub fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x55;
+    f.write_all_at(&b, offset).unwrap();
+}
