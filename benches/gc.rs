@@ -8,8 +8,8 @@ use std::time::Instant;
 use snapfs::catalog::{Catalog, Extent, FileKind, NewCatalog, NewInode, Settings};
 use snapfs::chunker::ChunkerParams;
 use snapfs::ops::gc::gc;
-use snapfs::store::{MemoryStore, MirrorStore, ObjectStore};
-use snapfs::types::{ChunkId, InodeId, MirrorId, RepoId};
+use snapfs::store::PackMirrors;
+use snapfs::types::{ChunkId, InodeId, Location, MirrorId, PackId, RepoId};
 
 const CHUNKS: u64 = 1_000_000;
 
@@ -43,7 +43,13 @@ fn build(dir: &std::path::Path, garbage: u64) -> Catalog {
     let referenced = CHUNKS - garbage;
     let mut file = InodeId(0);
     for i in 0..CHUNKS {
-        txn.add_chunk(&chunk(i), 65536, 65552, 1).unwrap();
+        // 256 entries of 65,600 bytes per pack: about 16 MiB packs, as written.
+        let at = Location {
+            pack: PackId(1 + i / 256),
+            offset: 48 + (i % 256) * 65600,
+            len: 65600,
+        };
+        txn.add_chunk(&chunk(i), 65536, 65552, at).unwrap();
         if i < referenced {
             if i % 1000 == 0 {
                 let new = NewInode {
@@ -87,11 +93,17 @@ fn main() {
         let started = Instant::now();
         let mut cat = build(dir.path(), garbage);
         let build_secs = started.elapsed().as_secs_f64();
-        let stores: Vec<(MirrorId, snapfs::Result<Box<dyn ObjectStore>>)> = vec![(
-            MirrorId(0),
-            Ok(Box::new(MemoryStore::new()) as Box<dyn ObjectStore>),
-        )];
-        let store = MirrorStore::new(stores).unwrap();
+        // A real mirror folder; the packs the catalog names were never written, so
+        // deleting them costs one failed unlink each (their share of the time).
+        let folder = dir.path().join("m0");
+        snapfs::store::claim_folder(&folder, RepoId([2; 16]), MirrorId(0)).unwrap();
+        let store = PackMirrors::open(
+            RepoId([2; 16]),
+            &[(MirrorId(0), folder, true)],
+            PackId(1 + CHUNKS / 256),
+            snapfs::store::TARGET_PACK_BYTES,
+        )
+        .unwrap();
         let started = Instant::now();
         let stats = gc(&mut cat, &store, false, false).unwrap();
         let secs = started.elapsed().as_secs_f64();

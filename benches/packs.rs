@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use snapfs::codec;
-use snapfs::store::{DirStore, Location, MirrorStore, ObjectStore, PackMirrors, TARGET_PACK_BYTES};
-use snapfs::types::{ChunkId, MirrorId, PackId, RepoId};
+use snapfs::store::{DirStore, MirrorStore, ObjectStore, PackMirrors, Redundancy, TARGET_PACK_BYTES};
+use snapfs::types::{ChunkId, Location, MirrorId, PackId, RepoId};
 
 const REPO: RepoId = RepoId([4; 16]);
 
@@ -47,13 +47,14 @@ fn objects(dir: &Path) -> MirrorStore {
 }
 
 fn packs(dir: &Path, target: u64) -> PackMirrors {
-    let folders: Vec<std::path::PathBuf> = (0..2).map(|i| dir.join(format!("m{i}/packs"))).collect();
-    let named: Vec<(MirrorId, &Path)> = folders
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (MirrorId(i as u32), f.as_path()))
+    let folders: Vec<(MirrorId, std::path::PathBuf, bool)> = (0..2)
+        .map(|i| {
+            let folder = dir.join(format!("m{i}"));
+            snapfs::store::claim_folder(&folder, REPO, MirrorId(i)).unwrap();
+            (MirrorId(i), folder, true)
+        })
         .collect();
-    PackMirrors::open(REPO, &named, PackId(1), target).unwrap()
+    PackMirrors::open(REPO, &folders, PackId(1), target).unwrap()
 }
 
 fn encoded(rng: &mut Rng, len: usize) -> (ChunkId, Vec<u8>) {
