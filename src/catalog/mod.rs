@@ -297,11 +297,13 @@ impl Catalog {
             });
         }
         let mut conn = conn;
-        if version < SCHEMA_VERSION && !read_only && any_format {
+        let migrated = version < SCHEMA_VERSION && !read_only && any_format;
+        if migrated {
             migrate(&mut conn, version)?;
         }
         let mut catalog = Catalog::from_conn(conn, path, read_only)?;
-        catalog.version = if read_only { version } else { SCHEMA_VERSION };
+        // The schema the file has now: an old one is only migrated for the upgrade.
+        catalog.version = if migrated { SCHEMA_VERSION } else { version };
         Ok(catalog)
     }
 
