@@ -214,6 +214,12 @@ impl Error {
     pub fn is_no_space(&self) -> bool {
         matches!(self.errno(), libc::ENOSPC | libc::EDQUOT)
     }
+
+    /// True when the error says a chunk has no good copy left (missing or corrupt on
+    /// every disk): that chunk's loss, not the operation's.
+    pub fn is_data_loss(&self) -> bool {
+        matches!(self, Error::MissingChunk { .. } | Error::CorruptChunk { .. })
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,80 @@ impl Catalog {
             .map_err(sql_err("finding dead packs"))
     }
 
+    /// Up to `limit` packs that still hold a live entry but whose live bytes are
+    /// below `percent`% of their bytes, the emptiest first: what compaction
+    /// rewrites. O(packs), a few hundred rows per TB.
+    pub fn sparse_packs(&self, percent: u64, limit: usize) -> Result<Vec<PackRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT pack_id, bytes, live_bytes FROM packs
+                 WHERE live_bytes > 0 AND live_bytes * 100 < bytes * ?1
+                 ORDER BY live_bytes * 1.0 / bytes, pack_id LIMIT ?2",
+            )
+            .map_err(sql_err("finding sparse packs"))?;
+        let rows = stmt
+            .query_map(params![percent as i64, limit as i64], |r| {
+                Ok(PackRow {
+                    id: PackId(r.get::<_, i64>(0)? as u64),
+                    bytes: r.get::<_, i64>(1)? as u64,
+                    live_bytes: r.get::<_, i64>(2)? as u64,
+                })
+            })
+            .map_err(sql_err("finding sparse packs"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("finding sparse packs"))
+    }
+
+    /// Every chunk row that names pack `pack`, in entry order.
+    pub fn chunks_in_pack(&self, pack: PackId) -> Result<Vec<ChunkInfo>> {
+        let sql = format!(
+            "SELECT {} FROM chunks INDEXED BY chunks_by_pack
+             WHERE pack_id = ?1 ORDER BY pack_offset",
+            read::CHUNK_COLUMNS
+        );
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(sql_err("listing a pack's chunks"))?;
+        let rows = stmt
+            .query_map(params![pack.0 as i64], read::chunk_from_row)
+            .map_err(sql_err("listing a pack's chunks"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql_err("listing a pack's chunks"))
+    }
+
+    /// Moves each chunk of `moves` from its place `from` to `to`, in one
+    /// transaction, only if it is still at `from` (gc may have dropped it since
+    /// compaction read it; nothing else moves a chunk). Returns how many moved.
+    pub fn move_chunks(&mut self, moves: &[(ChunkId, Location, Location)]) -> Result<u64> {
+        let tx = self.begin()?;
+        let mut moved = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE chunks SET pack_id = ?2, pack_offset = ?3, entry_len = ?4
+                     WHERE chunk_id = ?1 AND pack_id = ?5 AND pack_offset = ?6 AND entry_len = ?7",
+                )
+                .map_err(sql_err("moving a chunk"))?;
+            for (id, from, to) in moves {
+                moved += stmt
+                    .execute(params![
+                        &id.0[..],
+                        to.pack.0 as i64,
+                        to.offset as i64,
+                        i64::from(to.len),
+                        from.pack.0 as i64,
+                        from.offset as i64,
+                        i64::from(from.len)
+                    ])
+                    .map_err(sql_err("moving a chunk"))? as u64;
+            }
+        }
+        tx.commit().map_err(sql_err("committing chunk moves"))?;
+        Ok(moved)
+    }
+
     /// Forgets the rows of `ids`, packs no chunk row names (refuses, changing nothing,
     /// when one is named again). Their files may then go.
     pub fn drop_pack_rows(&mut self, ids: &[PackId]) -> Result<()> {

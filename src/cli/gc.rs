@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also list every mirror and delete object files the catalog does not know
+    /// Also list every mirror and delete pack files the catalog does not know
     /// (done by itself after a crash or a failed commit)
     #[arg(long)]
     pub sweep: bool,
@@ -43,11 +43,16 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         "snapfs gc",
         &mut |done, total| bar.set(done, total),
         |r| {
+            // Compaction writes new packs: should this run be killed before their
+            // rows are committed, the next gc sweeps them.
+            if !dry_run {
+                snapfs::repo::mark_sweep_needed(&r.path)?;
+            }
             let stats =
                 gc::gc_with_progress(&mut r.catalog, &*r.store, dry_run, sweep, &mut |done, total| {
                     bar.set(done, total)
                 })?;
-            if sweep && !dry_run {
+            if !dry_run {
                 snapfs::repo::clear_sweep_needed(&r.path);
             }
             Ok(stats)
@@ -69,6 +74,15 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
         result.chunks,
         human_bytes(result.bytes)
     );
+    if result.compacted_packs > 0 || result.packs > 0 {
+        println!(
+            "deleted {} packs, {} of them once compaction had copied out their {} live chunks ({})",
+            result.packs,
+            result.compacted_packs,
+            result.moved_chunks,
+            human_bytes(result.moved_bytes)
+        );
+    }
     if result.unseen_rows > 0 {
         println!(
             "{} {} catalog rows no generation saw (left by an older snapfs)",
@@ -78,7 +92,7 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
     }
     if result.swept {
         println!(
-            "{} {} object files no catalog row knows (left by a crash or a failed commit)",
+            "{} {} pack files no catalog row knows (left by a crash or a failed commit)",
             if dry_run { "would remove" } else { "removed" },
             result.orphans
         );

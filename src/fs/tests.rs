@@ -1158,6 +1158,134 @@ fn gc_waits_for_reads_that_began_before_it_condemned_their_chunks() {
     drop(f.dir);
 }
 
+/// Creates live file `name` holding `data`, committed.
+fn put_file(f: &PackedFixture, name: &str, data: &[u8]) {
+    let ino =
+        f.fs.create(ME, InodeId::ROOT, name.as_bytes(), FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    f.fs.write(ino, 0, data).unwrap();
+    f.fs.fsync(None).unwrap();
+}
+
+/// Bytes of every pack file on the first disk.
+fn pack_bytes_on_disk(f: &PackedFixture) -> u64 {
+    std::fs::read_dir(f.dir.path().join("m0/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn gc_compacts_a_sparse_pack_and_deletes_it_keeping_every_live_chunk() {
+    let f = packed_fixture(4 << 20);
+    let keep = random(81, 600_000);
+    put_file(&f, "keep", &keep);
+    put_file(&f, "drop", &random(82, 1_400_000));
+    assert_eq!(f.store.pack_ids().unwrap().len(), 1, "both files share one pack");
+    let before = pack_bytes_on_disk(&f);
+    f.fs.unlink(InodeId::ROOT, b"drop").unwrap();
+    f.fs.fsync(None).unwrap();
+
+    let stats = crate::ops::gc::gc_mounted(&f.fs, false, false, &mut |_, _| {}).unwrap();
+    assert!(stats.chunks > 0, "{stats:?}");
+    assert_eq!(stats.compacted_packs, 1, "{stats:?}");
+    assert_eq!(stats.packs, 1, "the compacted pack is deleted: {stats:?}");
+    assert!(
+        stats.moved_bytes >= keep.len() as u64 && stats.moved_bytes < 700_000,
+        "{stats:?}"
+    );
+    assert!(!f.store.pack_ids().unwrap().contains(&crate::types::PackId(1)));
+    let after = pack_bytes_on_disk(&f);
+    assert!(
+        after < before - 1_300_000,
+        "the dropped file's bytes are given back: {before} -> {after}"
+    );
+    assert_stored(&f, "keep");
+    let ino = f.fs.lookup(InodeId::ROOT, b"keep").unwrap().id;
+    assert!(f.fs.read(ino, 0, keep.len()).unwrap() == keep);
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    // Nothing sparse is left: a second run copies nothing.
+    let again = crate::ops::gc::gc_mounted(&f.fs, false, false, &mut |_, _| {}).unwrap();
+    assert_eq!((again.compacted_packs, again.moved_chunks), (0, 0), "{again:?}");
+    drop(f.dir);
+}
+
+#[test]
+fn compaction_moves_no_chunk_gc_dropped_after_it_was_copied() {
+    use crate::ops::compact;
+    let f = packed_fixture(4 << 20);
+    put_file(&f, "a", &random(83, 300_000));
+    put_file(&f, "b", &random(84, 300_000));
+    put_file(&f, "c", &random(85, 900_000));
+    f.fs.unlink(InodeId::ROOT, b"c").unwrap();
+    f.fs.fsync(None).unwrap();
+    f.fs.with_catalog(|cat, _, _| crate::ops::gc::condemn(cat, 10_000))
+        .unwrap();
+    let packs =
+        f.fs.with_catalog(|cat, store, _| compact::choose(cat, store, 8))
+            .unwrap();
+    assert_eq!(packs, [crate::types::PackId(1)]);
+    let chunks =
+        f.fs.with_catalog(|cat, _, _| cat.chunks_in_pack(packs[0]))
+            .unwrap();
+    let moves = compact::copy(&*f.store, &chunks).unwrap();
+    assert_eq!(moves.len(), chunks.len());
+    // Between the copy and its record, `b` goes and gc drops its chunks.
+    f.fs.unlink(InodeId::ROOT, b"b").unwrap();
+    f.fs.fsync(None).unwrap();
+    let (dropped, _) =
+        f.fs.with_catalog(|cat, _, _| crate::ops::gc::condemn(cat, 10_000))
+            .unwrap();
+    assert!(dropped > 0);
+    let (moved, _) =
+        f.fs.with_catalog(|cat, _, _| compact::record(cat, &moves))
+            .unwrap();
+    assert_eq!(
+        moved as usize,
+        chunks.len() - dropped as usize,
+        "b's rows stay dropped"
+    );
+    let left =
+        f.fs.with_catalog(|cat, _, _| cat.chunks_in_pack(packs[0]))
+            .unwrap();
+    assert!(left.is_empty(), "pack 1 is dead: {left:?}");
+    assert_stored(&f, "a");
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    drop(f.dir);
+}
+
+#[test]
+fn a_read_that_took_the_old_place_finishes_before_the_compacted_pack_goes() {
+    let f = packed_fixture(4 << 20);
+    let keep = random(86, 500_000);
+    put_file(&f, "keep", &keep);
+    put_file(&f, "drop", &random(87, 1_500_000));
+    f.fs.unlink(InodeId::ROOT, b"drop").unwrap();
+    f.fs.fsync(None).unwrap();
+    let reading = f.fs.reads.enter();
+    std::thread::scope(|s| {
+        let gc = s.spawn(|| crate::ops::gc::gc_mounted(&f.fs, false, false, &mut |_, _| {}).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!gc.is_finished(), "gc deletes no pack while an older read runs");
+        assert!(
+            f.store.pack_ids().unwrap().contains(&crate::types::PackId(1)),
+            "the old pack is still there"
+        );
+        // Requests go on meanwhile, and read the moved chunks from their new place.
+        let ino = f.fs.lookup(InodeId::ROOT, b"keep").unwrap().id;
+        assert!(f.fs.read(ino, 0, keep.len()).unwrap() == keep);
+        drop(reading);
+        let stats = gc.join().unwrap();
+        assert_eq!((stats.compacted_packs, stats.packs), (1, 1), "{stats:?}");
+    });
+    assert!(!f.store.pack_ids().unwrap().contains(&crate::types::PackId(1)));
+    assert_stored(&f, "keep");
+    drop(f.dir);
+}
+
 /// Runs `reads` on another thread while this one holds the core's lock, and returns
 /// what they returned, or `None` when they did not finish within 20 s (they waited
 /// for the lock; they finish once it is released).

@@ -11,7 +11,9 @@
 //! deleted once every read that started before has finished, with no lock of the
 //! mount held; then their rows go. So gc never deletes a chunk that is referenced or
 //! in flight (DESIGN §2.5) by construction, not by timing. A crash between the steps
-//! leaves a dead pack that the next gc deletes. Partly dead packs are compaction's.
+//! leaves a dead pack that the next gc deletes. Partly dead packs are compaction's
+//! (`ops::compact`), which gc runs after deleting the dead ones (freeing space
+//! first, for a full disk), and whose emptied packs it then deletes the same way.
 //!
 //! Time is in proportion to the garbage: the catalog keeps a list of unreferenced
 //! chunks (`chunk_garbage`) and counts each pack's live bytes, so gc never walks the
@@ -20,6 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compact;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::fs::Fs;
@@ -36,9 +39,18 @@ pub struct GcStats {
     pub chunks: u64,
     /// Stored bytes of those chunks (per mirror): what their entries held.
     pub bytes: u64,
-    /// Packs deleted because nothing in them was live any more.
+    /// Packs deleted because nothing in them was live any more (compacted ones
+    /// among them).
     #[serde(default)]
     pub packs: u64,
+    /// Sparse packs whose live entries were copied out by compaction, and the
+    /// chunks and entry bytes copied.
+    #[serde(default)]
+    pub compacted_packs: u64,
+    #[serde(default)]
+    pub moved_chunks: u64,
+    #[serde(default)]
+    pub moved_bytes: u64,
     /// Pack files no catalog row knows (left by a crash or a failed commit), removed
     /// from all mirrors together; only counted when the sweep ran.
     pub orphans: u64,
@@ -130,6 +142,11 @@ pub fn gc_with_progress(
         }
         let dead = dead_packs(catalog, store)?;
         stats.packs = delete_packs(catalog, store, &dead)?;
+        if let Some(done) = compaction(compact::compact(catalog, store))? {
+            note_compacted(&mut stats, done);
+            let dead = dead_packs(catalog, store)?;
+            stats.packs += delete_packs(catalog, store, &dead)?;
+        }
         stats
     };
     stats.dry_run = dry_run;
@@ -182,12 +199,10 @@ pub fn gc_mounted(
         add(&mut stats, batch);
         progress(stats.chunks, total);
     }
-    let dead = fs.with_catalog(|cat, store, _| dead_packs(cat, store))?;
-    if !dead.is_empty() {
-        fs.wait_for_older_reads();
-        store.delete_packs(&dead)?;
-        fs.with_catalog(|cat, _, _| cat.drop_pack_rows(&dead))?;
-        stats.packs = dead.len() as u64;
+    stats.packs = delete_dead_mounted(fs)?;
+    if let Some(done) = compaction(compact::compact_mounted(fs))? {
+        note_compacted(&mut stats, done);
+        stats.packs += delete_dead_mounted(fs)?;
     }
     if sweep {
         let unknown = fs.with_catalog(|cat, store, _| unknown_packs(cat, store))?;
@@ -200,12 +215,45 @@ pub fn gc_mounted(
     Ok(stats)
 }
 
-/// Background reclaim in a mount: `gc_mounted` when there is garbage (one cheap
-/// query when there is none), never a sweep.
+/// Deletes the dead packs of a mounted repository: chosen under the core's lock,
+/// deleted with no lock held after every read that might still use them. The packs
+/// deleted.
+fn delete_dead_mounted(fs: &Fs) -> Result<u64> {
+    let dead = fs.with_catalog(|cat, store, _| dead_packs(cat, store))?;
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    fs.wait_for_older_reads();
+    fs.store().delete_packs(&dead)?;
+    fs.with_catalog(|cat, _, _| cat.drop_pack_rows(&dead))?;
+    Ok(dead.len() as u64)
+}
+
+/// A compaction's outcome for gc: a full disk stops it with a warning (gc has freed
+/// what it could; the next run goes on), any other error is gc's.
+fn compaction(result: Result<compact::Compacted>) -> Result<Option<compact::Compacted>> {
+    match result {
+        Ok(done) => Ok(Some(done)),
+        Err(e) if e.is_no_space() => {
+            log::warn!("compaction stopped: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn note_compacted(stats: &mut GcStats, done: compact::Compacted) {
+    stats.compacted_packs += done.packs;
+    stats.moved_chunks += done.chunks;
+    stats.moved_bytes += done.bytes;
+}
+
+/// Background reclaim in a mount: `gc_mounted` when there is garbage or a pack to
+/// compact (two cheap queries when there is neither), never a sweep.
 pub fn reclaim(fs: &Fs) -> Result<GcStats> {
     fs.finish_removals()?;
-    let (garbage, _) = fs.with_catalog(|cat, _, _| cat.garbage_totals())?;
-    if garbage == 0 {
+    let wanted = fs.with_catalog(|cat, _, _| Ok(cat.garbage_totals()?.0 > 0 || compact::wanted(cat)?))?;
+    if !wanted {
         return Ok(GcStats::default());
     }
     gc_mounted(fs, false, false, &mut |_, _| {})
@@ -240,11 +288,15 @@ fn sweep_unknown(catalog: &Catalog, store: &dyn Redundancy, dry_run: bool) -> Re
 
 fn log_stats(stats: &GcStats) {
     log::debug!(
-        "gc{}: {} unreferenced chunks ({} stored bytes), {} dead packs, {} unknown packs",
+        "gc{}: {} unreferenced chunks ({} stored bytes), {} dead packs, {} packs compacted \
+         ({} chunks, {} bytes copied), {} unknown packs",
         if stats.dry_run { " (dry run)" } else { "" },
         stats.chunks,
         stats.bytes,
         stats.packs,
+        stats.compacted_packs,
+        stats.moved_chunks,
+        stats.moved_bytes,
         stats.orphans
     );
 }

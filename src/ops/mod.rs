@@ -5,6 +5,7 @@
 //! value (`ImportStats`, `StatusReport`, …); nothing here prints.
 
 pub mod check;
+pub mod compact;
 pub mod gc;
 pub mod history;
 pub mod import;

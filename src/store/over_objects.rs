@@ -56,6 +56,16 @@ impl Redundancy for OverObjects {
         self.store.get(id)
     }
 
+    fn read_frame(&self, id: &ChunkId, _at: Location) -> Result<Vec<u8>> {
+        let frame = self.store.get_frame(id)?.ok_or(Error::MissingChunk { id: *id })?;
+        crate::codec::decode(id, &frame).map_err(|e| Error::CorruptChunk {
+            id: *id,
+            mirror: self.store.describe(),
+            reason: e.to_string(),
+        })?;
+        Ok(frame)
+    }
+
     fn scrub(&self, id: &ChunkId, _at: Location, _repair: bool) -> EntryScrub {
         let mut found = EntryScrub::default();
         match self.store.get(id) {

@@ -120,6 +120,14 @@ fn open_disk(repo: RepoId, id: MirrorId, folder: &Path) -> Result<PackDir> {
     })
 }
 
+/// A copy of a chunk that verified: the disk it came from, its codec frame and the
+/// plaintext.
+struct GoodCopy {
+    disk: Arc<Disk>,
+    frame: Vec<u8>,
+    plain: Vec<u8>,
+}
+
 /// Several disks holding the same packs. Thread-safe.
 pub struct PackMirrors {
     repo: RepoId,
@@ -251,6 +259,48 @@ impl PackMirrors {
         to.repair_entry(at.pack, at.offset, &good)
     }
 
+    /// Reads the disks in read order until a copy decodes and hashes to `id`; every
+    /// writable disk read before it whose copy was bad gets the good entry written over
+    /// the bad one, or the whole pack restored from the good disk when its copy is
+    /// missing or cut short (counted as heals; a repair that fails never fails the
+    /// read). Errors: `CorruptChunk` naming each disk and why, or `MissingChunk` when
+    /// no disk has the pack.
+    fn read_repairing(&self, id: &ChunkId, at: Location) -> Result<GoodCopy> {
+        let (good, bad, _, some_disk_has_the_pack) = self.read_copies(id, at, false);
+        let Some(good) = good else {
+            if !some_disk_has_the_pack {
+                return Err(Error::MissingChunk { id: *id });
+            }
+            let reasons: Vec<String> = bad
+                .iter()
+                .map(|(d, _, why)| format!("{}: {why}", d.describe()))
+                .collect();
+            return Err(Error::CorruptChunk {
+                id: *id,
+                mirror: "every mirror".into(),
+                reason: reasons.join("; "),
+            });
+        };
+        for (disk, whole_pack, _) in bad.iter().filter(|(d, _, _)| d.writable().is_some()) {
+            match self.repair(&good.disk, disk, id, at, *whole_pack) {
+                Ok(()) => {
+                    disk.heals.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "{}: chunk {id} in pack {} was missing or bad; rewrote it from {}",
+                        disk.describe(),
+                        at.pack,
+                        good.disk.describe()
+                    );
+                }
+                Err(e) if is_caller_error(&e) => {
+                    log::warn!("{}: could not repair chunk {id}: {e}", disk.describe())
+                }
+                Err(e) => disk.set_aside(format!("repairing pack {}: {e}", at.pack)),
+            }
+        }
+        Ok(good)
+    }
+
     /// Reads `id` at `at` from each disk in read order: every copy with `all`, else
     /// up to the first good one. Returns the good plaintext and its disk, the disks
     /// whose copy was bad (with whether the whole pack is missing or cut short, and
@@ -262,12 +312,12 @@ impl PackMirrors {
         at: Location,
         all: bool,
     ) -> (
-        Option<(Arc<Disk>, Vec<u8>)>,
+        Option<GoodCopy>,
         Vec<(Arc<Disk>, bool, String)>,
         Vec<MirrorId>,
         bool,
     ) {
-        let mut good: Option<(Arc<Disk>, Vec<u8>)> = None;
+        let mut good: Option<GoodCopy> = None;
         let mut bad = Vec::new();
         let mut good_disks = Vec::new();
         let mut some_disk_has_the_pack = false;
@@ -282,7 +332,11 @@ impl PackMirrors {
                     Ok(plain) => {
                         good_disks.push(disk.id);
                         if good.is_none() {
-                            good = Some((disk.clone(), plain));
+                            good = Some(GoodCopy {
+                                disk: disk.clone(),
+                                frame,
+                                plain,
+                            });
                         }
                         if !all {
                             break;
@@ -401,46 +455,12 @@ impl Redundancy for PackMirrors {
         Ok(())
     }
 
-    /// Reads the disks in read order until a copy decodes and hashes to `id`; every
-    /// writable disk read before it whose copy was bad gets the good entry written over
-    /// the bad one, or the whole pack restored from the good disk when its copy is
-    /// missing or cut short (counted as heals; a repair that fails never fails the
-    /// read). Errors: `CorruptChunk` naming each disk and why, or `MissingChunk` when
-    /// no disk has the pack.
     fn read(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>> {
-        let (good, bad, _, some_disk_has_the_pack) = self.read_copies(id, at, false);
-        let Some((source, plain)) = good else {
-            if !some_disk_has_the_pack {
-                return Err(Error::MissingChunk { id: *id });
-            }
-            let reasons: Vec<String> = bad
-                .iter()
-                .map(|(d, _, why)| format!("{}: {why}", d.describe()))
-                .collect();
-            return Err(Error::CorruptChunk {
-                id: *id,
-                mirror: "every mirror".into(),
-                reason: reasons.join("; "),
-            });
-        };
-        for (disk, whole_pack, _) in bad.iter().filter(|(d, _, _)| d.writable().is_some()) {
-            match self.repair(&source, disk, id, at, *whole_pack) {
-                Ok(()) => {
-                    disk.heals.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "{}: chunk {id} in pack {} was missing or bad; rewrote it from {}",
-                        disk.describe(),
-                        at.pack,
-                        source.describe()
-                    );
-                }
-                Err(e) if is_caller_error(&e) => {
-                    log::warn!("{}: could not repair chunk {id}: {e}", disk.describe())
-                }
-                Err(e) => disk.set_aside(format!("repairing pack {}: {e}", at.pack)),
-            }
-        }
-        Ok(plain)
+        self.read_repairing(id, at).map(|good| good.plain)
+    }
+
+    fn read_frame(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>> {
+        self.read_repairing(id, at).map(|good| good.frame)
     }
 
     fn scrub(&self, id: &ChunkId, at: Location, repair: bool) -> EntryScrub {
@@ -458,11 +478,11 @@ impl Redundancy for PackMirrors {
             } else {
                 report.corrupt.push(disk.id);
             }
-            let Some((source, _)) = &good else { continue };
+            let Some(good) = &good else { continue };
             if disk.packs.is_none() || !repair {
                 continue;
             }
-            match self.repair(source, disk, id, at, *whole_pack) {
+            match self.repair(&good.disk, disk, id, at, *whole_pack) {
                 Ok(()) => {
                     disk.heals.fetch_add(1, Ordering::Relaxed);
                     report.repaired.push(disk.id);

@@ -59,6 +59,10 @@ pub trait Redundancy: Send + Sync {
     /// The verified plaintext of chunk `id` at `at`, repairing bad copies on the way.
     fn read(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>>;
 
+    /// `read`, returning the verified codec frame instead of the plaintext: what
+    /// compaction copies into a new pack without compressing it again.
+    fn read_frame(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>>;
+
     /// Reads every copy of chunk `id` at `at` and verifies each; with `repair`, the
     /// bad ones are rewritten from a good one (scrub; without, check --read-data).
     fn scrub(&self, id: &ChunkId, at: Location, repair: bool) -> EntryScrub;
