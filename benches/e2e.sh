@@ -12,6 +12,7 @@
 #   MOUNT_ARGS="--threads 2" …     # extra arguments for every `snapfs mount`
 #   ENTRIES=100000 …               # the big-folder listing (ls -f), cold and warm (0 skips)
 #   BIG_ENTRIES=1000000 …          # also list a folder this big (default 0: skipped)
+#   ONLY=main …                    # only sequential write/read, untar and small files
 #   ONLY=listing …                 # only the listings (big folders, find in a snapshot)
 #   ONLY=gc …                      # only the stat+ls probe beside a gc of GC_MIB of 4 KiB chunks
 #   GC_MIB=400 …                   # the garbage that probe's gc frees (default 520 MiB, ~100,000 chunks)
@@ -19,6 +20,8 @@
 #   OPS_FILES=50000 …              # files of the tree those two work on (in 500 folders)
 #   ONLY=reclaim …                 # only background reclaim of a deleted 1 GiB file, with the probe
 #   ONLY=parallel …                # only one vs two cold readers and one vs two small-file creators
+#   ONLY=fio …                     # only fio: 4 KiB random writes, then reads, of a 1 GiB file, direct I/O
+#   ONLY=import …                  # only `snapfs import` of 50,000 files of 64 bytes in 500 folders vs cp -a
 #
 # On an ext4 without a journal, start a few minutes after any mass deletion (such as
 # the previous run's clean-up): new inodes are slow to allocate until then, and the
@@ -108,7 +111,7 @@ EOF
 log "mounting a fresh repository at $MNT…"
 "$BIN" --repo "$REPO" mount "$MNT" ${MOUNT_ARGS:-} >&2
 
-[ -n "$ONLY" ] && BYTES=0 # no data for the sequential workloads
+[ -n "$ONLY" ] && [ "$ONLY" != main ] && BYTES=0 # no data for the sequential workloads
 log "generating $SIZE of random and of text-like data…"
 head -c "$BYTES" /dev/urandom >"$DATA/random.bin"
 # Text-like: lines of words from a fixed vocabulary of 4096 words, picked at random.
@@ -572,7 +575,70 @@ parallel_probe() {
     "$BIN" --repo "$prepo" umount "$pmnt" >&2
 }
 
-if [ -z "$ONLY" ]; then
+# fio_iops DIR RW → IOPS of fio's 4 KiB RW (randwrite or randread) over DIR/fio.bin
+# (1 GiB, laid out by fio on first use), direct I/O, one job, 20 s.
+fio_iops() {
+    fio --name=snapfs --filename="$1/fio.bin" --size=1G --bs=4k --rw="$2" --direct=1 \
+        --ioengine=psync --numjobs=1 --runtime=20 --time_based --output-format=json 2>/dev/null |
+        python3 -c 'import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+print("%.0f" % (j["write"]["iops"] + j["read"]["iops"]))'
+}
+
+# 4 KiB random writes, then reads, of a 1 GiB file with direct I/O (fio, one job),
+# through a mount of a fresh repository and in a plain folder, the sides alternating.
+fio_probe() {
+    command -v fio >/dev/null || { log "needs fio (apt-get install fio)"; return 1; }
+    local frepo=$WORK/frepo fmnt=$WORK/fmnt fplain=$WORK/fplain rw
+    mkdir -p "$fmnt" "$fplain"
+    "$BIN" --repo "$frepo" init -q
+    # shellcheck disable=SC2086
+    "$BIN" --repo "$frepo" mount "$fmnt" ${MOUNT_ARGS:-} >&2
+    for rw in randwrite randread; do
+        local ps=() ms=()
+        for _ in 1 2; do
+            ps+=("$(fio_iops "$fplain" "$rw")")
+            ms+=("$(fio_iops "$fmnt" "$rw")")
+        done
+        local p m
+        p=$(median "${ps[@]}") m=$(median "${ms[@]}")
+        ROWS+=("| fio $rw 4 KiB of a 1 GiB file, direct I/O, one job, 20 s (ops/s, lower of 2) | $p | $m | $(awk -v a="$m" -v b="$p" 'BEGIN { printf "%.0f%%", 100 * a / b }') | - |")
+        log "  $rw: plain ${ps[*]}, mount ${ms[*]}"
+    done
+    "$BIN" --repo "$frepo" umount "$fmnt" >&2
+    rm -rf "$frepo" "$fplain"
+}
+
+# `snapfs import` of 50,000 files of 64 bytes in 500 folders into a fresh repository,
+# against `cp -a` of the same tree into a plain folder (both after a sync).
+import_probe() {
+    local tree=$WORK/itree irepo=$WORK/irepo s e p m
+    python3 - "$tree" <<'PYEOF'
+import os, sys
+top = sys.argv[1]
+for d in range(500):
+    os.makedirs(os.path.join(top, "d%03d" % d))
+    for f in range(100):
+        with open(os.path.join(top, "d%03d" % d, "f%03d" % f), "wb") as out:
+            out.write(os.urandom(32).hex().encode())
+PYEOF
+    sync
+    s=$(now)
+    cp -a "$tree" "$WORK/icopy"
+    sync
+    e=$(now)
+    p=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.2f", e - s }')
+    "$BIN" --repo "$irepo" init -q
+    sync
+    s=$(now)
+    "$BIN" --repo "$irepo" import "$tree" >/dev/null
+    e=$(now)
+    m=$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.2f", e - s }')
+    ROWS+=("| import of 50,000 files of 64 bytes in 500 folders (s; plain: cp -a + sync) | $p s | $m s ($(awk -v m="$m" 'BEGIN { printf "%.0f files/s", 50000 / m }')) | $(awk -v a="$m" -v b="$p" 'BEGIN { printf "%.1fx the time", a / b }') | - |")
+    rm -rf "$tree" "$WORK/icopy" "$irepo"
+}
+
+if [ -z "$ONLY" ] || [ "$ONLY" = main ]; then
     for kind in random text; do
         src=$DATA/random.bin
         [ "$kind" = text ] && src=$DATA/text.txt
@@ -656,6 +722,12 @@ if [ -z "$ONLY" ] || [ "$ONLY" = reclaim ]; then
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = parallel ]; then
     parallel_probe
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = fio ]; then
+    fio_probe
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = import ]; then
+    import_probe
 fi
 
 echo

@@ -1,32 +1,46 @@
-//! gc cost against garbage, not repository size: a catalog of 1,000,000 chunks of
-//! which 10,000 are unreferenced, against the same with all 1,000,000 unreferenced.
-//! A plain timing program (one gc per case; building the catalog is the slow part),
+//! gc cost against garbage, not repository size, compaction included: a repository
+//! of 1,000,000 chunks in real packs, of which 10,000 are unreferenced (2,000 in each
+//! of five packs, so those five fall below half live and are compacted), against the
+//! same with all 1,000,000 unreferenced (every pack dead, deleted whole). A plain
+//! timing program (one gc per case; building the repository is the slow part),
 //! printing a markdown table. Run with `cargo bench --bench gc`.
 
 use std::time::Instant;
 
 use snapfs::catalog::{Catalog, Extent, FileKind, NewCatalog, NewInode, Settings};
 use snapfs::chunker::ChunkerParams;
-use snapfs::ops::gc::gc;
-use snapfs::store::PackMirrors;
-use snapfs::types::{ChunkId, InodeId, Location, MirrorId, PackId, RepoId};
+use snapfs::ops::gc::{gc, GcStats};
+use snapfs::store::{PackMirrors, Redundancy};
+use snapfs::types::{ChunkId, InodeId, MirrorId, PackId, RepoId};
 
 const CHUNKS: u64 = 1_000_000;
+/// Plaintext bytes per chunk: small, so that a million real entries fit in ~330 MB.
+const CHUNK_BYTES: usize = 256;
+/// Packs of 1 MiB: 3,000 entries each (three puts of 1,000), 334 packs.
+const PACK_BYTES: u64 = 1 << 20;
+const REPO: RepoId = RepoId([2; 16]);
 
-fn chunk(i: u64) -> ChunkId {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&i.to_be_bytes());
-    id[8] = 0xc5;
-    ChunkId(id)
+/// Which chunks are garbage: (chunk number, its place in its pack from 1).
+type Garbage<'a> = &'a dyn Fn(u64, u64) -> bool;
+
+fn plain(i: u64) -> Vec<u8> {
+    i.to_le_bytes()
+        .iter()
+        .cycle()
+        .take(CHUNK_BYTES)
+        .copied()
+        .collect()
 }
 
-/// A catalog of CHUNKS chunks, `garbage` of them referenced by no extent.
-fn build(dir: &std::path::Path, garbage: u64) -> Catalog {
+/// A repository of CHUNKS chunks stored in packs, those for which `garbage(i, place
+/// in its pack)` holds referenced by no extent. Returns the catalog, the store and the
+/// number of garbage chunks.
+fn build(dir: &std::path::Path, garbage: Garbage) -> (Catalog, PackMirrors, u64) {
     let mut cat = Catalog::create(
         &dir.join("catalog.db"),
         &NewCatalog {
             settings: Settings {
-                repo_id: RepoId([2; 16]),
+                repo_id: REPO,
                 chunker: ChunkerParams::default(),
                 zstd_level: None,
                 created_ns: 0,
@@ -39,19 +53,30 @@ fn build(dir: &std::path::Path, garbage: u64) -> Catalog {
     )
     .unwrap();
     cat.set_durable_commits(false).unwrap();
+    let folder = dir.join("m0");
+    snapfs::store::claim_folder(&folder, REPO, MirrorId(0)).unwrap();
+    let store = PackMirrors::open(REPO, &[(MirrorId(0), folder, true)], PackId(1), PACK_BYTES).unwrap();
     let txn = cat.write().unwrap();
-    let referenced = CHUNKS - garbage;
-    let mut file = InodeId(0);
-    for i in 0..CHUNKS {
-        // 256 entries of 65,600 bytes per pack: about 16 MiB packs, as written.
-        let at = Location {
-            pack: PackId(1 + i / 256),
-            offset: 48 + (i % 256) * 65600,
-            len: 65600,
-        };
-        txn.add_chunk(&chunk(i), 65536, 65552, at).unwrap();
-        if i < referenced {
-            if i % 1000 == 0 {
+    let (mut file, mut unreferenced, mut in_pack, mut pack) = (InodeId(0), 0, 0, PackId(0));
+    for start in (0..CHUNKS).step_by(1000) {
+        let encoded: Vec<_> = (start..start + 1000)
+            .map(|i| snapfs::codec::encode(&plain(i), None))
+            .collect();
+        let frames: Vec<(ChunkId, &[u8])> = encoded.iter().map(|e| (e.id, e.frame.as_slice())).collect();
+        let placed = store.put(&frames).unwrap();
+        for (k, (e, at)) in encoded.iter().zip(placed).enumerate() {
+            let i = start + k as u64;
+            if at.pack != pack {
+                (pack, in_pack) = (at.pack, 0);
+            }
+            in_pack += 1;
+            txn.add_chunk(&e.id, CHUNK_BYTES as u64, e.frame.len() as u64, at)
+                .unwrap();
+            if garbage(i, in_pack) {
+                unreferenced += 1;
+                continue;
+            }
+            if i.is_multiple_of(1000) || file == InodeId(0) {
                 let new = NewInode {
                     kind: FileKind::File,
                     mode: 0o644,
@@ -64,57 +89,56 @@ fn build(dir: &std::path::Path, garbage: u64) -> Catalog {
                 file = txn.create_inode(&new).unwrap().id;
                 txn.link(InodeId::ROOT, format!("f{i}").as_bytes(), file).unwrap();
             }
-            let offset = (i % 1000) * 65536;
+            let offset = (i % 1000) * CHUNK_BYTES as u64;
             txn.set_extents(
                 file,
                 offset,
-                offset + 65536,
+                offset + CHUNK_BYTES as u64,
                 &[Extent {
                     offset,
-                    length: 65536,
-                    chunk: chunk(i),
+                    length: CHUNK_BYTES as u64,
+                    chunk: e.id,
                     chunk_offset: 0,
                 }],
             )
             .unwrap();
         }
     }
+    store.sync().unwrap();
     txn.commit().unwrap();
-    cat
+    (cat, store, unreferenced)
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // `cargo test --benches` probes bench binaries; nothing to list here
     }
-    let mut rows = Vec::new();
-    for garbage in [10_000u64, CHUNKS] {
+    let mut rows: Vec<(u64, f64, GcStats)> = Vec::new();
+    // A put of 1,000 entries goes where it fits, so each pack holds 3,000: the first
+    // 2,000 of packs 2 to 6 (one third live each), then every chunk.
+    let some = |i: u64, in_pack: u64| (3000..18_000).contains(&i) && in_pack <= 2000;
+    let cases: [(&str, Garbage); 2] = [("10,000", &some), ("all", &|_, _| true)];
+    for (name, garbage) in cases {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
-        let mut cat = build(dir.path(), garbage);
+        let (mut cat, store, unreferenced) = build(dir.path(), garbage);
         let build_secs = started.elapsed().as_secs_f64();
-        // A real mirror folder; the packs the catalog names were never written, so
-        // deleting them costs one failed unlink each (their share of the time).
-        let folder = dir.path().join("m0");
-        snapfs::store::claim_folder(&folder, RepoId([2; 16]), MirrorId(0)).unwrap();
-        let store = PackMirrors::open(
-            RepoId([2; 16]),
-            &[(MirrorId(0), folder, true)],
-            PackId(1 + CHUNKS / 256),
-            snapfs::store::TARGET_PACK_BYTES,
-        )
-        .unwrap();
         let started = Instant::now();
         let stats = gc(&mut cat, &store, false, false).unwrap();
         let secs = started.elapsed().as_secs_f64();
-        assert_eq!(stats.chunks, garbage);
-        eprintln!("built {CHUNKS} chunks ({garbage} unreferenced) in {build_secs:.1} s; gc {secs:.3} s");
-        rows.push((garbage, secs));
+        assert_eq!(stats.chunks, unreferenced);
+        eprintln!(
+            "{name}: built {CHUNKS} chunks ({unreferenced} unreferenced) in {build_secs:.1} s; gc {secs:.3} s: {stats:?}"
+        );
+        rows.push((unreferenced, secs, stats));
     }
-    println!("| repository | unreferenced | gc time |");
-    println!("| --- | ---: | ---: |");
-    for (garbage, secs) in &rows {
-        println!("| {CHUNKS} chunks | {garbage} | {secs:.3} s |");
+    println!("| repository | unreferenced | packs deleted | packs compacted (chunks copied) | gc time |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (garbage, secs, s) in &rows {
+        println!(
+            "| {CHUNKS} chunks in 1 MiB packs | {garbage} | {} | {} ({}) | {secs:.3} s |",
+            s.packs, s.compacted_packs, s.moved_chunks
+        );
     }
-    println!("| ratio | | {:.1}% |", rows[0].1 / rows[1].1 * 100.0);
+    println!("| ratio | | | | {:.1}% |", rows[0].1 / rows[1].1 * 100.0);
 }

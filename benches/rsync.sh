@@ -264,6 +264,41 @@ done
 
 "$BIN" --repo "$REPO" umount "$MNT" >&2
 
+# What the six releases cost on one disk: that disk's packs, the catalog, and the
+# catalog copies kept on that disk; and its files per MiB of stored data.
+M0=$REPO/mirror-0
+bytes_of() { du -sb --apparent-size "$@" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
+PACKB=$(bytes_of "$M0/packs")
+COPYB=$(bytes_of "$M0/catalog")
+CATB=$(bytes_of "$REPO"/catalog.db "$REPO"/catalog.db-wal)
+M0FILES=$(find "$M0" -type f | wc -l)
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
+FOOT=$((PACKB + COPYB + CATB))
+
+# The oldest snapshot read cold, every file with cat, after a remount and a page-cache
+# drop, against the same release copied into a plain folder on the same disk.
+OLDEST=$WORK/plain-oldest
+cp -a "${SRC[${VERS[0]}]}" "$OLDEST"
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || log "cannot drop the page cache (not root?)"; }
+cold_cat() {
+    local s e
+    drop
+    s=$(now)
+    find "$1" -type f -exec cat {} + >/dev/null
+    e=$(now)
+    secs "$s" "$e"
+}
+# shellcheck disable=SC2086
+"$BIN" --repo "$REPO" mount "$MNT" ${MOUNT_ARGS:-} >&2
+CP=() CM=()
+for _ in 1 2 3; do
+    CP+=("$(cold_cat "$OLDEST")")
+    CM+=("$(cold_cat "$MNT/${SNAPS[0]}/tree")")
+done
+"$BIN" --repo "$REPO" umount "$MNT" >&2
+med() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
+COLDP=$(med "${CP[@]}") COLDM=$(med "${CM[@]}")
+
 ratio=$(awk -v p="$TP" -v m="$TM" 'BEGIN { if (p > 0) printf "%.2fx", m / p; else print "-" }')
 verdict=$(awk -v p="$TP" -v m="$TM" 'BEGIN { print (m <= 2 * p ? "met" : "NOT met") }')
 echo
@@ -278,3 +313,14 @@ echo "Target, the mount at most 2x the plain folder in total: $verdict. Every sn
 echo "exactly (names, types, modes, owners, mtimes, symlink targets, bytes). Times are rsync's alone,"
 echo "without fsync; the snapshot is timed on its own. Daemon peak RSS: VmHWM, reset before each"
 echo "release's rsync into the mount, read after its snapshot."
+echo
+echo "| one disk after the ${#VERS[@]} releases | bytes |"
+echo "| --- | ---: |"
+echo "| packs (chunk data) | $(mb "$PACKB") MB |"
+echo "| catalog (catalog.db + WAL) | $(mb "$CATB") MB |"
+echo "| catalog copies on that disk | $(mb "$COPYB") MB |"
+echo "| total (aim: at most 25 MB) | $(mb "$FOOT") MB |"
+echo "| files in the disk folder per MiB of packs | $(awk -v f="$M0FILES" -v b="$PACKB" 'BEGIN { printf "%.2f (%d files)", f / (b / 1048576), f }') |"
+echo
+echo "Cold read of every file of the oldest snapshot (${VERS[0]}, cat of each after a page-cache drop,"
+echo "remounted, median of 3): plain folder $COLDP s, snapfs mount $COLDM s (aim: at most 2.5 s)."

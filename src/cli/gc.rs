@@ -48,6 +48,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
             if !dry_run {
                 snapfs::repo::mark_sweep_needed(&r.path)?;
             }
+            // Offline, a mount's running marker means its daemon died: what it had
+            // put but not committed may lie in packs no row names.
+            let sweep = sweep || r.path.join(snapfs::repo::RUNNING_MARKER).exists();
             let stats =
                 gc::gc_with_progress(&mut r.catalog, &*r.store, dry_run, sweep, &mut |done, total| {
                     bar.set(done, total)

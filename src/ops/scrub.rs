@@ -122,7 +122,16 @@ pub fn scrub(repo: &Path, catalog: &Catalog, progress: Progress<'_>) -> Result<S
         };
         for chunk in &batch {
             let Some(at) = chunk.location else { continue };
-            let found = store.scrub(&chunk.id, at, true);
+            let mut found = store.scrub(&chunk.id, at, true);
+            if found.good.is_empty() {
+                // Beside a mount, gc may have dropped the chunk since the batch was
+                // listed, or compaction moved it and deleted its old pack.
+                match catalog.chunk(&chunk.id)?.map(|c| c.location) {
+                    None => continue,
+                    Some(Some(now)) if now != at => found = store.scrub(&chunk.id, now, true),
+                    Some(_) => {}
+                }
+            }
             let mut count = |ids: &[MirrorId], f: fn(&mut MirrorScrub) -> &mut u64| {
                 for i in ids.iter().filter_map(|id| slot(*id)) {
                     *f(&mut report.mirrors[i]) += 1;
