@@ -58,6 +58,9 @@ fn build(dir: &std::path::Path, garbage: Garbage) -> (Catalog, PackMirrors, u64)
     let store = PackMirrors::open(REPO, &[(MirrorId(0), folder, true)], PackId(1), PACK_BYTES).unwrap();
     let txn = cat.write().unwrap();
     let (mut file, mut unreferenced, mut in_pack, mut pack) = (InodeId(0), 0, 0, PackId(0));
+    // One file per 10 chunk numbers, made at its first referenced chunk (a file of
+    // many extents makes each extent insert scan the ones before it).
+    let mut block = None;
     for start in (0..CHUNKS).step_by(1000) {
         let encoded: Vec<_> = (start..start + 1000)
             .map(|i| snapfs::codec::encode(&plain(i), None))
@@ -76,7 +79,8 @@ fn build(dir: &std::path::Path, garbage: Garbage) -> (Catalog, PackMirrors, u64)
                 unreferenced += 1;
                 continue;
             }
-            if i.is_multiple_of(1000) || file == InodeId(0) {
+            if block != Some(i / 10) {
+                block = Some(i / 10);
                 let new = NewInode {
                     kind: FileKind::File,
                     mode: 0o644,
@@ -89,7 +93,7 @@ fn build(dir: &std::path::Path, garbage: Garbage) -> (Catalog, PackMirrors, u64)
                 file = txn.create_inode(&new).unwrap().id;
                 txn.link(InodeId::ROOT, format!("f{i}").as_bytes(), file).unwrap();
             }
-            let offset = (i % 1000) * CHUNK_BYTES as u64;
+            let offset = (i % 10) * CHUNK_BYTES as u64;
             txn.set_extents(
                 file,
                 offset,
