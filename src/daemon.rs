@@ -119,6 +119,11 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     stop.store(true, Ordering::Relaxed);
     let _ = flusher.join();
     fs.fsync(None)?;
+    match fs.with_catalog(|cat, _, _| cat.checkpoint()) {
+        Ok(true) => {}
+        Ok(false) => log::debug!("the catalog's WAL is kept: a reader was still open"),
+        Err(e) => log::warn!("could not checkpoint the catalog at unmount: {e}"),
+    }
     copies.wait();
     if let Err(e) = recover::save_copies(repo, &fs.mirror_paths(), crate::ops::now_ns()) {
         log::warn!("could not save a catalog copy at unmount: {e}");

@@ -614,6 +614,9 @@ fn an_offline_gc_compacts_partly_dead_packs_and_keeps_every_live_byte() {
     let s1 = snapshot(&repo, None);
     fs::remove_file(m.path("old.bin")).unwrap();
     m.umount();
+    // A clean unmount leaves the catalog checkpointed: no WAL beside it.
+    let wal = fs::metadata(repo.join("catalog.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL left after the unmount");
     snapfs_ok(&repo, &["forget", &s1]);
     let packs = |repo: &std::path::Path| -> Vec<u64> {
         mirror_dirs(repo)
