@@ -22,6 +22,15 @@ pub struct PackRow {
     pub live_bytes: u64,
 }
 
+/// A `packs` row (pack_id, bytes, live_bytes).
+fn pack_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
+    Ok(PackRow {
+        id: PackId(r.get::<_, i64>(0)? as u64),
+        bytes: r.get::<_, i64>(1)? as u64,
+        live_bytes: r.get::<_, i64>(2)? as u64,
+    })
+}
+
 impl Catalog {
     /// Every pack the catalog counts, by id.
     pub fn packs(&self) -> Result<Vec<PackRow>> {
@@ -30,13 +39,7 @@ impl Catalog {
             .prepare_cached("SELECT pack_id, bytes, live_bytes FROM packs ORDER BY pack_id")
             .map_err(sql_err("listing packs"))?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(PackRow {
-                    id: PackId(r.get::<_, i64>(0)? as u64),
-                    bytes: r.get::<_, i64>(1)? as u64,
-                    live_bytes: r.get::<_, i64>(2)? as u64,
-                })
-            })
+            .query_map([], pack_from_row)
             .map_err(sql_err("listing packs"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(sql_err("listing packs"))
@@ -83,13 +86,7 @@ impl Catalog {
             )
             .map_err(sql_err("finding sparse packs"))?;
         let rows = stmt
-            .query_map(params![percent as i64, limit as i64], |r| {
-                Ok(PackRow {
-                    id: PackId(r.get::<_, i64>(0)? as u64),
-                    bytes: r.get::<_, i64>(1)? as u64,
-                    live_bytes: r.get::<_, i64>(2)? as u64,
-                })
-            })
+            .query_map(params![percent as i64, limit as i64], pack_from_row)
             .map_err(sql_err("finding sparse packs"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(sql_err("finding sparse packs"))
