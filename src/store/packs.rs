@@ -37,6 +37,10 @@ pub struct PackDir {
     repo: RepoId,
     /// Packs being appended to, and whether each was appended to since the last sync.
     writers: Mutex<BTreeMap<PackId, (PackWriter, bool)>>,
+    /// Held for the whole of one `sync`, fdatasyncs included (appends go on beside
+    /// it): a sync that began while another ran must not find the other's packs
+    /// marked clean and return before their data is on disk. Only syncs wait on it.
+    syncing: Mutex<()>,
     /// Read handles, with the tick of their last use.
     readers: Mutex<ReadHandles>,
 }
@@ -62,6 +66,7 @@ impl PackDir {
             root: root.to_path_buf(),
             repo,
             writers: Mutex::default(),
+            syncing: Mutex::default(),
             readers: Mutex::default(),
         })
     }
@@ -107,9 +112,13 @@ impl PackDir {
 
     /// Makes every append that returned before the call durable: fdatasync of each
     /// pack appended to since the last sync (and its folder's fsync the first time).
-    /// The syncs run outside the lock, so appends go on meanwhile (they are marked for
-    /// the next sync). On failure the packs stay marked, so the next sync tries again.
+    /// The syncs run outside the writers' lock, so appends go on meanwhile (they are
+    /// marked for the next sync), and one sync at a time: a second waits for the first
+    /// and then syncs what came since. On failure the packs stay marked, so the next
+    /// sync tries again.
     pub fn sync(&self) -> Result<()> {
+        // A compaction's sync and a group commit's may run at once.
+        let _one_at_a_time = relock(&self.syncing);
         let jobs: Vec<(PackId, Arc<File>, Option<PathBuf>)> = relock(&self.writers)
             .iter_mut()
             .filter(|(_, (_, dirty))| *dirty)
