@@ -1,6 +1,6 @@
 //! The mount daemon: what runs while a repository is mounted, besides the kernel's
-//! requests. Owns: the flusher (commits buffered writes every 250 ms), the
-//! background reclaimer, the snapshot scheduler and its retention, the control
+//! requests. Owns: the flusher (commits buffered writes every 250 ms), the fill of
+//! incomplete mirrors at the start, the background reclaimer, the snapshot scheduler and its retention, the control
 //! requests (answered on the mount's own core), kernel cache invalidation after
 //! operations that change the live tree or the snapshot list behind the kernel's
 //! back, signals, and the clean shutdown. The CLI only parses its options and
@@ -74,6 +74,10 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
         std::process::id()
     );
 
+    {
+        let fs = fs.clone();
+        std::thread::spawn(move || fill_incomplete_mirrors(&fs));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flusher = {
         let (fs, stop, copies, repo) = (fs.clone(), stop.clone(), copies.clone(), repo.to_path_buf());
@@ -133,6 +137,26 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     let _ = std::fs::remove_file(&running);
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Fills, beside the requests, the mirrors the catalog counts as incomplete (back
+/// after they were set aside, or an interrupted fill), like a RAID resilvering a disk
+/// that returned; until then they take every write but are not trusted for reads.
+fn fill_incomplete_mirrors(fs: &Fs) {
+    match mirrors::fill_incomplete(fs) {
+        Ok(reports) => {
+            for r in reports {
+                log::info!(
+                    "mirror {} is filled again: {} of {} packs copied ({} bytes)",
+                    r.mirror,
+                    r.copied,
+                    r.packs,
+                    r.bytes
+                );
+            }
+        }
+        Err(e) => log::warn!("filling an incomplete mirror failed: {e}; `snapfs scrub` fills it"),
+    }
 }
 
 /// Logs each mirror this mount has set aside, once.

@@ -73,6 +73,33 @@ pub struct NewCatalog {
     pub mirrors: Vec<PathBuf>,
 }
 
+/// Makes the committed transactions of one catalog durable without its connection,
+/// so that a caller can commit under a lock and sync after releasing it: an
+/// fdatasync of the WAL, which holds every commit since the last checkpoint (a
+/// checkpoint syncs what it copies into the database), and an fsync of the folder,
+/// whose entry for a WAL created since SQLite last synced may not be durable yet.
+#[derive(Clone, Debug)]
+pub struct WalSync {
+    wal: PathBuf,
+    dir: PathBuf,
+}
+
+impl WalSync {
+    /// On return, a power loss cannot undo any transaction committed before the call.
+    pub fn sync(&self) -> Result<()> {
+        let ctx = || format!("syncing the catalog's WAL {}", self.wal.display());
+        match std::fs::File::open(&self.wal) {
+            Ok(file) => file.sync_data().map_err(Error::io_with(ctx()))?,
+            // No WAL: a checkpoint copied (and synced) everything and removed it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io_with(ctx())(e)),
+        }
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io_with(ctx()))
+    }
+}
+
 /// An open catalog database.
 pub struct Catalog {
     conn: Connection,
@@ -720,6 +747,17 @@ impl Catalog {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
             .map_err(sql_err("checkpointing the catalog"))?;
         Ok(busy == 0)
+    }
+
+    /// What makes this catalog's commits durable from outside its connection (see
+    /// `WalSync`): for a caller that commits under a lock and syncs after it.
+    pub fn wal_sync(&self) -> WalSync {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        WalSync {
+            wal: PathBuf::from(wal),
+            dir: self.dir.clone(),
+        }
     }
 
     /// Makes every committed transaction durable: on return, a power loss cannot undo

@@ -10,7 +10,7 @@ use rusqlite::params;
 use super::model::ChunkInfo;
 use super::{read, sql_err, Catalog};
 use crate::error::Result;
-use crate::types::{ChunkId, Location, PackId};
+use crate::types::{ChunkId, Location, MirrorId, PackId};
 
 /// A pack as the catalog counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +20,19 @@ pub struct PackRow {
     pub bytes: u64,
     /// Entry bytes of the chunk rows that name it now.
     pub live_bytes: u64,
+}
+
+/// Marks the mirrors `ids` incomplete in `tx` (to be filled before they are trusted
+/// again): a transaction naming places the store synced while they were not trusted.
+fn mark_incomplete(tx: &rusqlite::Transaction<'_>, ids: &[MirrorId]) -> Result<()> {
+    for id in ids {
+        tx.execute(
+            "UPDATE mirrors SET state = 'filling' WHERE mirror_id = ?1 AND state != 'filling'",
+            params![id.0],
+        )
+        .map_err(sql_err("marking a mirror incomplete"))?;
+    }
+    Ok(())
 }
 
 /// A `packs` row (pack_id, bytes, live_bytes).
@@ -112,10 +125,16 @@ impl Catalog {
 
     /// Moves each chunk of `moves` from its place `from` to `to`, in one
     /// transaction, only if it is still at `from` (gc may have dropped it since
-    /// compaction read it; nothing else moves a chunk). Returns how many moved.
-    pub fn move_chunks(&mut self, moves: &[(ChunkId, Location, Location)]) -> Result<u64> {
+    /// compaction read it; nothing else moves a chunk), with the mirrors `incomplete`
+    /// marked so (`Redundancy::untrusted` at the copies' sync). Returns how many moved.
+    pub fn move_chunks(
+        &mut self,
+        moves: &[(ChunkId, Location, Location)],
+        incomplete: &[MirrorId],
+    ) -> Result<u64> {
         let tx = self.begin()?;
         let mut moved = 0;
+        mark_incomplete(&tx, incomplete)?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -228,10 +247,11 @@ impl Catalog {
 
     /// Moves each chunk of `moves` to its new place, in one transaction (the triggers
     /// move its bytes between the packs' counts). A chunk the catalog no longer has
-    /// is skipped; returns how many moved.
-    pub fn set_locations(&mut self, moves: &[(ChunkId, Location)]) -> Result<u64> {
+    /// is skipped, the mirrors `incomplete` are marked so; returns how many moved.
+    pub fn set_locations(&mut self, moves: &[(ChunkId, Location)], incomplete: &[MirrorId]) -> Result<u64> {
         let tx = self.begin()?;
         let mut moved = 0;
+        mark_incomplete(&tx, incomplete)?;
         {
             let mut stmt = tx
                 .prepare_cached(

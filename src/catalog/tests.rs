@@ -755,11 +755,14 @@ fn packs_count_their_live_bytes_as_chunks_come_go_and_move() {
     assert_eq!(cat.dead_packs().unwrap(), [crate::types::PackId(1)]);
     // Compaction moves pack 2's chunks to pack 3: 2 is dead then, and its row goes.
     let moved = cat
-        .set_locations(&[
-            (chunk(2), place(3, 48, 100)),
-            (chunk(3), place(3, 148, 100)),
-            (chunk(7), place(3, 248, 1)),
-        ])
+        .set_locations(
+            &[
+                (chunk(2), place(3, 48, 100)),
+                (chunk(3), place(3, 148, 100)),
+                (chunk(7), place(3, 248, 1)),
+            ],
+            &[],
+        )
         .unwrap();
     assert_eq!(moved, 2, "a chunk the catalog does not have is skipped");
     assert_eq!(counts(&cat), [(1, 200, 0), (2, 200, 0), (3, 200, 200)]);

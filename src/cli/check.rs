@@ -49,6 +49,9 @@ pub fn run(repo: &Path, args: Args) -> Result<()> {
                 String::new()
             }
         );
+        for f in &report.filling {
+            println!("  filling: {f}");
+        }
         for p in &report.problems {
             println!("  problem: {p}");
         }

@@ -1230,8 +1230,8 @@ fn compaction_moves_no_chunk_gc_dropped_after_it_was_copied() {
     let chunks =
         f.fs.with_catalog(|cat, _, _| cat.chunks_in_pack(packs[0]))
             .unwrap();
-    let moves = compact::copy(&*f.store, &chunks).unwrap();
-    assert_eq!(moves.len(), chunks.len());
+    let copied = compact::copy(&*f.store, &chunks).unwrap();
+    assert_eq!(copied.moves.len(), chunks.len());
     // Between the copy and its record, `b` goes and gc drops its chunks.
     f.fs.unlink(InodeId::ROOT, b"b").unwrap();
     f.fs.fsync(None).unwrap();
@@ -1240,7 +1240,7 @@ fn compaction_moves_no_chunk_gc_dropped_after_it_was_copied() {
             .unwrap();
     assert!(dropped > 0);
     let (moved, _) =
-        f.fs.with_catalog(|cat, _, _| compact::record(cat, &moves))
+        f.fs.with_catalog(|cat, _, _| compact::record(cat, &copied))
             .unwrap();
     assert_eq!(
         moved as usize,

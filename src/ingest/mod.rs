@@ -294,10 +294,8 @@ impl ChunkSink {
             self.abandon();
             return Err(e);
         }
-        for disk in self.store.status() {
-            if disk.state != crate::store::MirrorState::Healthy {
-                txn.mark_mirror_incomplete(disk.id)?;
-            }
+        for disk in self.store.untrusted() {
+            txn.mark_mirror_incomplete(disk)?;
         }
         self.pending.clear();
         Ok(())

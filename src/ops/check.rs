@@ -1,6 +1,8 @@
 //! `snapfs check`: the catalog's invariants, then every chunk's pack entry present
 //! on every complete mirror, and with `read_data` every copy read and verified
-//! (scrub's verification, without repair). Read-only. `repair` mends the catalog's findings
+//! (scrub's verification, without repair). A mirror being filled (new, or back after
+//! it was set aside) is not trusted yet: what it still lacks is a note, not a
+//! problem, since a good copy of each chunk must be on a complete mirror. Read-only. `repair` mends the catalog's findings
 //! (never chunk data), offline, after saving a copy of the catalog beside it.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use crate::catalog::{self, Catalog};
 use crate::error::{Error, Result};
 use crate::repo::{RepoLock, CATALOG_FILE};
 use crate::store::MirrorState;
-use crate::types::PackId;
+use crate::types::{MirrorId, PackId};
 
 /// What `check` found.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -21,6 +23,9 @@ pub struct CheckReport {
     pub copies_verified: u64,
     /// One line per problem; empty when everything holds.
     pub problems: Vec<String>,
+    /// One line per mirror being filled, with the copies it still lacks (read with
+    /// --read-data): redundancy that is coming back, not damage.
+    pub filling: Vec<String>,
 }
 
 /// Checks the repository whose catalog is `catalog`. With no mount running
@@ -38,11 +43,14 @@ pub fn check(
     };
     let settings = catalog.settings()?;
     let store = crate::repo::open_store(catalog, settings.repo_id)?;
+    let mut filling: Vec<(MirrorId, String, u64)> = Vec::new();
     for m in store.status() {
-        if let MirrorState::Lost { reason } = &m.state {
-            report
+        match &m.state {
+            MirrorState::Lost { reason } => report
                 .problems
-                .push(format!("{} is unusable: {reason}", m.describe));
+                .push(format!("{} is unusable: {reason}", m.describe)),
+            MirrorState::Filling => filling.push((m.id, m.describe.clone(), 0)),
+            MirrorState::Healthy => {}
         }
     }
     let total = catalog.chunk_totals()?.chunks;
@@ -61,9 +69,19 @@ pub fn check(
             let good = if read_data {
                 let found = store.scrub(&chunk.id, at, false);
                 report.copies_verified += (found.good.len() + found.corrupt.len()) as u64;
-                corrupt += found.corrupt.len() as u64;
-                missing += found.missing.len() as u64;
-                !found.good.is_empty()
+                for (bad, count) in [(&found.corrupt, &mut corrupt), (&found.missing, &mut missing)] {
+                    for disk in bad {
+                        match filling.iter_mut().find(|(id, _, _)| id == disk) {
+                            Some((_, _, lacks)) => *lacks += 1,
+                            None => *count += 1,
+                        }
+                    }
+                }
+                // A good copy counts only on a mirror that is trusted.
+                found
+                    .good
+                    .iter()
+                    .any(|d| !filling.iter().any(|(id, _, _)| id == d))
             } else {
                 if lengths.as_ref().is_none_or(|(p, _)| *p != at.pack) {
                     lengths = Some((at.pack, store.pack_lengths(at.pack)));
@@ -76,7 +94,9 @@ pub fn check(
                         Some(_) => {}
                     }
                 }
-                disks.iter().any(|(_, _, len)| len.is_some_and(|l| l >= at.end()))
+                disks
+                    .iter()
+                    .any(|(_, trusted, len)| *trusted && len.is_some_and(|l| l >= at.end()))
             };
             if !good && chunk.refs > 0 {
                 report
@@ -108,6 +128,18 @@ pub fn check(
             "{corrupt} copies are corrupt (snapfs scrub repairs them)"
         ));
     }
+    report.filling = filling
+        .into_iter()
+        .map(|(_, describe, lacks)| {
+            let lacking = match read_data {
+                true => format!("{lacks} copies are not in it yet"),
+                false => "its copies are not counted until it is complete".into(),
+            };
+            format!(
+                "{describe} is being filled: {lacking}; a mount fills it in the background, `snapfs scrub` fills it offline"
+            )
+        })
+        .collect();
     Ok(report)
 }
 

@@ -12,8 +12,9 @@
 //!    again, then sync the store: the copies are durable before any row names them
 //!    (DESIGN.md §2.1). No lock is held: this is the slow part;
 //! 3. move: one catalog transaction points each row that is still where it was read
-//!    at its copy (a row gc dropped meanwhile stays dropped), made durable before the
-//!    old pack can go, since the pack's deletion must not outlive the move.
+//!    at its copy (a row gc dropped meanwhile stays dropped). gc makes it durable
+//!    before the old pack can go (the pack's deletion must not outlive the move), with
+//!    no lock of the mount held.
 //!
 //! Reads that took the old place before the move go on reading the old pack: gc
 //! deletes it only after every older read has finished (`Fs::wait_for_older_reads`).
@@ -26,7 +27,7 @@ use crate::catalog::{Catalog, ChunkInfo};
 use crate::error::Result;
 use crate::fs::Fs;
 use crate::store::Redundancy;
-use crate::types::{ChunkId, Location, PackId};
+use crate::types::{ChunkId, Location, MirrorId, PackId};
 
 /// A pack is compacted once its live entries are less than this share (in percent)
 /// of its bytes: copying its live half frees at least as many bytes as it writes.
@@ -52,6 +53,15 @@ pub struct Compacted {
 /// A chunk's move: its id, where it was read, where its copy lies.
 pub type Move = (ChunkId, Location, Location);
 
+/// What step 2 made durable: the moves to record, and the disks that were not
+/// trusted when the copies were synced (they may lack the copies; the record marks
+/// them incomplete).
+#[derive(Clone, Debug, Default)]
+pub struct Copied {
+    pub moves: Vec<Move>,
+    pub untrusted: Vec<MirrorId>,
+}
+
 /// Step 1: up to `limit` packs to compact, the sparsest first. The pack being filled
 /// is closed if it is one of them. Call with every write committed and none able to
 /// start (offline, or under the mount's lock).
@@ -70,7 +80,7 @@ pub fn choose(catalog: &Catalog, store: &dyn Redundancy, limit: usize) -> Result
 /// Step 2: copies the entries of `chunks` (one pack's rows) to new places and makes
 /// the copies durable; the moves to record. A chunk no disk holds a good copy of is
 /// left where it is, with a warning (its pack stays; scrub names it). No lock needed.
-pub fn copy(store: &dyn Redundancy, chunks: &[ChunkInfo]) -> Result<Vec<Move>> {
+pub fn copy(store: &dyn Redundancy, chunks: &[ChunkInfo]) -> Result<Copied> {
     let mut moves = Vec::with_capacity(chunks.len());
     let mut batch: Vec<(ChunkId, Location, Vec<u8>)> = Vec::new();
     let mut batch_bytes = 0;
@@ -92,10 +102,14 @@ pub fn copy(store: &dyn Redundancy, chunks: &[ChunkInfo]) -> Result<Vec<Move>> {
         }
     }
     put_batch(store, &mut batch, &mut moves)?;
-    if !moves.is_empty() {
-        store.sync()?;
+    if moves.is_empty() {
+        return Ok(Copied::default());
     }
-    Ok(moves)
+    store.sync()?;
+    Ok(Copied {
+        moves,
+        untrusted: store.untrusted(),
+    })
 }
 
 fn put_batch(
@@ -118,15 +132,15 @@ fn put_batch(
     Ok(())
 }
 
-/// Step 3: records `moves` in one transaction and makes it durable. Returns the
-/// chunks moved and their entry bytes.
-pub fn record(catalog: &mut Catalog, moves: &[Move]) -> Result<(u64, u64)> {
-    if moves.is_empty() {
+/// Step 3: records the moves in one transaction (with the untrusted disks marked
+/// incomplete). Committed, not yet durable: gc makes the catalog durable before it
+/// deletes the emptied pack. Returns the chunks moved and their entry bytes.
+pub fn record(catalog: &mut Catalog, copied: &Copied) -> Result<(u64, u64)> {
+    if copied.moves.is_empty() {
         return Ok((0, 0));
     }
-    let moved = catalog.move_chunks(moves)?;
-    catalog.sync()?;
-    let bytes = moves.iter().map(|(_, from, _)| u64::from(from.len)).sum();
+    let moved = catalog.move_chunks(&copied.moves, &copied.untrusted)?;
+    let bytes = copied.moves.iter().map(|(_, from, _)| u64::from(from.len)).sum();
     Ok((moved, bytes))
 }
 
@@ -142,9 +156,9 @@ pub fn compact(catalog: &mut Catalog, store: &dyn Redundancy) -> Result<Compacte
     let mut done = Compacted::default();
     for pack in choose(catalog, store, PACKS_PER_RUN)? {
         let chunks = catalog.chunks_in_pack(pack)?;
-        let moves = copy(store, &chunks)?;
-        let moved = record(catalog, &moves)?;
-        add(&mut done, moves.len() == chunks.len(), moved);
+        let copied = copy(store, &chunks)?;
+        let moved = record(catalog, &copied)?;
+        add(&mut done, copied.moves.len() == chunks.len(), moved);
     }
     Ok(done)
 }
@@ -158,9 +172,9 @@ pub fn compact_mounted(fs: &Fs) -> Result<Compacted> {
     let store = fs.store();
     for pack in packs {
         let chunks = fs.with_catalog(|cat, _, _| cat.chunks_in_pack(pack))?;
-        let moves = copy(&*store, &chunks)?;
-        let moved = fs.with_catalog(|cat, _, _| record(cat, &moves))?;
-        add(&mut done, moves.len() == chunks.len(), moved);
+        let copied = copy(&*store, &chunks)?;
+        let moved = fs.with_catalog(|cat, _, _| record(cat, &copied))?;
+        add(&mut done, copied.moves.len() == chunks.len(), moved);
     }
     Ok(done)
 }

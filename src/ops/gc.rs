@@ -64,10 +64,11 @@ pub struct GcStats {
     pub unseen_rows: u64,
 }
 
-/// Drops up to `limit` unreferenced chunks' rows in one transaction, made durable
-/// before any pack goes (a power cut after a pack's deletion must not bring back rows
-/// naming it). Refuses (and changes nothing) if one is referenced again. Returns the
-/// chunks and their stored bytes.
+/// Drops up to `limit` unreferenced chunks' rows in one transaction. It is committed,
+/// not yet durable: the deletion of dead packs makes the catalog durable first (a
+/// power cut after a pack's deletion must not bring back rows naming it), so the
+/// commit costs no fsync under the mount's lock. Refuses (and changes nothing) if one
+/// is referenced again. Returns the chunks and their stored bytes.
 pub fn condemn(catalog: &mut Catalog, limit: usize) -> Result<(u64, u64)> {
     let chunks = catalog.garbage_first(limit)?;
     if chunks.is_empty() {
@@ -75,7 +76,6 @@ pub fn condemn(catalog: &mut Catalog, limit: usize) -> Result<(u64, u64)> {
     }
     let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
     catalog.drop_chunks(&ids)?;
-    catalog.sync()?;
     Ok((chunks.len() as u64, chunks.iter().map(|c| c.stored_size).sum()))
 }
 
@@ -92,11 +92,14 @@ pub fn dead_packs(catalog: &Catalog, store: &dyn Redundancy) -> Result<Vec<PackI
 }
 
 /// Deletes `packs` (chosen by `dead_packs`, after the reads that might still use
-/// them) from every disk, then forgets their rows.
+/// them) from every disk, then forgets their rows. First makes every commit durable
+/// (the drops and moves that made them dead), so no power cut can bring back a row
+/// naming a deleted pack.
 pub fn delete_packs(catalog: &mut Catalog, store: &dyn Redundancy, packs: &[PackId]) -> Result<u64> {
     if packs.is_empty() {
         return Ok(0);
     }
+    catalog.sync()?;
     store.delete_packs(packs)?;
     catalog.drop_pack_rows(packs)?;
     Ok(packs.len() as u64)
@@ -215,14 +218,15 @@ pub fn gc_mounted(
     Ok(stats)
 }
 
-/// Deletes the dead packs of a mounted repository: chosen under the core's lock,
-/// deleted with no lock held after every read that might still use them. The packs
-/// deleted.
+/// Deletes the dead packs of a mounted repository: chosen under the core's lock, then,
+/// with no lock held, the catalog's commits made durable (as `delete_packs` does) and
+/// the packs deleted after every read that might still use them. The packs deleted.
 fn delete_dead_mounted(fs: &Fs) -> Result<u64> {
-    let dead = fs.with_catalog(|cat, store, _| dead_packs(cat, store))?;
+    let (dead, wal) = fs.with_catalog(|cat, store, _| Ok((dead_packs(cat, store)?, cat.wal_sync())))?;
     if dead.is_empty() {
         return Ok(0);
     }
+    wal.sync()?;
     fs.wait_for_older_reads();
     fs.store().delete_packs(&dead)?;
     fs.with_catalog(|cat, _, _| cat.drop_pack_rows(&dead))?;

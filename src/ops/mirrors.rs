@@ -159,8 +159,27 @@ pub fn add_mounted(
         return Err(e);
     }
     fs.reload_mirror_paths()?;
-    // Taken after the attach with every write committed: each pack from before the
-    // attach has its row by now, and none gets more entries.
+    fill_mounted(fs, id, &dir, progress)
+}
+
+/// One fill at a time in this process (a mount's own fill at start beside one that
+/// `mirror add` or scrub asked for): held across a whole fill, never taken by a
+/// request the mount serves.
+static FILLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Fills disk `id` (folder `dir`) of the mount's store, which takes every put already
+/// (attached, or filling since the store was opened): copies in every older pack the
+/// catalog counts, with no lock of the mount held, then marks it complete.
+fn fill_mounted(
+    fs: &Fs,
+    id: MirrorId,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ResilverReport> {
+    let _one_at_a_time = FILLS.lock().unwrap_or_else(|p| p.into_inner());
+    let store = fs.store();
+    // Taken with every write committed, after the disk began taking puts: each pack
+    // from before has its row by now, and none gets more entries.
     let packs: Vec<PackId> = fs.with_catalog(|cat, _, _| Ok(cat.packs()?.iter().map(|p| p.id).collect()))?;
     let mut report = ResilverReport {
         mirror: id.0,
@@ -179,7 +198,22 @@ pub fn add_mounted(
         progress(i as u64 + 1, packs.len() as u64);
     }
     store.set_complete(id)?;
-    fs.with_catalog(|cat, _, _| cat.set_mirror_state(id, "complete"))?;
+    // Under the lock every commit takes: a commit that saw the disk untrusted (set
+    // aside since) marks it incomplete before or after this, never in between.
+    let trusted = fs.with_catalog(|cat, store, _| {
+        let trusted = !store.untrusted().contains(&id);
+        if trusted {
+            cat.set_mirror_state(id, "complete")?;
+        }
+        Ok(trusted)
+    })?;
+    if !trusted {
+        return Err(Error::MirrorUnusable {
+            id,
+            path: dir.to_path_buf(),
+            reason: "it was set aside while being filled".into(),
+        });
+    }
     log::info!(
         "mirror {id} at {} is complete: {} packs, {} copied",
         dir.display(),
@@ -222,6 +256,26 @@ pub fn remove_mounted(fs: &Fs, dir: &Path) -> Result<u32> {
     fs.with_catalog(|cat, _, _| cat.remove_mirror(id))?;
     fs.reload_mirror_paths()?;
     Ok(id.0)
+}
+
+/// Fills every mirror the mount's store counts as filling: one the catalog marked
+/// incomplete because it was set aside during an earlier mount (or power went while
+/// it was behind) and is back now, or a fill that was interrupted. The store opened
+/// it filling, so it took every pack from the mount's start whole; this copies in the
+/// older ones. The mount runs it in the background as it starts.
+pub fn fill_incomplete(fs: &Fs) -> Result<Vec<ResilverReport>> {
+    let records = fs.with_catalog(|cat, _, _| cat.mirrors())?;
+    let mut reports = Vec::new();
+    for m in fs.mirror_status() {
+        if m.state != MirrorState::Filling {
+            continue;
+        }
+        let Some(record) = records.iter().find(|r| r.id == m.id) else {
+            continue;
+        };
+        reports.push(fill_mounted(fs, m.id, &record.path, &mut |_, _| {})?);
+    }
+    Ok(reports)
 }
 
 /// Brings back every mirror the mount has set aside whose folder is its own again (a

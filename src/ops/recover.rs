@@ -167,7 +167,7 @@ pub fn reindex(repo_path: &Path) -> Result<ReindexReport> {
                 None => report.missing += 1,
             }
         }
-        report.moved += catalog.set_locations(&moves)?;
+        report.moved += catalog.set_locations(&moves, &[])?;
         cursor = Some(last);
     }
     Ok(report)

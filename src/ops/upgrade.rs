@@ -99,7 +99,7 @@ pub fn upgrade(repo_path: &Path, now_ns: i64, progress: &mut dyn FnMut(u64, u64)
             let places = store.put(&refs)?;
             store.sync()?;
             let moves: Vec<_> = frames.iter().map(|(id, _)| *id).zip(places).collect();
-            catalog.set_locations(&moves)?;
+            catalog.set_locations(&moves, &store.untrusted())?;
             if !lost.is_empty() {
                 catalog.drop_chunks(&lost)?;
                 report.dropped += lost.len() as u64;

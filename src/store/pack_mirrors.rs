@@ -642,6 +642,7 @@ impl Redundancy for PackMirrors {
         let from = source.packs.as_ref().expect("a source has packs");
         let len = from.file_len(pack).unwrap_or(0);
         if to.file_len(pack) == Some(len) {
+            to.make_durable(pack)?;
             return Ok(0);
         }
         let bytes = from

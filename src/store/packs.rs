@@ -230,12 +230,18 @@ impl PackDir {
         let Some(run) = self.read_run(id, loc.offset, loc.len as usize)? else {
             return Ok(None);
         };
+        self.frame_in(id, loc, chunk, &run).map(Some)
+    }
+
+    /// The frame of chunk `chunk` from `bytes`, the entry at `loc` of pack `id` (read
+    /// with others in one run): the entry checked, the frame not yet decoded.
+    pub fn frame_in(&self, id: PackId, loc: EntryLoc, chunk: &ChunkId, bytes: &[u8]) -> Result<Vec<u8>> {
         let bad = |reason: String| Error::CorruptChunk {
             id: *chunk,
             mirror: format!("pack {} at {}", self.path(id).display(), loc.offset),
             reason,
         };
-        let entry = pack::parse_entry(&run).map_err(|e| bad(e.to_string()))?;
+        let entry = pack::parse_entry(bytes).map_err(|e| bad(e.to_string()))?;
         if entry.id != *chunk {
             return Err(bad(format!("the entry there holds chunk {}", entry.id)));
         }
@@ -245,7 +251,7 @@ impl PackDir {
                 entry.len, loc.len
             )));
         }
-        Ok(Some(entry.frame.to_vec()))
+        Ok(entry.frame.to_vec())
     }
 
     /// Writes `entry` (a good copy's bytes) over the damaged entry at `offset` of
@@ -292,6 +298,18 @@ impl PackDir {
             .map_err(Error::io_with(ctx()))?;
         relock(&self.readers).files.remove(&id);
         Ok(())
+    }
+
+    /// Makes pack `id`'s file as it is durable, name included (fdatasync of the file,
+    /// fsync of its folder): a copy found whole when filling this disk may have been
+    /// written while it was not trusted, and never synced since.
+    pub fn make_durable(&self, id: PackId) -> Result<()> {
+        let path = self.path(id);
+        let folder = path.parent().expect("a pack path has a folder");
+        File::open(&path)
+            .and_then(|f| f.sync_data())
+            .and_then(|()| File::open(folder)?.sync_all())
+            .map_err(Error::io_with(format!("syncing pack {}", path.display())))
     }
 
     /// The length of pack `id`'s file; `None` when the folder has no such pack (or it

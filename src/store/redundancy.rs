@@ -53,8 +53,20 @@ pub trait Redundancy: Send + Sync {
     /// locations, in the same order. Durable after the next `sync`.
     fn put(&self, chunks: &[(ChunkId, &[u8])]) -> Result<Vec<Location>>;
 
-    /// Makes every `put` that returned before the call durable where it was placed.
+    /// Makes every `put` that returned before the call durable where it was placed,
+    /// on every disk that is trusted when it returns (see `untrusted`).
     fn sync(&self) -> Result<()>;
+
+    /// The disks not trusted now (set aside, or being filled): they may lack what the
+    /// last `sync` made durable, so a commit that names it records them as incomplete
+    /// in the same transaction, and they are filled before they are trusted again.
+    fn untrusted(&self) -> Vec<MirrorId> {
+        self.status()
+            .into_iter()
+            .filter(|d| d.state != super::MirrorState::Healthy)
+            .map(|d| d.id)
+            .collect()
+    }
 
     /// The verified plaintext of chunk `id` at `at`, repairing bad copies on the way.
     fn read(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>>;
@@ -101,7 +113,8 @@ pub trait Redundancy: Send + Sync {
     fn attach(&self, id: MirrorId, folder: &Path) -> Result<()>;
 
     /// Copies pack `pack` to disk `id` from a good disk unless it holds the same
-    /// already; the bytes copied.
+    /// already (then makes its copy durable: it may have been written while the disk
+    /// was not trusted); the bytes copied.
     fn fill(&self, id: MirrorId, pack: PackId) -> Result<u64>;
 
     /// Disk `id` holds every pack now: read and trusted like the others.
