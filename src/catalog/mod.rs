@@ -544,6 +544,20 @@ impl Catalog {
     /// `@YYYY-MM-DDTHHMMSSZ` of `now_ns` (UTC; `-2`, `-3` … when the second is taken)
     /// and returns it. O(1). Durable on return.
     pub fn snapshot(&mut self, label: Option<&str>, now_ns: i64) -> Result<Generation> {
+        let durable: i64 = self
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .map_err(sql_err("reading the sync mode"))?;
+        let taken = self.snapshot_committed(label, now_ns)?;
+        if durable < 2 {
+            self.sync()?;
+        }
+        Ok(taken)
+    }
+
+    /// `snapshot` without its sync: committed, durable once `wal_sync()` or `sync()`
+    /// runs (for a caller that holds a lock while it commits and syncs after it).
+    pub fn snapshot_committed(&mut self, label: Option<&str>, now_ns: i64) -> Result<Generation> {
         let base = snapshot_name(now_ns);
         let mut name = base.clone();
         let mut n = 1;
@@ -551,14 +565,7 @@ impl Catalog {
             n += 1;
             name = format!("{base}-{n}");
         }
-        let durable: i64 = self
-            .conn
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .map_err(sql_err("reading the sync mode"))?;
         let gen = self.freeze(&name, label, now_ns)?;
-        if durable < 2 {
-            self.sync()?;
-        }
         self.find_snapshot(&name)?
             .filter(|g| g.id == gen)
             .ok_or_else(|| Error::CorruptCatalog(format!("snapshot {name} vanished after it was taken")))

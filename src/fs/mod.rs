@@ -171,7 +171,10 @@ impl State {
 /// The live tree of one repository, served to many threads.
 pub struct Fs {
     /// Lock scope: one catalog change (a transaction or a batch commit) with the
-    /// buffers it reads or drops, never chunk I/O (see the module doc).
+    /// buffers it reads or drops, never chunk I/O (see the module doc) and never the
+    /// catalog's fsync (`fsync` and `snapshot` sync the WAL after it). A commit does
+    /// fdatasync the packs it names under it (DESIGN §2.1), but `lock_after_presync`
+    /// synced them just before, so that finds next to nothing left to write.
     state: Mutex<State>,
     /// What readers may rely on without `state` (written as `state` is released).
     published: published::Published,
@@ -864,10 +867,16 @@ impl Fs {
     }
 
     /// Makes `ino`'s data and metadata (and everything committed before) durable.
+    /// The catalog's sync runs after the lock is let go (it covers every commit
+    /// before it, the flush's among them), so requests wait only for the commit.
     pub fn fsync(&self, ino: Option<InodeId>) -> Result<()> {
-        let mut st = self.lock_after_presync();
-        self.flush_locked(&mut st, ino)?;
-        st.catalog.sync()
+        let wal = {
+            let mut st = self.lock_after_presync();
+            self.flush_locked(&mut st, ino)?;
+            st.catalog.commit_batch()?;
+            st.catalog.wal_sync()
+        };
+        wal.sync()
     }
 
     /// The lock, taken after syncing the mirrors without it when chunks were written
@@ -1009,20 +1018,30 @@ impl Fs {
     /// Takes a snapshot of the live tree, buffered writes included. O(1) in the size of
     /// the tree; durable on return.
     pub fn snapshot(&self, label: Option<&str>) -> Result<crate::catalog::Generation> {
-        let mut st = self.lock();
-        self.flush_locked(&mut st, None)?;
-        st.catalog.snapshot(label, now_ns())
+        let (taken, wal) = {
+            let mut st = self.lock();
+            self.flush_locked(&mut st, None)?;
+            let taken = st.catalog.snapshot_committed(label, now_ns())?;
+            (taken, st.catalog.wal_sync())
+        };
+        wal.sync()?;
+        Ok(taken)
     }
 
     /// Takes a snapshot only when the live tree may have changed since the last one;
     /// `None` when it certainly did not.
     pub fn snapshot_if_changed(&self, label: Option<&str>) -> Result<Option<crate::catalog::Generation>> {
-        let mut st = self.lock();
-        self.flush_locked(&mut st, None)?;
-        if !st.catalog.live_touched() {
-            return Ok(None);
-        }
-        st.catalog.snapshot(label, now_ns()).map(Some)
+        let (taken, wal) = {
+            let mut st = self.lock();
+            self.flush_locked(&mut st, None)?;
+            if !st.catalog.live_touched() {
+                return Ok(None);
+            }
+            let taken = st.catalog.snapshot_committed(label, now_ns())?;
+            (taken, st.catalog.wal_sync())
+        };
+        wal.sync()?;
+        Ok(Some(taken))
     }
 
     /// Runs `f` on the catalog and the store with every buffered write committed
