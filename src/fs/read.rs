@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::catalog::{Catalog, Extent, InodeAttr};
 use crate::error::{Error, Result};
-use crate::store::Redundancy;
+use crate::store::{Redundancy, READ_RUN_BYTES};
 use crate::types::{ChunkId, GenId, Location};
 
 /// An extent with the place of its chunk: what reading it needs.
@@ -70,29 +70,76 @@ impl ChunkCache {
         }
         guard.0.insert(*id, Slot::Loading);
         drop(guard);
-        let unwinding = Unloading { cache: self, id };
+        let claimed = [*id];
+        let unwinding = Unloading {
+            cache: self,
+            ids: &claimed,
+        };
         let loaded = store.read(id, at).map(Arc::new);
         std::mem::forget(unwinding);
+        self.settle(&[(id, &loaded)]);
+        loaded
+    }
+
+    /// Loads those of `chunks` that are neither cached nor being loaded, asking the
+    /// store for them together (neighbours in a pack are read in one go). Failures
+    /// are dropped: a reader that gets there loads the chunk itself and sees why.
+    pub fn load_many(&self, store: &dyn Redundancy, chunks: &[(ChunkId, Location)]) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut guard = self.lock();
+        let claimed: Vec<(ChunkId, Location)> = chunks
+            .iter()
+            .filter(|(id, _)| !guard.0.contains_key(id))
+            .copied()
+            .collect();
+        for (id, _) in &claimed {
+            guard.0.insert(*id, Slot::Loading);
+        }
+        drop(guard);
+        if claimed.is_empty() {
+            return;
+        }
+        let ids: Vec<ChunkId> = claimed.iter().map(|(id, _)| *id).collect();
+        let unwinding = Unloading {
+            cache: self,
+            ids: &ids,
+        };
+        let loaded: Vec<Result<Arc<Vec<u8>>>> = store
+            .read_many(&claimed)
+            .into_iter()
+            .map(|r| r.map(Arc::new))
+            .collect();
+        std::mem::forget(unwinding);
+        let settled: Vec<(&ChunkId, &Result<Arc<Vec<u8>>>)> = ids.iter().zip(&loaded).collect();
+        self.settle(&settled);
+    }
+
+    /// Puts what loads of `Loading` slots returned in place (an error takes the slot
+    /// out: waiters then load the chunk themselves, and see the error themselves),
+    /// evicts the oldest beyond capacity and wakes the waiters.
+    fn settle(&self, loaded: &[(&ChunkId, &Result<Arc<Vec<u8>>>)]) {
         let mut guard = self.lock();
         let (map, order) = &mut *guard;
-        match &loaded {
-            Ok(plain) => {
-                map.insert(*id, Slot::Ready(plain.clone()));
-                order.push_back(*id);
-                while order.len() > self.capacity {
-                    if let Some(old) = order.pop_front() {
-                        map.remove(&old);
-                    }
+        for (id, result) in loaded {
+            match result {
+                Ok(plain) => {
+                    map.insert(**id, Slot::Ready(plain.clone()));
+                    order.push_back(**id);
+                }
+                Err(_) => {
+                    map.remove(*id);
                 }
             }
-            // Waiters then load it themselves, and see the error themselves.
-            Err(_) => {
-                map.remove(id);
+        }
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
             }
         }
         drop(guard);
         self.loaded.notify_all();
-        loaded
     }
 
     /// True when `id` is cached or being loaded.
@@ -105,31 +152,41 @@ impl ChunkCache {
     }
 }
 
-/// Takes a `Loading` slot back out should its loader panic, so that waiters load the
-/// chunk themselves instead of waiting forever.
+/// Takes `Loading` slots back out should their loader panic, so that waiters load the
+/// chunks themselves instead of waiting forever.
 struct Unloading<'a> {
     cache: &'a ChunkCache,
-    id: &'a ChunkId,
+    ids: &'a [ChunkId],
 }
 
 impl Drop for Unloading<'_> {
     fn drop(&mut self) {
-        self.cache.lock().0.remove(self.id);
+        let mut guard = self.cache.lock();
+        for id in self.ids {
+            guard.0.remove(id);
+        }
+        drop(guard);
         self.cache.loaded.notify_all();
     }
 }
 
+/// One load job of the read-ahead: chunks that follow each other in a file.
+type Job = Vec<(ChunkId, Location)>;
+
 /// Loads chunks into a `ChunkCache` ahead of a sequential reader, on background
-/// threads, so disk reads, decompression and hashing overlap with the reader.
+/// threads, so disk reads, decompression and hashing overlap with the reader. The
+/// chunks asked for are cut into jobs of about `READ_RUN_BYTES` stored bytes, each
+/// loaded by one thread with one `read_many` (one disk read when they lie together
+/// in a pack), so several jobs load in parallel.
 pub struct Prefetcher {
-    sender: Option<std::sync::mpsc::SyncSender<(ChunkId, Location)>>,
+    sender: Option<std::sync::mpsc::SyncSender<Job>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Prefetcher {
     /// `threads` loaders feeding `cache` from `store`.
     pub fn new(store: Arc<dyn Redundancy>, cache: Arc<ChunkCache>, threads: usize) -> Prefetcher {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<(ChunkId, Location)>(256);
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(64);
         let receiver = Arc::new(Mutex::new(receiver));
         let threads = (0..threads)
             .filter_map(|i| {
@@ -138,9 +195,8 @@ impl Prefetcher {
                     .name(format!("snapfs-readahead-{i}"))
                     .spawn(move || loop {
                         let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok((id, at)) = next else { return };
-                        // A failure here is reported when the reader itself gets there.
-                        let _ = cache.get(&*store, &id, at);
+                        let Ok(job) = next else { return };
+                        cache.load_many(&*store, &job);
                     })
                     .ok()
             })
@@ -151,14 +207,30 @@ impl Prefetcher {
         }
     }
 
-    /// Asks for `ids` to be loaded; skips what is cached and drops what does not fit
-    /// in the queue (read-ahead is a hint).
+    /// Asks for `chunks` to be loaded; skips what is cached and drops what does not
+    /// fit in the queue (read-ahead is a hint).
     pub fn prefetch(&self, cache: &ChunkCache, chunks: impl IntoIterator<Item = (ChunkId, Location)>) {
         let Some(sender) = &self.sender else { return };
+        let mut job: Job = Vec::new();
+        let mut job_bytes = 0u64;
         for (id, at) in chunks {
-            if !cache.contains(&id) && sender.try_send((id, at)).is_err() {
-                return;
+            if cache.contains(&id) {
+                continue;
             }
+            let breaks = job
+                .last()
+                .is_some_and(|(_, last): &(ChunkId, Location)| last.pack != at.pack);
+            if !job.is_empty() && (breaks || job_bytes + u64::from(at.len) > READ_RUN_BYTES) {
+                if sender.try_send(std::mem::take(&mut job)).is_err() {
+                    return;
+                }
+                job_bytes = 0;
+            }
+            job.push((id, at));
+            job_bytes += u64::from(at.len);
+        }
+        if !job.is_empty() {
+            let _ = sender.try_send(job);
         }
     }
 }
@@ -265,6 +337,49 @@ mod tests {
         // Cached from now on.
         assert_eq!(*cache.get(&store, &id, AT).unwrap(), plain);
         assert_eq!(gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn chunks_loaded_together_are_cached_and_a_missing_one_is_left_to_its_reader() {
+        let gets = Arc::new(AtomicU64::new(0));
+        let counted = gets.clone();
+        let store = HookedStore::new(
+            Box::new(|| {}),
+            Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let plains: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 10_000]).collect();
+        let mut wanted = Vec::new();
+        for plain in &plains {
+            let frame = crate::codec::encode(plain, Some(3));
+            store.put(&frame.id, &frame.frame).unwrap();
+            wanted.push((frame.id, AT));
+        }
+        let missing = ChunkId::of(b"never stored");
+        wanted.insert(2, (missing, AT));
+        let store = OverObjects::new(Arc::new(store));
+        let cache = ChunkCache::new(16);
+        cache.load_many(&store, &wanted);
+        let loads = gets.load(Ordering::SeqCst);
+        assert!(!cache.contains(&missing), "a failed load leaves no slot behind");
+        for (id, plain) in wanted
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| **id != missing)
+            .zip(&plains)
+        {
+            assert_eq!(*cache.get(&store, id, AT).unwrap(), *plain);
+        }
+        assert_eq!(
+            gets.load(Ordering::SeqCst),
+            loads,
+            "every stored chunk came from the cache"
+        );
+        assert!(cache.get(&store, &missing, AT).is_err());
+        // Loading them again asks the store for nothing but the missing one.
+        cache.load_many(&store, &wanted);
+        assert_eq!(gets.load(Ordering::SeqCst), loads + 2);
     }
 
     #[test]

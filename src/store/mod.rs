@@ -37,7 +37,7 @@ pub use memory::{Hook, HookedStore};
 pub use mirror::{MirrorState, MirrorStatus, MirrorStore};
 #[cfg(test)]
 pub use over_objects::OverObjects;
-pub use pack_mirrors::{PackMirrors, PACKS_DIR, TARGET_PACK_BYTES};
+pub use pack_mirrors::{PackMirrors, PACKS_DIR, READ_RUN_BYTES, TARGET_PACK_BYTES};
 pub use packs::PackDir;
 pub use redundancy::{DiskUsage, EntryScrub, PackLength, Redundancy};
 pub use removals::RemovalGuard;

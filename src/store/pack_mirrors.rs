@@ -41,6 +41,11 @@ use crate::types::{ChunkId, Location, MirrorId, PackId, RepoId};
 /// and a sensible unit to stripe over disks and upload.
 pub const TARGET_PACK_BYTES: u64 = 16 << 20;
 
+/// The most bytes `read_many` asks of a disk in one read: neighbouring entries up to
+/// this are one pread (a sequential reader's read-ahead window is cut into runs of
+/// this size, so several load in parallel).
+pub const READ_RUN_BYTES: u64 = 512 << 10;
+
 /// The folder of a mirror that holds its packs.
 pub const PACKS_DIR: &str = "packs";
 
@@ -358,6 +363,60 @@ impl PackMirrors {
     }
 }
 
+/// Cuts `wanted` into runs to read in one go each: back-to-back entries of one pack,
+/// at most `max_bytes` a run (an entry bigger than that is a run of its own). Each run
+/// is the range of indexes of `wanted` it covers.
+fn runs(wanted: &[(ChunkId, Location)], max_bytes: u64) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, (_, at)) in wanted.iter().enumerate() {
+        if let Some(run) = out.last_mut() {
+            let (first, last) = (wanted[run.start].1, wanted[run.end - 1].1);
+            if at.pack == last.pack && at.offset == last.end() && at.end() - first.offset <= max_bytes {
+                run.end = i + 1;
+                continue;
+            }
+        }
+        out.push(i..i + 1);
+    }
+    out
+}
+
+impl PackMirrors {
+    /// The chunks of one run (back-to-back entries of one pack) read with one pread
+    /// from the first disk in read order, each entry checked and decoded; any entry
+    /// that fails there (all, when the pack is missing or unreadable there) is read
+    /// again alone through `read`, which tries the other disks and repairs this one.
+    fn read_run(&self, run: &[(ChunkId, Location)]) -> Vec<Result<Vec<u8>>> {
+        let (first, last) = (run[0].1, run[run.len() - 1].1);
+        let bytes = self
+            .read_order()
+            .into_iter()
+            .next()
+            .filter(|d| d.healthy())
+            .and_then(|disk| {
+                let packs = disk.packs.as_ref()?;
+                match packs.read_run(first.pack, first.offset, (last.end() - first.offset) as usize) {
+                    Ok(Some(bytes)) => Some((disk.clone(), bytes)),
+                    _ => None,
+                }
+            });
+        run.iter()
+            .map(|(id, at)| {
+                let decoded = bytes.as_ref().and_then(|(disk, bytes)| {
+                    let from = (at.offset - first.offset) as usize;
+                    let raw = bytes.get(from..from + at.len as usize)?;
+                    let frame = disk.packs.as_ref()?.frame_in(at.pack, entry(*at), id, raw).ok()?;
+                    codec::decode(id, &frame).ok()
+                });
+                match decoded {
+                    Some(plain) => Ok(plain),
+                    None => self.read(id, *at),
+                }
+            })
+            .collect()
+    }
+}
+
 impl Redundancy for PackMirrors {
     fn put(&self, chunks: &[(ChunkId, &[u8])]) -> Result<Vec<Location>> {
         let mut bytes = Vec::new();
@@ -457,6 +516,19 @@ impl Redundancy for PackMirrors {
 
     fn read(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>> {
         self.read_repairing(id, at).map(|good| good.plain)
+    }
+
+    fn read_many(&self, wanted: &[(ChunkId, Location)]) -> Vec<Result<Vec<u8>>> {
+        let mut out = Vec::with_capacity(wanted.len());
+        for run in runs(wanted, READ_RUN_BYTES) {
+            if run.len() == 1 {
+                let (id, at) = &wanted[run.start];
+                out.push(self.read(id, *at));
+            } else {
+                out.extend(self.read_run(&wanted[run]));
+            }
+        }
+        out
     }
 
     fn read_frame(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>> {
@@ -793,6 +865,72 @@ mod tests {
         let big = put(&f, &noise_chunks(9, 20, 1000));
         assert_eq!(big[0].pack, PackId(4));
         assert_eq!(put(&f, &noise_chunks(10, 1, 1000))[0].pack, PackId(5));
+    }
+
+    #[test]
+    fn runs_are_back_to_back_entries_of_one_pack_up_to_the_size() {
+        let at = |pack, offset, len| {
+            (
+                ChunkId::of(b"x"),
+                Location {
+                    pack: PackId(pack),
+                    offset,
+                    len,
+                },
+            )
+        };
+        let wanted = [
+            at(1, 48, 100),
+            at(1, 148, 100),
+            at(1, 248, 100),  // a run of three
+            at(1, 400, 100),  // a gap
+            at(2, 500, 100),  // another pack
+            at(2, 600, 300),  // past 400 bytes from 500
+            at(2, 900, 1000), // bigger than a run: alone
+            at(2, 1900, 50),
+        ];
+        assert_eq!(runs(&wanted, 350), [0..3, 3..4, 4..5, 5..6, 6..7, 7..8]);
+        assert_eq!(runs(&wanted, 10_000), [0..3, 3..4, 4..8]);
+        assert!(runs(&[], 400).is_empty());
+    }
+
+    #[test]
+    fn neighbours_read_together_come_back_verified_and_a_bad_one_is_repaired() {
+        // Two packs of several entries each, read as one list.
+        let f = fixture(5_000);
+        let mut batch = noise_chunks(1, 4, 1000);
+        let mut locs = put(&f, &batch);
+        let second = noise_chunks(2, 4, 1000);
+        locs.extend(put(&f, &second));
+        batch.extend(second);
+        f.store.sync().unwrap();
+        assert_ne!(locs[0].pack, locs[7].pack, "two packs");
+        // On the disk read first, a flipped byte in the middle of the first run, and
+        // the second pack gone (before any read: open handles would still read it).
+        let path = pack_file(&f, 0, locs[2].pack);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[locs[2].offset as usize + 100] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::remove_file(pack_file(&f, 0, locs[7].pack)).unwrap();
+        let wanted: Vec<(ChunkId, Location)> = batch
+            .iter()
+            .zip(&locs)
+            .map(|((id, _, _), at)| (*id, *at))
+            .collect();
+        let read = f.store.read_many(&wanted);
+        assert_eq!(read.len(), batch.len());
+        for (got, (_, _, plain)) in read.into_iter().zip(&batch) {
+            assert_eq!(&got.unwrap(), plain);
+        }
+        // Both repaired from the other disk: the entry in place, the pack whole.
+        for pack in [locs[2].pack, locs[7].pack] {
+            assert_eq!(
+                std::fs::read(pack_file(&f, 0, pack)).unwrap(),
+                std::fs::read(pack_file(&f, 1, pack)).unwrap(),
+                "pack {pack}"
+            );
+        }
+        assert!(f.store.status()[0].heals >= 2, "{:?}", f.store.status()[0]);
     }
 
     #[test]

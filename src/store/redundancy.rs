@@ -71,6 +71,13 @@ pub trait Redundancy: Send + Sync {
     /// The verified plaintext of chunk `id` at `at`, repairing bad copies on the way.
     fn read(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>>;
 
+    /// `read` of each of `wanted`, in order: the same bytes and the same errors, but
+    /// an implementation may read neighbouring entries of one pack in one go (a
+    /// sequential reader's chunks lie back to back).
+    fn read_many(&self, wanted: &[(ChunkId, Location)]) -> Vec<Result<Vec<u8>>> {
+        wanted.iter().map(|(id, at)| self.read(id, *at)).collect()
+    }
+
     /// `read`, returning the verified codec frame instead of the plaintext: what
     /// compaction copies into a new pack without compressing it again.
     fn read_frame(&self, id: &ChunkId, at: Location) -> Result<Vec<u8>>;
