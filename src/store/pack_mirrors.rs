@@ -395,7 +395,7 @@ impl PackMirrors {
             .filter(|d| d.healthy())
             .and_then(|disk| {
                 let packs = disk.packs.as_ref()?;
-                match packs.read_run(first.pack, first.offset, (last.end() - first.offset) as usize) {
+                match packs.read_run_direct(first.pack, first.offset, (last.end() - first.offset) as usize) {
                     Ok(Some(bytes)) => Some((disk.clone(), bytes)),
                     _ => None,
                 }
@@ -404,9 +404,9 @@ impl PackMirrors {
             .map(|(id, at)| {
                 let decoded = bytes.as_ref().and_then(|(disk, bytes)| {
                     let from = (at.offset - first.offset) as usize;
-                    let raw = bytes.get(from..from + at.len as usize)?;
+                    let raw = bytes.bytes().get(from..from + at.len as usize)?;
                     let frame = disk.packs.as_ref()?.frame_in(at.pack, entry(*at), id, raw).ok()?;
-                    codec::decode(id, &frame).ok()
+                    codec::decode(id, frame).ok()
                 });
                 match decoded {
                     Some(plain) => Ok(plain),

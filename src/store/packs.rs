@@ -222,6 +222,33 @@ impl PackDir {
             .map_err(Error::io_with(format!("reading pack {}", path.display())))
     }
 
+    /// `read_run` past the page cache (see `pack::read_run_direct`), for long runs of
+    /// a sequential reader; read through the page cache where the filesystem refuses
+    /// `O_DIRECT` (tmpfs, some FUSE and network filesystems).
+    pub fn read_run_direct(&self, id: PackId, offset: u64, len: usize) -> Result<Option<pack::DirectRun>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path(id);
+        let ctx = || format!("reading pack {}", path.display());
+        let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if refused(&e) => {
+                return Ok(self.read_run(id, offset, len)?.map(pack::DirectRun::from_vec))
+            }
+            Err(e) => return Err(Error::io_with(ctx())(e)),
+        };
+        match pack::read_run_direct(&file, offset, len) {
+            Ok(run) => Ok(Some(run)),
+            Err(e) if refused(&e) => Ok(self.read_run(id, offset, len)?.map(pack::DirectRun::from_vec)),
+            Err(e) => Err(Error::io_with(ctx())(e)),
+        }
+    }
+
     /// The frame of chunk `chunk` from its entry at `loc` of pack `id`, raw: the entry
     /// checked (checksum, and the id it names), the frame not yet decoded. `Ok(None)`
     /// when this folder has no such pack; `CorruptChunk` when the bytes there are not
@@ -230,12 +257,19 @@ impl PackDir {
         let Some(run) = self.read_run(id, loc.offset, loc.len as usize)? else {
             return Ok(None);
         };
-        self.frame_in(id, loc, chunk, &run).map(Some)
+        self.frame_in(id, loc, chunk, &run)
+            .map(|frame| Some(frame.to_vec()))
     }
 
     /// The frame of chunk `chunk` from `bytes`, the entry at `loc` of pack `id` (read
     /// with others in one run): the entry checked, the frame not yet decoded.
-    pub fn frame_in(&self, id: PackId, loc: EntryLoc, chunk: &ChunkId, bytes: &[u8]) -> Result<Vec<u8>> {
+    pub fn frame_in<'a>(
+        &self,
+        id: PackId,
+        loc: EntryLoc,
+        chunk: &ChunkId,
+        bytes: &'a [u8],
+    ) -> Result<&'a [u8]> {
         let bad = |reason: String| Error::CorruptChunk {
             id: *chunk,
             mirror: format!("pack {} at {}", self.path(id).display(), loc.offset),
@@ -251,7 +285,7 @@ impl PackDir {
                 entry.len, loc.len
             )));
         }
-        Ok(entry.frame.to_vec())
+        Ok(entry.frame)
     }
 
     /// Writes `entry` (a good copy's bytes) over the damaged entry at `offset` of
