@@ -93,6 +93,14 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
             }
         })
     };
+    let checkpoints = {
+        let checkpointer = fs.with_catalog(|cat, _, _| cat.checkpoint_elsewhere())?;
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("snapfs-checkpoint".into())
+            .spawn(move || checkpoint_in_background(&checkpointer, &stop))
+            .map_err(Error::io_with("starting the catalog's checkpoint thread"))?
+    };
     if daemon.reclaim {
         let (fs, stop) = (fs.clone(), stop.clone());
         std::thread::spawn(move || reclaim_in_background(&fs, &stop));
@@ -122,6 +130,7 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     signal_handle.close();
     stop.store(true, Ordering::Relaxed);
     let _ = flusher.join();
+    let _ = checkpoints.join();
     fs.fsync(None)?;
     match fs.with_catalog(|cat, _, _| cat.checkpoint()) {
         Ok(true) => {}
@@ -142,6 +151,31 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
 /// Fills, beside the requests, the mirrors the catalog counts as incomplete (back
 /// after they were set aside, or an interrupted fill), like a RAID resilvering a disk
 /// that returned; until then they take every write but are not trusted for reads.
+/// The WAL size past which the checkpoint thread copies it into catalog.db: what
+/// SQLite's own automatic checkpoint waits for (1,000 pages of 4 KiB).
+const CHECKPOINT_AFTER_BYTES: u64 = 4 << 20;
+
+/// Checkpoints the catalog's WAL whenever it has grown past `CHECKPOINT_AFTER_BYTES`,
+/// beside the requests and commits (which no longer do it), until `stop`.
+fn checkpoint_in_background(checkpointer: &crate::catalog::Checkpointer, stop: &AtomicBool) {
+    let mut copied_to = 0;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(250));
+        let wal = checkpointer.wal_bytes();
+        // After a checkpoint the WAL keeps its size until a commit restarts it.
+        if wal < CHECKPOINT_AFTER_BYTES || wal == copied_to {
+            continue;
+        }
+        match checkpointer.run() {
+            Ok((copied, frames)) => {
+                log::trace!("checkpointed {copied} of {frames} WAL frames");
+                copied_to = if copied == frames { wal } else { 0 };
+            }
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+}
+
 fn fill_incomplete_mirrors(fs: &Fs) {
     match mirrors::fill_incomplete(fs) {
         Ok(reports) => {

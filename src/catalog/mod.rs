@@ -100,6 +100,32 @@ impl WalSync {
     }
 }
 
+/// Copies the WAL into catalog.db from a connection of its own, so that no commit
+/// pays for it (see `Catalog::checkpoint_elsewhere`). A checkpoint runs beside the
+/// writer and the readers: it copies the frames no reader still needs, syncs the WAL
+/// before and the database after (so nothing committed depends on the WAL alone once
+/// the WAL restarts), and never waits for anyone.
+pub struct Checkpointer {
+    conn: Connection,
+    wal: PathBuf,
+}
+
+impl Checkpointer {
+    /// The WAL's size on disk now (0 when there is none).
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(&self.wal).map_or(0, |m| m.len())
+    }
+
+    /// One passive checkpoint: the frames copied and the frames in the WAL.
+    pub fn run(&self) -> Result<(i64, i64)> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(2)?, r.get(1)?))
+            })
+            .map_err(sql_err("checkpointing the catalog"))
+    }
+}
+
 /// An open catalog database.
 pub struct Catalog {
     conn: Connection,
@@ -742,6 +768,33 @@ impl Catalog {
         self.conn
             .execute_batch(&format!("PRAGMA synchronous = {mode}"))
             .map_err(sql_err("setting commit durability"))
+    }
+
+    /// Stops this connection's commits from checkpointing the WAL (SQLite does it in
+    /// the commit that crosses 1,000 pages, a random write into catalog.db and two
+    /// fsyncs: 100-300 ms in a commit a user waits for at a million files) and hands
+    /// that to a `Checkpointer` on a connection of its own, for a background thread
+    /// to run. The WAL grows until it does.
+    pub fn checkpoint_elsewhere(&self) -> Result<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_err("opening catalog.db for checkpoints"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql_err("configuring catalog.db for checkpoints"))?;
+        // NORMAL: a checkpoint syncs the WAL before and the database after it.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;")
+            .map_err(sql_err("configuring catalog.db for checkpoints"))?;
+        self.conn
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(sql_err("turning the commits' checkpoints off"))?;
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        Ok(Checkpointer {
+            conn,
+            wal: PathBuf::from(wal),
+        })
     }
 
     /// Copies the WAL into catalog.db and cuts the WAL to nothing (a clean unmount:
