@@ -310,18 +310,25 @@ mod tests {
         len: 0,
     };
 
-    #[test]
-    fn a_chunk_wanted_by_many_readers_at_once_is_read_once() {
-        // Every read is counted and slow, so that concurrent readers of one chunk overlap.
+    /// A store that counts its frame reads (the count returned beside it), each
+    /// taking `delay_ms` first.
+    fn counting_store(delay_ms: u64) -> (HookedStore, Arc<AtomicU64>) {
         let gets = Arc::new(AtomicU64::new(0));
         let counted = gets.clone();
         let store = HookedStore::new(
             Box::new(|| {}),
             Box::new(move || {
                 counted.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
             }),
         );
+        (store, gets)
+    }
+
+    #[test]
+    fn a_chunk_wanted_by_many_readers_at_once_is_read_once() {
+        // Every read is counted and slow, so that concurrent readers of one chunk overlap.
+        let (store, gets) = counting_store(50);
         let plain = vec![7u8; 100_000];
         let frame = crate::codec::encode(&plain, Some(3));
         store.put(&frame.id, &frame.frame).unwrap();
@@ -341,14 +348,7 @@ mod tests {
 
     #[test]
     fn chunks_loaded_together_are_cached_and_a_missing_one_is_left_to_its_reader() {
-        let gets = Arc::new(AtomicU64::new(0));
-        let counted = gets.clone();
-        let store = HookedStore::new(
-            Box::new(|| {}),
-            Box::new(move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-            }),
-        );
+        let (store, gets) = counting_store(0);
         let plains: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 10_000]).collect();
         let mut wanted = Vec::new();
         for plain in &plains {
