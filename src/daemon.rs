@@ -37,6 +37,8 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     let holder = format!("mounted at {}", mountpoint.display());
     let handle = Repo::open(repo, &holder)?;
     let (catalog, store, _lock) = handle.into_parts();
+    // Before serving: no request can be committing while the connection changes.
+    let checkpointer = catalog.checkpoint_elsewhere()?;
     // A marker left by a daemon that did not exit cleanly: its uncommitted chunks may
     // sit in the mirrors, so the next gc sweeps.
     let running = repo.join(repo::RUNNING_MARKER);
@@ -94,7 +96,6 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
         })
     };
     let checkpoints = {
-        let checkpointer = fs.with_catalog(|cat, _, _| cat.checkpoint_elsewhere())?;
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("snapfs-checkpoint".into())
@@ -148,9 +149,6 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     Ok(())
 }
 
-/// Fills, beside the requests, the mirrors the catalog counts as incomplete (back
-/// after they were set aside, or an interrupted fill), like a RAID resilvering a disk
-/// that returned; until then they take every write but are not trusted for reads.
 /// The WAL size past which the checkpoint thread copies it into catalog.db: what
 /// SQLite's own automatic checkpoint waits for (1,000 pages of 4 KiB).
 const CHECKPOINT_AFTER_BYTES: u64 = 4 << 20;
@@ -162,7 +160,9 @@ fn checkpoint_in_background(checkpointer: &crate::catalog::Checkpointer, stop: &
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
         let wal = checkpointer.wal_bytes();
-        // After a checkpoint the WAL keeps its size until a commit restarts it.
+        // A whole checkpoint leaves the file at its size: the next commit restarts
+        // the WAL at its start and overwrites it, so it grows again only once that
+        // much has been written anew.
         if wal < CHECKPOINT_AFTER_BYTES || wal == copied_to {
             continue;
         }
@@ -176,6 +176,9 @@ fn checkpoint_in_background(checkpointer: &crate::catalog::Checkpointer, stop: &
     }
 }
 
+/// Fills, beside the requests, the mirrors the catalog counts as incomplete (back
+/// after they were set aside, or an interrupted fill), like a RAID resilvering a disk
+/// that returned; until then they take every write but are not trusted for reads.
 fn fill_incomplete_mirrors(fs: &Fs) {
     match mirrors::fill_incomplete(fs) {
         Ok(reports) => {

@@ -885,7 +885,7 @@ mod tests {
             at(1, 248, 100),  // a run of three
             at(1, 400, 100),  // a gap
             at(2, 500, 100),  // another pack
-            at(2, 600, 300),  // past 400 bytes from 500
+            at(2, 600, 300),  // past 350 bytes from 500
             at(2, 900, 1000), // bigger than a run: alone
             at(2, 1900, 50),
         ];

@@ -230,6 +230,7 @@ impl PackDir {
         let path = self.path(id);
         let ctx = || format!("reading pack {}", path.display());
         let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
+        let buffered = || Ok(self.read_run(id, offset, len)?.map(pack::DirectRun::from_vec));
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
@@ -237,14 +238,12 @@ impl PackDir {
         {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if refused(&e) => {
-                return Ok(self.read_run(id, offset, len)?.map(pack::DirectRun::from_vec))
-            }
+            Err(e) if refused(&e) => return buffered(),
             Err(e) => return Err(Error::io_with(ctx())(e)),
         };
         match pack::read_run_direct(&file, offset, len) {
             Ok(run) => Ok(Some(run)),
-            Err(e) if refused(&e) => Ok(self.read_run(id, offset, len)?.map(pack::DirectRun::from_vec)),
+            Err(e) if refused(&e) => buffered(),
             Err(e) => Err(Error::io_with(ctx())(e)),
         }
     }
