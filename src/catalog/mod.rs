@@ -471,32 +471,28 @@ impl Catalog {
     pub fn generations(&self) -> Result<Vec<Generation>> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT gen_id, name, label, created_ns, frozen_ns, held FROM generations ORDER BY gen_id",
-            )
+            .prepare_cached(&format!(
+                "SELECT {GENERATION_COLUMNS} FROM generations ORDER BY gen_id"
+            ))
             .map_err(sql_err("listing generations"))?;
         let rows = stmt
-            .query_map([], |row| {
-                Ok(Generation {
-                    id: GenId(row.get(0)?),
-                    name: row.get(1)?,
-                    label: row.get(2)?,
-                    created_ns: row.get(3)?,
-                    frozen_ns: row.get(4)?,
-                    held: row.get::<_, i64>(5)? != 0,
-                })
-            })
+            .query_map([], generation_row)
             .map_err(sql_err("listing generations"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(sql_err("listing generations"))
     }
 
-    /// The snapshot called `name` (with its `@`); `None` when there is none.
+    /// The snapshot called `name` (with its `@`); `None` when there is none. One
+    /// probe of the name's index.
     pub fn find_snapshot(&self, name: &str) -> Result<Option<Generation>> {
-        Ok(self
-            .generations()?
-            .into_iter()
-            .find(|g| g.name.as_deref() == Some(name)))
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {GENERATION_COLUMNS} FROM generations WHERE name = ?1"
+            ))
+            .map_err(sql_err("finding a snapshot"))?
+            .query_row(params![name], generation_row)
+            .optional()
+            .map_err(sql_err("finding a snapshot"))
     }
 
     /// Freezes the live generation as snapshot `name` and opens the next one.
@@ -584,12 +580,27 @@ impl Catalog {
     /// `snapshot` without its sync: committed, durable once `wal_sync()` or `sync()`
     /// runs (for a caller that holds a lock while it commits and syncs after it).
     pub fn snapshot_committed(&mut self, label: Option<&str>, now_ns: i64) -> Result<Generation> {
+        // Names have a second's resolution; more snapshots in one second get "-2",
+        // "-3" …, found from how many of that second there are already (every such
+        // name sorts between `base` and `base` + "."), not by trying each.
         let base = snapshot_name(now_ns);
-        let mut name = base.clone();
-        let mut n = 1;
+        let same_second: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM generations WHERE name >= ?1 AND name < ?1 || '.'",
+                params![base],
+                |r| r.get(0),
+            )
+            .map_err(sql_err("naming a snapshot"))?;
+        let mut n = same_second;
+        let mut name = if n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{}", n + 1)
+        };
         while self.find_snapshot(&name)?.is_some() {
             n += 1;
-            name = format!("{base}-{n}");
+            name = format!("{base}-{}", n + 1);
         }
         let gen = self.freeze(&name, label, now_ns)?;
         self.find_snapshot(&name)?
@@ -876,6 +887,7 @@ impl Catalog {
 /// Writes a consistent copy of the catalog at `db` into the new file `dest`, with the
 /// SQLite backup API on a connection of its own: it reads one snapshot of the
 /// database (WAL), so a running writer is not held up beyond its own commits.
+/// `dest` is not synced: a caller that keeps it syncs it.
 pub fn backup(db: &Path, dest: &Path) -> Result<()> {
     let src = Connection::open_with_flags(
         db,
@@ -885,11 +897,23 @@ pub fn backup(db: &Path, dest: &Path) -> Result<()> {
     src.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(sql_err("opening catalog.db for a copy"))?;
     let mut dst = Connection::open(dest).map_err(sql_err("creating the catalog copy"))?;
+    // A scratch file for whoever compresses it: no journal and no sync (the copy it
+    // becomes is synced; a sync here would queue all of it at the disk at once).
+    dst.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF")
+        .map_err(sql_err("creating the catalog copy"))?;
     let backup =
         rusqlite::backup::Backup::new(&src, &mut dst).map_err(sql_err("starting the catalog copy"))?;
-    backup
-        .run_to_completion(4096, std::time::Duration::ZERO, None)
-        .map_err(sql_err("copying the catalog"))?;
+    // One step: the copy reads one snapshot of the database from start to end. In
+    // steps, any commit of the mount between two of them starts the copy over.
+    match backup.step(-1).map_err(sql_err("copying the catalog"))? {
+        rusqlite::backup::StepResult::Done => {}
+        other => {
+            return Err(Error::Catalog {
+                context: "copying the catalog".into(),
+                source: format!("the copy stopped before its end: {other:?}").into(),
+            })
+        }
+    }
     drop(backup);
     dst.execute_batch("PRAGMA journal_mode = DELETE")
         .map_err(sql_err("finishing the catalog copy"))?;
@@ -965,6 +989,20 @@ fn migrate(conn: &mut Connection, from: u32) -> Result<()> {
     tx.commit().map_err(sql_err("committing the catalog migration"))?;
     log::info!("catalog migrated from schema {from} to {SCHEMA_VERSION}");
     Ok(())
+}
+
+/// The columns `generation_row` reads, in its order.
+const GENERATION_COLUMNS: &str = "gen_id, name, label, created_ns, frozen_ns, held";
+
+fn generation_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Generation> {
+    Ok(Generation {
+        id: GenId(row.get(0)?),
+        name: row.get(1)?,
+        label: row.get(2)?,
+        created_ns: row.get(3)?,
+        frozen_ns: row.get(4)?,
+        held: row.get::<_, i64>(5)? != 0,
+    })
 }
 
 /// Connection settings for a writer: WAL (readers never block the writer), full sync

@@ -191,6 +191,37 @@ fn freezing_under_a_taken_name_fails_and_changes_nothing() {
 }
 
 #[test]
+fn snapshots_of_one_second_are_numbered_and_a_forgotten_number_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = new_catalog(&dir.path().join("c.db"));
+    let second = 1_800_000_000_000_000_000;
+    let names: Vec<String> = (0..4)
+        .map(|i| cat.snapshot_committed(None, second + i).unwrap().name.unwrap())
+        .collect();
+    let base = snapshot_name(second);
+    assert_eq!(
+        names,
+        [
+            base.clone(),
+            format!("{base}-2"),
+            format!("{base}-3"),
+            format!("{base}-4")
+        ]
+    );
+    let third = cat.find_snapshot(&names[2]).unwrap().unwrap();
+    assert_eq!(third.name.as_deref(), Some(names[2].as_str()));
+    cat.forget(third.id).unwrap();
+    assert!(cat.find_snapshot(&names[2]).unwrap().is_none());
+    // Three of that second are left: the next is "-5", not the free "-3" nor the
+    // taken "-4".
+    let next = cat.snapshot_committed(None, second + 9).unwrap();
+    assert_eq!(next.name.unwrap(), format!("{base}-5"));
+    // The next second starts again without a number.
+    let later = cat.snapshot_committed(None, second + 1_000_000_000).unwrap();
+    assert_eq!(later.name.unwrap(), snapshot_name(second + 1_000_000_000));
+}
+
+#[test]
 fn link_counts_follow_links_folders_and_renames() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
