@@ -296,9 +296,13 @@ fn scheduled_snapshots(
 /// when the gap is over.
 const COPY_GAP: Duration = Duration::from_secs(60);
 
+/// The gap after a copy is also at least this many times as long as the copy took:
+/// copies take a twentieth of the time at most, however big the catalog grows.
+const COPY_GAP_PER_COPY_TIME: u32 = 20;
+
 /// The mount's catalog copies into the mirrors, taken on a thread of their own (a
 /// copy reads a consistent snapshot of the database; the mount goes on meanwhile):
-/// one at a time, at most one per `COPY_GAP`; a request meanwhile is kept and served
+/// one at a time, with a gap between them (`COPY_GAP`, `COPY_GAP_PER_COPY_TIME`); a request meanwhile is kept and served
 /// by `poll` once the gap is over.
 #[derive(Default)]
 struct CatalogCopies {
@@ -310,7 +314,8 @@ struct CatalogCopies {
 struct CopyState {
     running: bool,
     wanted: bool,
-    last: Option<Instant>,
+    /// When the last copy ended, and the gap before the next may start.
+    last: Option<(Instant, Duration)>,
 }
 
 impl CatalogCopies {
@@ -324,7 +329,7 @@ impl CatalogCopies {
     fn poll(self: &Arc<Self>, fs: &Fs, repo: &Path) {
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !st.wanted || st.running || st.last.is_some_and(|l| l.elapsed() < COPY_GAP) {
+            if !st.wanted || st.running || st.last.is_some_and(|(end, gap)| end.elapsed() < gap) {
                 return;
             }
             st.wanted = false;
@@ -332,12 +337,20 @@ impl CatalogCopies {
         }
         let (repo, mirrors, copies) = (repo.to_path_buf(), fs.mirror_paths(), self.clone());
         std::thread::spawn(move || {
+            // The lowest CPU priority for this thread alone (on Linux a nice value is
+            // per thread): on a busy machine the copy waits, the mount's requests not.
+            let me = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(me), 19) {
+                log::debug!("could not lower the catalog copy's priority: {e}");
+            }
+            let started = Instant::now();
             if let Err(e) = recover::save_copies(&repo, &mirrors, crate::ops::now_ns()) {
                 log::warn!("could not save a catalog copy: {e}");
             }
+            let gap = COPY_GAP.max(started.elapsed() * COPY_GAP_PER_COPY_TIME);
             let mut st = copies.state.lock().unwrap_or_else(|p| p.into_inner());
             st.running = false;
-            st.last = Some(Instant::now());
+            st.last = Some((Instant::now(), gap));
         });
     }
 

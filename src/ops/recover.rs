@@ -4,7 +4,6 @@
 //! corrupt `catalog.db` from the newest good copy, then rebuilds where every chunk
 //! lies from the packs themselves (the copy may predate a gc or a compaction).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -21,44 +20,73 @@ pub const KEEP_COPIES: usize = 3;
 /// Writes a compressed, consistent copy of `REPO/catalog.db` into every mirror folder
 /// of `mirrors` that can take it, and keeps the newest `KEEP_COPIES` there. Returns
 /// how many mirrors got the copy; fails only when none did. Streams: memory does
-/// not grow with the catalog (a million files make a catalog of hundreds of MiB). One copy at a time per repository folder (the temporary files are named by
-/// process).
+/// not grow with the catalog (a million files make a catalog of hundreds of MiB).
+/// One copy at a time per repository folder (the temporary file is named by
+/// process). The first mirror's copy is compressed from a consistent copy of the
+/// database; the others are copied from it.
 pub fn save_copies(repo: &Path, mirrors: &[PathBuf], now_ns: i64) -> Result<usize> {
+    let started = std::time::Instant::now();
     let tmp = repo.join(format!(".catalog-copy-{}.db", std::process::id()));
-    let packed = tmp.with_extension("db.zst");
     let _ = std::fs::remove_file(&tmp);
-    let result = catalog::backup(&repo.join(CATALOG_FILE), &tmp).and_then(|()| compress_file(&tmp, &packed));
-    let _ = std::fs::remove_file(&tmp);
+    let mut last_error = catalog::backup(&repo.join(CATALOG_FILE), &tmp).err();
     let name = format!("catalog-{now_ns:020}.db.zst");
-    let mut saved = 0;
-    let mut last_error = result.err();
+    let mut saved: Option<PathBuf> = None;
+    let mut count = 0;
     if last_error.is_none() {
         for m in mirrors {
-            match save_one(m, &name, &packed) {
-                Ok(()) => saved += 1,
+            let from = match &saved {
+                Some(copy) => CopySource::Packed(copy),
+                None => CopySource::Database(&tmp),
+            };
+            match save_one(m, &name, from) {
+                Ok(path) => {
+                    count += 1;
+                    saved.get_or_insert(path);
+                }
                 Err(e) => last_error = Some(e),
             }
         }
     }
-    let _ = std::fs::remove_file(&packed);
-    match (saved, last_error) {
+    let _ = std::fs::remove_file(&tmp);
+    log::debug!(
+        "saved a catalog copy into {count} of {} mirrors in {:?}",
+        mirrors.len(),
+        started.elapsed()
+    );
+    match (count, last_error) {
         (0, Some(e)) => Err(e),
-        _ => Ok(saved),
+        _ => Ok(count),
     }
 }
 
-/// zstd (level 3) of file `from` into a new file `to`, streamed.
-fn compress_file(from: &Path, to: &Path) -> Result<()> {
-    let ctx = || format!("compressing the catalog copy into {}", to.display());
-    let input = std::fs::File::open(from).map_err(Error::io_with(ctx()))?;
-    let output = std::fs::File::create(to).map_err(Error::io_with(ctx()))?;
-    let mut output = std::io::BufWriter::new(output);
-    zstd::stream::copy_encode(std::io::BufReader::new(input), &mut output, 3)
-        .map_err(Error::io_with(ctx()))?;
-    output.flush().map_err(Error::io_with(ctx()))
+/// What a mirror's copy is written from.
+enum CopySource<'a> {
+    /// An uncompressed, consistent copy of the database: compressed on the way.
+    Database(&'a Path),
+    /// A copy already compressed (into another mirror): copied as it is.
+    Packed(&'a Path),
 }
 
-fn save_one(mirror: &Path, name: &str, packed: &Path) -> Result<()> {
+/// Writes `from` into `to` (zstd level 3 when it is the database), durably, past
+/// the page cache (`DirectWriter`: the disk is not flooded with the whole copy).
+fn write_copy(from: &CopySource<'_>, to: &Path) -> std::io::Result<()> {
+    let mut out = crate::store::DirectWriter::create(to)?;
+    match from {
+        CopySource::Database(db) => {
+            let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(db)?);
+            zstd::stream::copy_encode(input, &mut out, 3)?;
+        }
+        CopySource::Packed(copy) => {
+            let mut input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(copy)?);
+            std::io::copy(&mut input, &mut out)?;
+        }
+    }
+    out.finish()
+}
+
+/// Writes the copy `name` into `mirror`, durably, and drops its oldest copies
+/// beyond `KEEP_COPIES`; returns the copy's path.
+fn save_one(mirror: &Path, name: &str, from: CopySource<'_>) -> Result<PathBuf> {
     // Only into a mirror that is there: never recreate a lost mirror's folder.
     if !mirror.join("MIRROR").is_file() {
         return Err(Error::NotFound(format!(
@@ -70,12 +98,12 @@ fn save_one(mirror: &Path, name: &str, packed: &Path) -> Result<()> {
     crate::store::create_dir_all_durably(&dir)
         .map_err(Error::io_with(format!("creating {}", dir.display())))?;
     let tmp = dir.join(format!(".tmp-{name}"));
-    let ctx = || format!("writing {}", tmp.display());
-    std::fs::copy(packed, &tmp).map_err(Error::io_with(ctx()))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io_with(ctx()))?;
-    std::fs::rename(&tmp, dir.join(name)).map_err(Error::io_with(ctx()))?;
+    if let Err(e) = write_copy(&from, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io_with(format!("writing {}", tmp.display()))(e));
+    }
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).map_err(Error::io_with(format!("writing {}", tmp.display())))?;
     // The new name is durable only once its folder is (and before any old copy goes:
     // a power cut must never leave fewer good copies than before).
     repo::sync_dir(&dir)?;
@@ -84,7 +112,7 @@ fn save_one(mirror: &Path, name: &str, packed: &Path) -> Result<()> {
         let oldest = copies.remove(copies.len() - 1);
         let _ = std::fs::remove_file(oldest);
     }
-    Ok(())
+    Ok(path)
 }
 
 /// The catalog copies in a mirror folder, newest first.

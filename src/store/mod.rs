@@ -30,6 +30,7 @@ mod removals;
 mod sync;
 
 pub use dir::{check_folder, claim_folder, create_dir_all_durably, read_identity, DirStore, IDENTITY_FILE};
+pub use direct::DirectWriter;
 pub use fault::FaultStore;
 pub use memory::MemoryStore;
 #[cfg(test)]
