@@ -901,14 +901,7 @@ impl Fs {
     }
 
     fn flush_locked(&self, st: &mut State, ino: Option<InodeId>) -> Result<()> {
-        let (started, files) = (std::time::Instant::now(), st.dirty.len());
         let result = write::flush(st, ino);
-        if files > 0 {
-            log::trace!(
-                "flushed buffered writes ({files} open files) in {:?}",
-                started.elapsed()
-            );
-        }
         if result.is_err() {
             self.commit_failed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1018,13 +1011,22 @@ impl Fs {
     /// Takes a snapshot of the live tree, buffered writes included. O(1) in the size of
     /// the tree; durable on return.
     pub fn snapshot(&self, label: Option<&str>) -> Result<crate::catalog::Generation> {
-        let (taken, wal) = {
+        let started = std::time::Instant::now();
+        let (taken, wal, flushed, frozen) = {
             let mut st = self.lock();
+            let locked = started.elapsed();
             self.flush_locked(&mut st, None)?;
+            let flushed = started.elapsed() - locked;
             let taken = st.catalog.snapshot_committed(label, now_ns())?;
-            (taken, st.catalog.wal_sync())
+            (taken, st.catalog.wal_sync(), flushed, started.elapsed())
         };
         wal.sync()?;
+        log::trace!(
+            "snapshot {} taken in {:?} (from the start: buffered writes committed {flushed:?} after \
+             the lock, frozen {frozen:?})",
+            taken.name.as_deref().unwrap_or_default(),
+            started.elapsed()
+        );
         Ok(taken)
     }
 

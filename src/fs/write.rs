@@ -371,6 +371,7 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
         return Ok(());
     }
     let live = st.catalog.live();
+    let started = std::time::Instant::now();
     let mut finished = Vec::new();
     for id in ids {
         let Some(attr) = st.catalog.inode(live, id)? else {
@@ -383,10 +384,12 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
             finished.push((id, d));
         }
     }
+    let sealed = started.elapsed();
     let State { catalog, sink, .. } = &mut *st;
     let committed = (|| -> Result<()> {
         let txn = catalog.write()?;
         sink.record(&txn)?;
+        let recorded = started.elapsed();
         for (id, d) in &finished {
             let Some(mut attr) = txn.inode(*id)? else { continue };
             for run in &d.sealed {
@@ -397,8 +400,17 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
             attr.ctime_ns = d.ctime_ns;
             txn.set_inode(&attr)?;
         }
+        let rows = started.elapsed();
         sink.sync(&txn)?;
-        txn.commit()
+        let synced = started.elapsed();
+        txn.commit()?;
+        log::trace!(
+            "committed the buffered writes of {} files in {:?} (from the start: runs sealed {sealed:?}, \
+             chunks recorded {recorded:?}, rows written {rows:?}, packs synced {synced:?})",
+            finished.len(),
+            started.elapsed()
+        );
+        Ok(())
     })();
     if committed.is_err() {
         // The runs are lost (the caller gets the error, e.g. ENOSPC at fsync); chunks
