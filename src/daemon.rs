@@ -292,18 +292,25 @@ fn scheduled_snapshots(
 
 /// Shortest time between two catalog copies of a mount. A copy reads and compresses
 /// the whole catalog (hundreds of MiB for a million files, seconds of a core), so
-/// snapshots in quick succession share one: the first is copied at once, later ones
-/// when the gap is over.
+/// snapshots in quick succession share one.
 const COPY_GAP: Duration = Duration::from_secs(60);
 
 /// The gap after a copy is also at least this many times as long as the copy took:
 /// copies take a twentieth of the time at most, however big the catalog grows.
 const COPY_GAP_PER_COPY_TIME: u32 = 20;
 
+/// A copy asked for starts once no snapshot has asked for one for this long (a
+/// burst of snapshots is not slowed by a copy beside it, and shares one copy)…
+const COPY_QUIET: Duration = Duration::from_secs(2);
+
+/// … or once it has waited this long, however busy the mount.
+const COPY_MAX_WAIT: Duration = Duration::from_secs(300);
+
 /// The mount's catalog copies into the mirrors, taken on a thread of their own (a
 /// copy reads a consistent snapshot of the database; the mount goes on meanwhile):
-/// one at a time, with a gap between them (`COPY_GAP`, `COPY_GAP_PER_COPY_TIME`); a request meanwhile is kept and served
-/// by `poll` once the gap is over.
+/// one at a time, with a gap between them (`COPY_GAP`, `COPY_GAP_PER_COPY_TIME`),
+/// each once the requests have been quiet for a while (`COPY_QUIET`, at most
+/// `COPY_MAX_WAIT`). `poll` starts a copy asked for once it may.
 #[derive(Default)]
 struct CatalogCopies {
     /// Held only to read or flip the fields, never across a copy.
@@ -313,26 +320,43 @@ struct CatalogCopies {
 #[derive(Default)]
 struct CopyState {
     running: bool,
-    wanted: bool,
+    /// The first and the last request since the last copy started.
+    wanted: Option<(Instant, Instant)>,
     /// When the last copy ended, and the gap before the next may start.
     last: Option<(Instant, Duration)>,
+}
+
+impl CopyState {
+    /// True when a copy is wanted and may start now.
+    fn due(&self) -> bool {
+        let Some((first, latest)) = self.wanted else {
+            return false;
+        };
+        let gap_over = self.last.is_none_or(|(end, gap)| end.elapsed() >= gap);
+        let settled = latest.elapsed() >= COPY_QUIET || first.elapsed() >= COPY_MAX_WAIT;
+        !self.running && gap_over && settled
+    }
 }
 
 impl CatalogCopies {
     /// Asks for a copy of the catalog as it is now (or later).
     fn request(self: &Arc<Self>, fs: &Fs, repo: &Path) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).wanted = true;
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            st.wanted = Some((st.wanted.map_or(now, |(first, _)| first), now));
+        }
         self.poll(fs, repo);
     }
 
-    /// Starts the wanted copy if none is running and the gap is over.
+    /// Starts the wanted copy if it is due (`CopyState::due`).
     fn poll(self: &Arc<Self>, fs: &Fs, repo: &Path) {
         {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !st.wanted || st.running || st.last.is_some_and(|(end, gap)| end.elapsed() < gap) {
+            if !st.due() {
                 return;
             }
-            st.wanted = false;
+            st.wanted = None;
             st.running = true;
         }
         let (repo, mirrors, copies) = (repo.to_path_buf(), fs.mirror_paths(), self.clone());

@@ -544,19 +544,24 @@ fn a_deleted_catalog_is_recovered_as_of_the_last_snapshot_and_check_passes() {
     fs::write(m.path("docs/kept.txt"), b"in the snapshot").unwrap();
     fs::write(m.path("big.bin"), random_bytes(3, 1 << 20)).unwrap();
     let snap = snapfs_ok(&repo, &["snapshot"]).trim().to_string();
-    // The copy is written in the background: wait for it to appear.
+    // The copy is written in the background, once the snapshots have been quiet for
+    // a moment: wait for it to appear under its name (not only as a temporary file).
     let copies = || {
         fs::read_dir(repo.join("mirror-0/catalog"))
-            .map(|d| d.count())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("catalog-"))
+                    .count()
+            })
             .unwrap_or(0)
     };
-    for _ in 0..100 {
+    for _ in 0..300 {
         if copies() > 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(copies() > 0, "a catalog copy is saved at the snapshot");
+    assert!(copies() > 0, "a catalog copy is saved after the snapshot");
     fs::write(m.path("docs/later.txt"), b"after the snapshot").unwrap();
     fs::File::open(m.path("docs/later.txt"))
         .unwrap()
