@@ -1012,18 +1012,18 @@ impl Fs {
     /// the tree; durable on return.
     pub fn snapshot(&self, label: Option<&str>) -> Result<crate::catalog::Generation> {
         let started = std::time::Instant::now();
-        let (taken, wal, flushed, frozen) = {
+        let (taken, wal, locked, flushed, frozen) = {
             let mut st = self.lock();
             let locked = started.elapsed();
             self.flush_locked(&mut st, None)?;
-            let flushed = started.elapsed() - locked;
+            let flushed = started.elapsed();
             let taken = st.catalog.snapshot_committed(label, now_ns())?;
-            (taken, st.catalog.wal_sync(), flushed, started.elapsed())
+            (taken, st.catalog.wal_sync(), locked, flushed, started.elapsed())
         };
         wal.sync()?;
         log::trace!(
-            "snapshot {} taken in {:?} (from the start: buffered writes committed {flushed:?} after \
-             the lock, frozen {frozen:?})",
+            "snapshot {} taken in {:?} (from the start: lock taken {locked:?}, buffered writes \
+             committed {flushed:?}, frozen {frozen:?})",
             taken.name.as_deref().unwrap_or_default(),
             started.elapsed()
         );
