@@ -97,7 +97,7 @@ pub fn page(
                      WHERE i.inode_id = e.inode_id AND i.gen_from <= ?2 AND i.gen_to > ?2)
              FROM dir_entries e INDEXED BY dir_entries_by_cookie
              WHERE e.parent_id = ?1 AND e.cookie > ?3 AND e.gen_to > ?2 AND e.gen_from <= ?2
-             ORDER BY e.cookie LIMIT ?4",
+             ORDER BY e.cookie LIMIT +?4",
         )
         .map_err(sql_err("preparing a listing"))?;
     let after = after.min(i64::MAX as u64) as i64;
@@ -124,20 +124,8 @@ pub fn page_with_attrs(
     after: u64,
     limit: usize,
 ) -> Result<Vec<(ListedEntry, Option<InodeAttr>)>> {
-    let columns: Vec<String> = read::INODE_COLUMNS
-        .split(", ")
-        .map(|c| format!("i.{c}"))
-        .collect();
-    let sql = format!(
-        "SELECT {}, e.cookie, e.name, e.inode_id
-         FROM dir_entries e INDEXED BY dir_entries_by_cookie
-         LEFT JOIN inodes i ON i.inode_id = e.inode_id AND i.gen_from <= ?2 AND i.gen_to > ?2
-         WHERE e.parent_id = ?1 AND e.cookie > ?3 AND e.gen_to > ?2 AND e.gen_from <= ?2
-         ORDER BY e.cookie LIMIT ?4",
-        columns.join(", ")
-    );
     let mut stmt = conn
-        .prepare_cached(&sql)
+        .prepare_cached(&page_with_attrs_sql())
         .map_err(sql_err("preparing a listing"))?;
     let after = after.min(i64::MAX as u64) as i64;
     let rows = stmt
@@ -159,6 +147,25 @@ pub fn page_with_attrs(
         .map_err(sql_err("listing a folder"))?;
     rows.collect::<rusqlite::Result<_>>()
         .map_err(sql_err("listing a folder"))
+}
+
+/// The query of `page_with_attrs`: ?1 folder, ?2 generation, ?3 cookie, ?4 limit.
+/// `LIMIT +?4`, as in `page`: with a bare `LIMIT ?4` SQLite's plan depends on the
+/// bound value, so it compiled the statement again at every page (a READDIRPLUS;
+/// 1.8% of the machine's samples during an rsync).
+pub(super) fn page_with_attrs_sql() -> String {
+    let columns: Vec<String> = read::INODE_COLUMNS
+        .split(", ")
+        .map(|c| format!("i.{c}"))
+        .collect();
+    format!(
+        "SELECT {}, e.cookie, e.name, e.inode_id
+         FROM dir_entries e INDEXED BY dir_entries_by_cookie
+         LEFT JOIN inodes i ON i.inode_id = e.inode_id AND i.gen_from <= ?2 AND i.gen_to > ?2
+         WHERE e.parent_id = ?1 AND e.cookie > ?3 AND e.gen_to > ?2 AND e.gen_from <= ?2
+         ORDER BY e.cookie LIMIT +?4",
+        columns.join(", ")
+    )
 }
 
 /// True when folder `dir` has at least one name in `gen` (one index probe).

@@ -222,6 +222,31 @@ fn snapshots_of_one_second_are_numbered_and_a_forgotten_number_is_not_reused() {
 }
 
 #[test]
+fn the_listing_query_is_compiled_once_not_at_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = new_catalog(&dir.path().join("c.db"));
+    let live = cat.live();
+    let txn = cat.write().unwrap();
+    for i in 0..5u8 {
+        let f = txn.create_inode(&file(FileKind::File)).unwrap();
+        txn.link(InodeId::ROOT, format!("f{i}").as_bytes(), f.id).unwrap();
+    }
+    txn.commit().unwrap();
+    let mut after = 0;
+    for _ in 0..4 {
+        let page = listing::page_with_attrs(&cat.conn, live, InodeId::ROOT, after, 2).unwrap();
+        after = page.last().map_or(0, |(e, _)| e.cookie);
+    }
+    let stmt = cat.conn.prepare_cached(&listing::page_with_attrs_sql()).unwrap();
+    assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 4);
+    assert_eq!(
+        stmt.get_status(rusqlite::StatementStatus::RePrepare),
+        0,
+        "SQLite compiled the listing query again for a page"
+    );
+}
+
+#[test]
 fn link_counts_follow_links_folders_and_renames() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
