@@ -125,6 +125,9 @@ pub enum Error {
     /// stands for its kind, see `errno`) and message.
     #[error("{message}")]
     Remote { errno: i32, message: String },
+    /// Buffered writes that an earlier failed commit dropped (its caller was told why).
+    #[error("buffered writes were lost: {0}")]
+    WritesLost(String),
     /// An extended attribute is absent.
     #[error("no such extended attribute")]
     NoXattr,

@@ -9,13 +9,17 @@
 //! Concurrency: one mutex (`Fs::state`) guards the writer's catalog connection, the
 //! write buffers, the open counts and the unlinked-but-open files. Writes are
 //! buffered per file and committed in groups (by the flusher every second, on fsync,
-//! or before a size change, hole punch or copy needs them), with the mirrors synced
-//! before each commit (once without the lock, then under it). Reads see buffered
-//! writes without committing them (see `write`). Reads take the lock only while
-//! something is buffered or uncommitted: otherwise lookups, attributes, listings,
-//! xattrs and file reads of the live tree, like everything in a snapshot, run on
-//! read connections of their own (see `published`), beside any writer, gc, forget
-//! or rollback.
+//! or before a size change, hole punch or copy needs them). A group commit holds the
+//! lock only for its catalog part: it seals and marks the runs under it, waits for
+//! the chunk writers and syncs the mirrors without it, and writes the rows under it
+//! again (`commit_buffered`); a commit that must happen inside another change (a
+//! size change of a file with buffered writes) does it all under the lock. Reads see
+//! buffered writes without committing them (see `write`). Lookups, attributes,
+//! listings, xattrs and reads of files without buffered writes run on read
+//! connections of their own (see `published`), like everything in a snapshot,
+//! beside any writer, gc, forget or rollback; they take the lock only while a batch
+//! of metadata changes is open (its rows are in no other connection's view yet), and
+//! reads of the bytes of a file with buffered writes take it too.
 
 mod inflight;
 mod privileges;
@@ -39,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::ingest::{Backlog, ChunkSink};
 use crate::store::Redundancy;
 use crate::types::{GenId, InodeId};
+use published::{AttrOverlay, BufferedAttrs};
 use write::DirtyFile;
 
 /// Who is asking: the caller's ids, from the kernel request.
@@ -171,10 +176,13 @@ impl State {
 /// The live tree of one repository, served to many threads.
 pub struct Fs {
     /// Lock scope: one catalog change (a transaction or a batch commit) with the
-    /// buffers it reads or drops, never chunk I/O (see the module doc) and never the
-    /// catalog's fsync (`fsync` and `snapshot` sync the WAL after it). A commit does
-    /// fdatasync the packs it names under it (DESIGN §2.1), but `lock_after_presync`
-    /// synced them just before, so that finds next to nothing left to write.
+    /// buffers it reads or drops, never the catalog's fsync (`fsync` and `snapshot`
+    /// sync the WAL after it) and, for group commits, never the packs' sync
+    /// (`commit_buffered`). Still under it: cutting and hashing the bytes of a
+    /// write, the read of the old bytes a write into the middle of a chunk re-cuts,
+    /// and the whole of a commit forced inside another change (a size change or a
+    /// copy of a file with buffered writes), or of what was written during a group
+    /// commit that a snapshot or repository operation must also include.
     state: Mutex<State>,
     /// What readers may rely on without `state` (written as `state` is released).
     published: published::Published,
@@ -200,6 +208,11 @@ pub struct Fs {
     commit_failed: std::sync::atomic::AtomicBool,
     /// File data was written since the last sync outside the lock.
     chunks_written: std::sync::atomic::AtomicBool,
+    /// Commits of buffered writes in three steps (`commit_buffered`) run one at a
+    /// time; the number of the last one begun. Lock scope: one such commit, its store
+    /// sync included, taken before the core's lock and never under it. Only fsync,
+    /// the flusher and repository operations wait for it, never a read.
+    commits: Mutex<u64>,
     /// Threads waiting for the core's lock right now. The lock (std's) is not fair:
     /// a repository operation that takes it step after step would get it back before
     /// a woken request runs, and a write waited out a whole 200-snapshot forget
@@ -280,20 +293,23 @@ impl Fs {
             free_space: Mutex::new((std::time::Instant::now() - Duration::from_secs(60), u64::MAX)),
             commit_failed: std::sync::atomic::AtomicBool::new(false),
             chunks_written: std::sync::atomic::AtomicBool::new(false),
+            commits: Mutex::new(0),
             lock_waiters: std::sync::atomic::AtomicUsize::new(0),
             backlog,
             reported_dangling: Mutex::new(HashSet::new()),
         })
     }
 
+    #[track_caller]
     fn lock(&self) -> published::Locked<'_> {
+        let by = std::panic::Location::caller();
         use std::sync::atomic::Ordering::Relaxed;
         self.lock_waiters.fetch_add(1, Relaxed);
         // A panic in another thread poisoned the mutex; the state is still the last
         // consistent one (every change is a transaction), so keep serving.
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.lock_waiters.fetch_sub(1, Relaxed);
-        published::Locked::new(guard, &self.published)
+        published::Locked::new(guard, &self.published, by)
     }
 
     /// Waits (50 ms at most) until no thread is waiting for the core's lock, so that
@@ -309,16 +325,27 @@ impl Fs {
     }
 
     /// Runs the read `f` on a read connection of its own, at the live generation,
-    /// when the committed catalog is the whole truth (see `published`); `None` when
-    /// the caller must read under the lock instead.
-    fn unlocked<T>(&self, f: impl FnOnce(&Catalog, GenId) -> Result<T>) -> Option<Result<T>> {
-        let live = self.published.quiet_live()?;
-        Some(self.readers.with_consistent(|cat| f(cat, live)))
+    /// with the buffered attributes to lay over what it reads, when those and the
+    /// committed catalog are the whole truth (see `published`); `None` when the
+    /// caller must read under the lock instead.
+    fn unlocked<T>(&self, f: impl FnOnce(&Catalog, GenId, &BufferedAttrs) -> Result<T>) -> Option<Result<T>> {
+        // The attributes are taken before the read transaction starts (see
+        // `published` for why that order).
+        let quiet = self.published.quiet()?;
+        Some(
+            self.readers
+                .with_consistent(|cat| f(cat, quiet.live, &quiet.buffered)),
+        )
     }
 
     /// The attributes of `ino`, with buffered writes counted in size and mtime.
     pub fn getattr(&self, ino: InodeId) -> Result<InodeAttr> {
-        if let Some(found) = self.unlocked(|cat, live| committed_attr(cat, live, ino)) {
+        let found = self.unlocked(|cat, live, buffered| {
+            let mut attr = committed_attr(cat, live, ino)?;
+            buffered.apply(&mut attr);
+            Ok(attr)
+        });
+        if let Some(found) = found {
             return found;
         }
         let st = self.lock();
@@ -327,20 +354,22 @@ impl Fs {
 
     /// Looks `name` up in folder `parent`.
     pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
-        if let Some(found) = self.unlocked(|cat, live| self.lookup_in(cat, live, None, parent, name)) {
+        if let Some(found) =
+            self.unlocked(|cat, live, buffered| self.lookup_in(cat, live, buffered, parent, name))
+        {
             return found;
         }
         let st = self.lock();
-        self.lookup_in(&st.catalog, st.catalog.live(), Some(&st), parent, name)
+        self.lookup_in(&st.catalog, st.catalog.live(), &*st, parent, name)
     }
 
-    /// `lookup` on `cat` at live generation `live`, counting the buffered writes of
-    /// `buffered` when the caller holds the lock.
+    /// `lookup` on `cat` at live generation `live`, with the buffered writes of
+    /// `buffered` counted.
     fn lookup_in(
         &self,
         cat: &Catalog,
         live: GenId,
-        buffered: Option<&State>,
+        buffered: &dyn AttrOverlay,
         parent: InodeId,
         name: &[u8],
     ) -> Result<InodeAttr> {
@@ -355,9 +384,7 @@ impl Fs {
             .lookup(live, parent, name)?
             .ok_or_else(|| Error::NotFound(lossy(name)))?;
         let mut attr = committed_attr(cat, live, id).map_err(|e| self.dangling(e, parent, name, id))?;
-        if let Some(st) = buffered {
-            with_buffered(st, &mut attr);
-        }
+        buffered.apply(&mut attr);
         Ok(attr)
     }
 
@@ -661,8 +688,13 @@ impl Fs {
     pub fn read(&self, ino: InodeId, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = offset.saturating_add(len as u64);
         let ahead = self.read_ahead_range(ino, offset, end);
-        let planned = match self.unlocked(|cat, live| plan_read(cat, live, ino, offset, end, ahead)) {
-            Some(planned) => planned?,
+        // A file with buffered writes is read under the lock (its runs live there).
+        let unlocked = self.unlocked(|cat, live, buffered| match buffered.buffered(ino) {
+            Some(_) => Ok(None),
+            None => plan_read(cat, live, ino, offset, end, ahead).map(Some),
+        });
+        let planned = match unlocked.transpose()?.flatten() {
+            Some(planned) => planned,
             None => {
                 // Chunks of the buffered runs may still be on their way to the
                 // mirrors, and a read must wait for them: it does so before taking
@@ -789,9 +821,36 @@ impl Fs {
     /// Commits every buffered write and the metadata batch (not durably: that is
     /// `fsync`), so that other processes reading the catalog see them.
     pub fn commit(&self) -> Result<()> {
-        let mut st = self.lock_after_presync();
-        self.flush_locked(&mut st, None)?;
-        st.catalog.commit_batch()
+        self.commit_buffered(None)?;
+        self.lock().catalog.commit_batch()
+    }
+
+    /// Commits the buffered writes of `ino` (or of every file) as they stand when it
+    /// is called, holding the core's lock only for the catalog's part: their runs are
+    /// sealed and marked under it, the chunk writers waited for and the store synced
+    /// without it, and the runs written into the catalog under it again (see
+    /// `write::begin_commit`). Reads and writes go on meanwhile; writes made since
+    /// the start stay buffered for the next commit.
+    fn commit_buffered(&self, ino: Option<InodeId>) -> Result<()> {
+        let mut last = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        *last += 1;
+        let started = write::begin_commit(&mut self.lock(), ino, *last);
+        let started = match started {
+            Ok(Some(started)) => started,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(self.commit_failed(e)),
+        };
+        let durable = started.make_durable(self.backlog.as_ref(), &*self.store);
+        let finished = write::finish_commit(&mut self.lock(), started, durable);
+        finished.map_err(|e| self.commit_failed(e))
+    }
+
+    /// Notes that a commit failed with `e` after chunks may have reached the mirrors
+    /// (see `take_commit_failed`), and returns `e`.
+    fn commit_failed(&self, e: Error) -> Error {
+        self.commit_failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        e
     }
 
     /// Runs the read-only `f` on a read connection of its own, inside one read
@@ -852,17 +911,16 @@ impl Fs {
     /// `FsOptions::flush_after` or number `COMMIT_EXTENTS` extents, then finishes
     /// removing deleted big files (the flusher's tick).
     pub fn flush_old(&self) -> Result<()> {
-        let mut st = self.lock_after_presync();
-        let due = st
+        let due = self
+            .lock()
             .dirty
             .values()
             .any(|d| d.age() >= self.options.flush_after || d.extent_count() >= COMMIT_EXTENTS);
         if due {
-            self.flush_locked(&mut st, None)?;
+            self.commit_buffered(None)?;
         }
         // The batch of metadata changes since the last tick.
-        st.catalog.commit_batch()?;
-        drop(st);
+        self.lock().catalog.commit_batch()?;
         self.finish_removals()
     }
 
@@ -870,25 +928,32 @@ impl Fs {
     /// The catalog's sync runs after the lock is let go (it covers every commit
     /// before it, the flush's among them), so requests wait only for the commit.
     pub fn fsync(&self, ino: Option<InodeId>) -> Result<()> {
+        self.commit_buffered(ino)?;
         let wal = {
-            let mut st = self.lock_after_presync();
-            self.flush_locked(&mut st, ino)?;
+            let mut st = self.lock();
             st.catalog.commit_batch()?;
             st.catalog.wal_sync()
         };
         wal.sync()
     }
 
-    /// The lock, taken after syncing the mirrors without it when chunks were written
-    /// since the last time: a commit must sync the mirrors under the lock before it
-    /// commits, and that sync then finds little left to write back, so other requests
-    /// wait that much less (DESIGN §6). A failure here is handed to the sink, so the
-    /// commit fails as if its own sync had failed (a writeback error is reported once).
+    /// The lock, taken after the chunk writers have written what was queued and the
+    /// mirrors are synced, both without it, when chunks were written since the last
+    /// time: a commit must wait for the writers and sync the mirrors under the lock
+    /// before it commits, and then finds little left to wait for or write back, so
+    /// other requests wait that much less (DESIGN §6; before the writers were waited
+    /// for here, a commit during a 1 GiB copy held the lock 50-240 ms). A failure
+    /// here is handed to the sink, so the commit fails as if its own sync had failed
+    /// (a writeback error is reported once).
+    #[track_caller]
     fn lock_after_presync(&self) -> published::Locked<'_> {
         let failed = if self
             .chunks_written
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
+            if let Some(backlog) = &self.backlog {
+                backlog.wait_for_queued();
+            }
             self.store.sync().err()
         } else {
             None
@@ -901,12 +966,7 @@ impl Fs {
     }
 
     fn flush_locked(&self, st: &mut State, ino: Option<InodeId>) -> Result<()> {
-        let result = write::flush(st, ino);
-        if result.is_err() {
-            self.commit_failed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        result
+        write::flush(st, ino).map_err(|e| self.commit_failed(e))
     }
 
     /// True (once) when a failed commit may have left unknown objects in the mirrors.
@@ -917,7 +977,7 @@ impl Fs {
 
     /// Value of xattr `name` of `ino`.
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>> {
-        let found = match self.unlocked(|cat, live| cat.xattr(live, ino, name)) {
+        let found = match self.unlocked(|cat, live, _| cat.xattr(live, ino, name)) {
             Some(found) => found?,
             None => {
                 let st = self.lock();
@@ -929,7 +989,7 @@ impl Fs {
 
     /// Names of every xattr of `ino`.
     pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>> {
-        let all = match self.unlocked(|cat, live| cat.xattrs(live, ino)) {
+        let all = match self.unlocked(|cat, live, _| cat.xattrs(live, ino)) {
             Some(all) => all?,
             None => {
                 let st = self.lock();
@@ -1012,6 +1072,9 @@ impl Fs {
     /// the tree; durable on return.
     pub fn snapshot(&self, label: Option<&str>) -> Result<crate::catalog::Generation> {
         let started = std::time::Instant::now();
+        // Most of the buffered writes are committed without the lock; what comes in
+        // meanwhile is committed under it, right before the snapshot.
+        self.commit_buffered(None)?;
         let (taken, wal, locked, flushed, frozen) = {
             let mut st = self.lock();
             let locked = started.elapsed();
@@ -1033,6 +1096,7 @@ impl Fs {
     /// Takes a snapshot only when the live tree may have changed since the last one;
     /// `None` when it certainly did not.
     pub fn snapshot_if_changed(&self, label: Option<&str>) -> Result<Option<crate::catalog::Generation>> {
+        self.commit_buffered(None)?;
         let (taken, wal) = {
             let mut st = self.lock();
             self.flush_locked(&mut st, None)?;
@@ -1060,9 +1124,14 @@ impl Fs {
         &self,
         f: impl FnOnce(&mut Catalog, &dyn Redundancy, &[InodeId]) -> Result<T>,
     ) -> Result<T> {
-        // Repository operations run in many short steps; requests go first.
+        // Repository operations run in many short steps; requests go first. Buffered
+        // writes are committed mostly without the lock first (a failure is reported
+        // by the tries below).
+        if let Err(e) = self.commit_buffered(None) {
+            log::debug!("committing buffered writes before a repository operation: {e}");
+        }
         self.let_requests_in();
-        let mut st = self.lock();
+        let mut st = self.lock_after_presync();
         // A commit that fails (a full disk) drops its runs and reports it at fsync;
         // it must not keep forget and gc from freeing space: try once more, now
         // with nothing pending, and go on.
@@ -1147,7 +1216,7 @@ impl Fs {
 /// The attributes of `ino`, with buffered writes counted.
 fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
     let mut attr = committed_attr(&st.catalog, st.catalog.live(), ino)?;
-    with_buffered(st, &mut attr);
+    st.apply(&mut attr);
     Ok(attr)
 }
 
@@ -1190,15 +1259,6 @@ fn plan_read(
         tail: None,
         later,
     })
-}
-
-/// Counts the buffered writes of a live inode in its committed attributes.
-fn with_buffered(st: &State, attr: &mut InodeAttr) {
-    if let Some(d) = st.dirty.get(&attr.id) {
-        attr.size = attr.size.max(d.size_at_least());
-        attr.mtime_ns = d.mtime_ns();
-        attr.ctime_ns = d.ctime_ns();
-    }
 }
 
 /// After a name of `after.id` went away (unlink, rmdir, or replaced by rename):

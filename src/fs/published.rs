@@ -1,42 +1,147 @@
 //! What a reader without the core's lock may rely on.
 //!
 //! Owns: one word, written by the core's lock guard just before the lock is
-//! released, that says whether the committed catalog is the whole truth about the
-//! live tree (no open group-commit batch, no buffered writes) and, if so, which
-//! generation is live. A read that finds it so runs on a read connection of its own
-//! (WAL gives it the last commit) and never waits for the writer; otherwise it takes
-//! the lock as before. A request that started after a change was answered finds the
-//! word cleared (the change's guard cleared it before the lock was released), so it
-//! cannot read from before the change; a read running beside a change may see either
-//! side of it, as POSIX allows for requests that overlap.
+//! released, that says whether the committed catalog, with the buffered attributes
+//! published beside it, is the whole truth about the live tree (no open group-commit
+//! batch, and few enough files with buffered writes to publish) and, if so, which
+//! generation is live; and those buffered attributes (`BufferedAttrs`: the size,
+//! mtime and ctime that each file's unflushed writes give it). A read that finds the
+//! word set runs on a read connection of its own (WAL gives it the last commit),
+//! lays the buffered attributes over what it read, and never waits for the writer;
+//! only the bytes of a file with buffered writes, and anything while a metadata batch
+//! is open, are read under the lock. A request that started after a change was
+//! answered finds the word and the attributes as the change left them (its guard
+//! published them before the lock was released), so it cannot read from before the
+//! change; a read running beside a change may see either side of it, as POSIX allows
+//! for requests that overlap.
+//!
+//! Why the attributes are read before the catalog: a commit moves a file's buffered
+//! writes into the catalog and drops its entry here in one hold of the lock. A reader
+//! that took the attributes first and the catalog after sees the file's entry, its
+//! commit, or both (and takes the larger size), never neither.
 
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::MutexGuard;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::State;
-use crate::types::GenId;
+use crate::catalog::InodeAttr;
+use crate::types::{GenId, InodeId};
 
-/// The live generation shifted left by one, with bit 0 set, when the committed
-/// catalog is all there is; 0 when a reader must take the lock.
+/// Files with buffered writes beyond which nothing is published (readers take the
+/// lock): publishing rebuilds the list at every release of the lock.
+const PUBLISHED_FILES: usize = 64;
+
+/// What one file's buffered writes change in its attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Buffered {
+    /// The size the writes imply, at least (the committed size may be larger).
+    pub(super) size_at_least: u64,
+    pub(super) mtime_ns: i64,
+    pub(super) ctime_ns: i64,
+}
+
+/// Where buffered attributes come from: the core's own state under its lock, or the
+/// copy published for readers without it.
+pub(super) trait AttrOverlay {
+    /// What buffered writes change of live inode `ino`; `None` when it has none.
+    fn buffered(&self, ino: InodeId) -> Option<Buffered>;
+
+    /// Lays the buffered writes of `attr`'s inode over its committed attributes.
+    fn apply(&self, attr: &mut InodeAttr) {
+        if let Some(b) = self.buffered(attr.id) {
+            attr.size = attr.size.max(b.size_at_least);
+            attr.mtime_ns = b.mtime_ns;
+            attr.ctime_ns = b.ctime_ns;
+        }
+    }
+}
+
+impl AttrOverlay for State {
+    fn buffered(&self, ino: InodeId) -> Option<Buffered> {
+        self.dirty.get(&ino).map(|d| d.buffered())
+    }
+}
+
+/// The buffered attributes of every file with buffered writes, as published.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct BufferedAttrs(HashMap<InodeId, Buffered>);
+
+impl BufferedAttrs {
+    /// True when `state`'s buffered files are exactly these.
+    fn matches(&self, state: &State) -> bool {
+        self.0.len() == state.dirty.len()
+            && state
+                .dirty
+                .iter()
+                .all(|(id, d)| self.0.get(id) == Some(&d.buffered()))
+    }
+}
+
+impl AttrOverlay for BufferedAttrs {
+    fn buffered(&self, ino: InodeId) -> Option<Buffered> {
+        self.0.get(&ino).copied()
+    }
+}
+
+/// What a reader without the lock goes by: the live generation and the buffered
+/// attributes to lay over what it reads.
+pub(super) struct Quiet {
+    pub(super) live: GenId,
+    pub(super) buffered: Arc<BufferedAttrs>,
+}
+
 #[derive(Debug, Default)]
-pub(super) struct Published(AtomicU64);
+pub(super) struct Published {
+    /// The live generation shifted left by one, with bit 0 set, when the committed
+    /// catalog and `buffered` are all there is; 0 when a reader must take the lock.
+    word: AtomicU64,
+    /// Written before `word`, read after it. Lock scope: one clone or swap of the
+    /// `Arc`, nothing else.
+    buffered: Mutex<Arc<BufferedAttrs>>,
+}
 
 impl Published {
+    /// What a reader may go by without the lock; `None` when it must take it.
+    pub(super) fn quiet(&self) -> Option<Quiet> {
+        let word = self.word.load(Ordering::Acquire);
+        if word & 1 == 0 {
+            return None;
+        }
+        let buffered = self.lock_buffered().clone();
+        Some(Quiet {
+            live: GenId((word >> 1) as i64),
+            buffered,
+        })
+    }
+
     /// The live generation when a reader may go without the lock.
+    #[cfg(test)]
     pub(super) fn quiet_live(&self) -> Option<GenId> {
-        let word = self.0.load(Ordering::Acquire);
-        (word & 1 == 1).then_some(GenId((word >> 1) as i64))
+        self.quiet().map(|q| q.live)
+    }
+
+    fn lock_buffered(&self) -> MutexGuard<'_, Arc<BufferedAttrs>> {
+        // A poisoned lock still holds a whole `Arc`.
+        self.buffered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn publish(&self, st: &State) {
-        let quiet = !st.catalog.batch_open() && st.dirty.is_empty();
+        let quiet = !st.catalog.batch_open() && st.dirty.len() <= PUBLISHED_FILES;
         let word = if quiet {
+            let mut slot = self.lock_buffered();
+            if !slot.matches(st) {
+                let fresh = st.dirty.iter().map(|(id, d)| (*id, d.buffered())).collect();
+                *slot = Arc::new(BufferedAttrs(fresh));
+            }
             ((st.catalog.live().0 as u64) << 1) | 1
         } else {
             0
         };
-        self.0.store(word, Ordering::Release);
+        self.word.store(word, Ordering::Release);
     }
 }
 
@@ -44,11 +149,27 @@ impl Published {
 pub(super) struct Locked<'a> {
     guard: MutexGuard<'a, State>,
     published: &'a Published,
+    /// When the lock was taken and by which call, for the long-hold log.
+    taken: Instant,
+    by: &'static Location<'static>,
 }
 
+/// A hold of the core's lock longer than this is logged (at debug level) with the
+/// call that took it: every request that needs the lock waits that long.
+const LONG_HOLD: Duration = Duration::from_millis(10);
+
 impl<'a> Locked<'a> {
-    pub(super) fn new(guard: MutexGuard<'a, State>, published: &'a Published) -> Locked<'a> {
-        Locked { guard, published }
+    pub(super) fn new(
+        guard: MutexGuard<'a, State>,
+        published: &'a Published,
+        by: &'static Location<'static>,
+    ) -> Locked<'a> {
+        Locked {
+            guard,
+            published,
+            taken: Instant::now(),
+            by,
+        }
     }
 
     /// Publishes now, before the lock is released: for a long operation that has
@@ -76,5 +197,9 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // Runs before the field `guard` drops, so before the lock is released.
         self.published.publish(&self.guard);
+        let held = self.taken.elapsed();
+        if held >= LONG_HOLD {
+            log::debug!("the core's lock was held {held:?}, taken at {}", self.by);
+        }
     }
 }

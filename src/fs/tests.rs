@@ -827,7 +827,8 @@ fn fsync_inside_a_snapshot_commits_and_syncs_nothing() {
     f.fs.write(a, 0, &random(50, 100_000)).unwrap();
     let snap = f.fs.snapshot(None).unwrap().name.unwrap();
     let b = file(&f, "b");
-    f.fs.write(b, 0, &random(51, 100_000)).unwrap();
+    // Bytes of their own (`random` makes seeds 50 and 51 alike): chunks to sync.
+    f.fs.write(b, 0, &random(52, 100_000)).unwrap();
     let root = f.fs.lookup_node(Ino::ROOT, snap.as_bytes()).unwrap().ino;
     let in_snapshot = f.fs.lookup_node(root, b"a").unwrap().ino;
     let synced = mirror.syncs();
@@ -1369,6 +1370,174 @@ fn a_read_after_a_buffered_write_sees_it_not_the_committed_catalog() {
     assert_eq!(f.fs.getattr(id).unwrap().size, 22);
     assert_eq!(f.fs.read(id, 0, 100).unwrap(), b"committed and buffered");
     assert!(f.fs.lookup(InodeId::ROOT, b"new").is_ok());
+}
+
+#[test]
+fn reads_beside_buffered_writes_do_not_wait_for_the_lock() {
+    let f = fixture();
+    let folder = dir(&f, InodeId::ROOT, "d");
+    let other = file(&f, "other");
+    f.fs.write(other, 0, b"committed bytes").unwrap();
+    let busy =
+        f.fs.create(ME, folder, b"busy", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    f.fs.write(busy, 0, b"first").unwrap();
+    f.fs.commit().unwrap();
+    // Now `busy` has writes that no commit holds yet: its size, and its mtime.
+    f.fs.write(busy, 5, &random(3, 100_000)).unwrap();
+    let buffered_mtime = f.fs.getattr(busy).unwrap().mtime_ns;
+    assert!(
+        f.fs.published.quiet_live().is_some(),
+        "buffered data alone leaves readers their own connections"
+    );
+
+    let fs = &f.fs;
+    let got = while_locked(&f, || {
+        let stat = fs.lookup(folder, b"busy").unwrap();
+        let attr = fs.getattr(busy).unwrap();
+        let listed = fs
+            .readdir_nodes(Ino::live(folder), SnapDir::Visible)
+            .unwrap()
+            .into_iter()
+            .map(|(name, node)| (name, node.attr.size))
+            .collect::<Vec<_>>();
+        let bytes = fs.read(other, 0, 100).unwrap();
+        (stat.size, attr.size, attr.mtime_ns, listed, bytes)
+    });
+    let (looked_up, size, mtime, listed, bytes) =
+        got.expect("reads beside buffered writes waited for the core's lock");
+    assert_eq!(looked_up, 100_005, "lookup counts the buffered writes");
+    assert_eq!(size, 100_005, "getattr counts the buffered writes");
+    assert_eq!(
+        mtime, buffered_mtime,
+        "the buffered write's mtime, not the commit's"
+    );
+    assert_eq!(listed, vec![(b"busy".to_vec(), 100_005)]);
+    assert_eq!(bytes, b"committed bytes");
+
+    // The bytes of the file with buffered writes come from under the lock; once
+    // committed, everything reads alike from a read connection.
+    let want = [b"first".to_vec(), random(3, 100_000)].concat();
+    assert!(f.fs.read(busy, 0, 200_000).unwrap() == want);
+    f.fs.commit().unwrap();
+    assert!(while_locked(&f, || fs.read(busy, 0, 200_000).unwrap()).is_some_and(|b| b == want));
+    assert_eq!(f.fs.getattr(busy).unwrap().mtime_ns, buffered_mtime);
+}
+
+#[test]
+fn requests_go_on_while_a_group_commit_syncs_the_mirrors() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex};
+    // Every sync of the store waits at a gate while `closed`; `entered` says that one
+    // is waiting there.
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let entered = Arc::new(AtomicBool::new(false));
+    let (g, e) = (gate.clone(), entered.clone());
+    let hooked = crate::store::HookedStore::new(Box::new(|| {}), Box::new(|| {})).with_before_sync(Box::new(
+        move || {
+            let mut closed = g.0.lock().unwrap();
+            if *closed {
+                e.store(true, Ordering::SeqCst);
+            }
+            while *closed {
+                closed = g.1.wait(closed).unwrap();
+            }
+        },
+    ));
+    let f = fixture_over(Box::new(hooked));
+    let a = file(&f, "a");
+    let b = file(&f, "b");
+    f.fs.commit().unwrap();
+    let first = random(11, 200_000);
+    f.fs.write(a, 0, &first).unwrap();
+    *gate.0.lock().unwrap() = true;
+
+    let fs = &f.fs;
+    std::thread::scope(|s| {
+        let fsync = s.spawn(|| fs.fsync(Some(a)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !entered.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The gate is opened before any assertion, so a failure cannot leave the
+        // fsync thread (and the scope) waiting for ever.
+        let requests = s.spawn(|| {
+            let size = fs.getattr(a).unwrap().size;
+            let bytes = fs.read(a, 0, 300_000).unwrap();
+            fs.write(b, 0, b"written meanwhile").unwrap();
+            fs.write(a, 200_000, b"appended meanwhile").unwrap();
+            let created = fs
+                .create(ME, InodeId::ROOT, b"c", FileKind::File, 0o644, 0, b"")
+                .is_ok();
+            (size, bytes, created)
+        });
+        while !requests.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let went_on = requests.is_finished();
+        let syncing = !fsync.is_finished();
+        *gate.0.lock().unwrap() = false;
+        gate.1.notify_all();
+        fsync.join().unwrap().unwrap();
+        let (size, bytes, created) = requests.join().unwrap();
+        assert!(
+            entered.load(Ordering::SeqCst),
+            "the fsync never reached the store's sync"
+        );
+        assert!(syncing, "the fsync finished while its sync was held at the gate");
+        assert!(
+            went_on,
+            "requests waited for a group commit's sync of the mirrors"
+        );
+        assert_eq!(size, 200_000);
+        assert!(bytes == first, "a read during the commit saw other bytes");
+        assert!(created);
+    });
+    // The commit took what was buffered when it began; what came during it is still
+    // buffered, and reads see both.
+    let want_a = [first.clone(), b"appended meanwhile".to_vec()].concat();
+    assert!(
+        f.fs.lock().dirty.contains_key(&a),
+        "the append made during the commit is buffered"
+    );
+    assert!(f.fs.read(a, 0, 300_000).unwrap() == want_a);
+    let committed = f.fs.with_read_catalog(|_| Ok(())).map(|_| ());
+    committed.unwrap();
+    assert!(f.fs.lock().dirty.is_empty(), "everything is committed now");
+    assert!(f.fs.read(a, 0, 300_000).unwrap() == want_a);
+    assert_eq!(f.fs.read(b, 0, 100).unwrap(), b"written meanwhile");
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn a_commit_under_the_lock_during_a_group_commit_takes_its_runs_first() {
+    // A size change of a file whose runs a group commit has marked, made while that
+    // commit syncs: the change commits them itself, in order, and the group commit
+    // then leaves the file alone.
+    let f = fixture();
+    let a = file(&f, "a");
+    let data = random(12, 100_000);
+    f.fs.write(a, 0, &data).unwrap();
+    let started = write::begin_commit(&mut f.fs.lock(), None, 1).unwrap().unwrap();
+    let durable = started.make_durable(f.fs.backlog.as_ref(), &*f.fs.store);
+    f.fs.write(a, 100_000, b"tail").unwrap();
+    f.fs.setattr(
+        a,
+        &SetAttr {
+            size: Some(50_000),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    write::finish_commit(&mut f.fs.lock(), started, durable).unwrap();
+    assert!(!f.fs.lock().dirty.contains_key(&a));
+    f.fs.commit().unwrap();
+    assert_eq!(f.fs.getattr(a).unwrap().size, 50_000);
+    assert!(f.fs.read(a, 0, 200_000).unwrap() == data[..50_000]);
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 #[test]

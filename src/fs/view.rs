@@ -6,7 +6,8 @@
 //! snapshot go straight to the catalog at that generation; writes go to the live
 //! methods of `Fs`.
 
-use super::{Allocate, Caller, Fs, RenameMode, SetAttr, State, Writer};
+use super::published::AttrOverlay;
+use super::{Allocate, Caller, Fs, RenameMode, SetAttr, Writer};
 use crate::catalog::Catalog;
 use crate::catalog::{FileKind, InodeAttr, COOKIE_END};
 use crate::error::{Error, Result};
@@ -48,11 +49,12 @@ pub enum SnapDir {
 }
 
 /// Which view a page is read in: a snapshot, or the live tree, whose buffered
-/// writes count in the attributes when the caller holds the core's state.
+/// writes count in the attributes (from the core's state under its lock, or from
+/// what it published for readers without it).
 #[derive(Clone, Copy)]
 enum Overlay<'a> {
     Snapshot,
-    Live { buffered: Option<&'a State> },
+    Live { buffered: &'a dyn AttrOverlay },
 }
 
 fn read_only(what: &str) -> Error {
@@ -195,15 +197,15 @@ impl Fs {
                 .readers
                 .with(|cat| self.page_in(cat, Overlay::Snapshot, gen, id, after, limit, snapdir, with_attrs)),
             View::Live => {
-                let unlocked = self.unlocked(|cat, live| {
-                    let overlay = Overlay::Live { buffered: None };
+                let unlocked = self.unlocked(|cat, live, buffered| {
+                    let overlay = Overlay::Live { buffered };
                     self.page_in(cat, overlay, live, id, after, limit, snapdir, with_attrs)
                 });
                 if let Some(page) = unlocked {
                     return page;
                 }
                 let st = self.lock();
-                let overlay = Overlay::Live { buffered: Some(&st) };
+                let overlay = Overlay::Live { buffered: &*st };
                 self.page_in(
                     &st.catalog,
                     overlay,
@@ -253,8 +255,8 @@ impl Fs {
                 };
                 let ino = match overlay {
                     Overlay::Live { buffered } => {
-                        if let (Some(st), Some(a)) = (buffered, attr.as_mut()) {
-                            super::with_buffered(st, a);
+                        if let Some(a) = attr.as_mut() {
+                            buffered.apply(a);
                         }
                         Ino::live(e.inode)
                     }

@@ -12,10 +12,13 @@
 
 use std::time::{Duration, Instant};
 
+use super::published::Buffered;
 use super::{read::read_extents, ChunkCache, State};
 use crate::catalog::{Extent, FileKind, InodeAttr};
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
+use crate::ingest::{Backlog, CommitTicket};
+use crate::store::Redundancy;
 use crate::types::InodeId;
 
 /// Sealed runs a file may gather before a write commits them: each costs reads a pass.
@@ -44,22 +47,47 @@ pub(super) struct DirtyFile {
     mtime_ns: i64,
     ctime_ns: i64,
     since: Instant,
+    /// The part of these writes that a commit under way covers (see `begin_commit`).
+    in_commit: Option<InCommit>,
+}
+
+/// What a commit under way takes of one file: its first `runs` sealed runs, and the
+/// size and times they give it.
+#[derive(Clone, Copy, Debug)]
+struct InCommit {
+    commit: u64,
+    runs: usize,
+    user_end: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+/// A commit of buffered writes under way: the files and chunks it covers, sealed
+/// under the core's lock (`begin_commit`), made durable without it, and written into
+/// the catalog under it again (`finish_commit`).
+pub(super) struct StartedCommit {
+    commit: u64,
+    files: Vec<InodeId>,
+    chunks: CommitTicket,
+}
+
+impl StartedCommit {
+    /// Waits for the chunk writers and syncs the store: no lock needed.
+    pub(super) fn make_durable(&self, backlog: Option<&Backlog>, store: &dyn Redundancy) -> Result<()> {
+        self.chunks.make_durable(backlog, store)
+    }
 }
 
 impl DirtyFile {
-    /// The file size the buffered writes imply, at least.
-    pub(super) fn size_at_least(&self) -> u64 {
-        self.user_end
-    }
-
-    /// Time of the last write, or the one set since.
-    pub(super) fn mtime_ns(&self) -> i64 {
-        self.mtime_ns
-    }
-
-    /// Time of the last write or attribute change.
-    pub(super) fn ctime_ns(&self) -> i64 {
-        self.ctime_ns
+    /// What the buffered writes change in the file's attributes: the size they imply
+    /// at least, the time of the last write (or the one set since), and of the last
+    /// write or attribute change.
+    pub(super) fn buffered(&self) -> Buffered {
+        Buffered {
+            size_at_least: self.user_end,
+            mtime_ns: self.mtime_ns,
+            ctime_ns: self.ctime_ns,
+        }
     }
 
     /// Notes an attribute change at `now` made while the run is buffered, which sets
@@ -69,6 +97,11 @@ impl DirtyFile {
             self.mtime_ns = t;
         }
         self.ctime_ns = now;
+        // A commit under way writes its own times: they must be these too.
+        if let Some(c) = &mut self.in_commit {
+            c.mtime_ns = self.mtime_ns;
+            c.ctime_ns = self.ctime_ns;
+        }
     }
 
     /// How long the writes have been buffered.
@@ -349,6 +382,7 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
         mtime_ns: now,
         ctime_ns: now,
         since: Instant::now(),
+        in_commit: None,
     });
     d.start = start;
     d.end = start;
@@ -416,6 +450,104 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
         // The runs are lost (the caller gets the error, e.g. ENOSPC at fsync); chunks
         // recorded in the failed transaction must not be trusted later.
         sink.abandon();
+    }
+    committed
+}
+
+/// Begins commit number `commit` of the buffered writes of `ino` (or of every file):
+/// seals their open runs and marks what they hold now as this commit's, leaving it
+/// all in place, so that reads and later writes see the files as before. `None` when
+/// nothing is buffered. Run under the core's lock; then `make_durable` without it,
+/// then `finish_commit` under it. Meanwhile a commit under the lock (`flush`) may
+/// take a file's marked runs with the rest, and the finish then leaves that file
+/// alone.
+pub(super) fn begin_commit(
+    st: &mut State,
+    ino: Option<InodeId>,
+    commit: u64,
+) -> Result<Option<StartedCommit>> {
+    let ids: Vec<InodeId> = match ino {
+        Some(i) => st.dirty.contains_key(&i).then_some(i).into_iter().collect(),
+        None => st.dirty.keys().copied().collect(),
+    };
+    if ids.is_empty() && !st.sink.has_pending() {
+        return Ok(None);
+    }
+    let live = st.catalog.live();
+    let mut files = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(attr) = st.catalog.inode(live, id)? else {
+            st.dirty.remove(&id);
+            continue;
+        };
+        let size = attr.size.max(st.dirty.get(&id).map_or(0, |d| d.user_end));
+        seal(st, &InodeAttr { size, ..attr })?;
+        if let Some(d) = st.dirty.get_mut(&id) {
+            d.in_commit = Some(InCommit {
+                commit,
+                runs: d.sealed.len(),
+                user_end: d.user_end,
+                mtime_ns: d.mtime_ns,
+                ctime_ns: d.ctime_ns,
+            });
+            files.push(id);
+        }
+    }
+    Ok(Some(StartedCommit {
+        commit,
+        files,
+        chunks: st.sink.ticket(),
+    }))
+}
+
+/// Finishes `started` (see `begin_commit`): records its chunks and writes the runs it
+/// marked into the catalog in one transaction, then drops them from memory (and the
+/// files left with nothing buffered). `durable` is how `make_durable` went. On
+/// failure the runs of its files are lost, as in a failed `flush`.
+pub(super) fn finish_commit(st: &mut State, started: StartedCommit, durable: Result<()>) -> Result<()> {
+    let StartedCommit {
+        commit,
+        files,
+        chunks,
+    } = started;
+    let marked = |d: &DirtyFile| d.in_commit.filter(|c| c.commit == commit);
+    let State {
+        catalog, sink, dirty, ..
+    } = st;
+    let committed = (|| -> Result<()> {
+        let txn = catalog.write()?;
+        sink.commit_ticket(&txn, chunks, durable)?;
+        for id in &files {
+            let Some((d, c)) = dirty.get(id).and_then(|d| Some((d, marked(d)?))) else {
+                continue;
+            };
+            let Some(mut attr) = txn.inode(*id)? else { continue };
+            for run in &d.sealed[..c.runs] {
+                txn.set_extents(*id, run.start, run.end, &run.extents)?;
+            }
+            attr.size = attr.size.max(c.user_end);
+            attr.mtime_ns = c.mtime_ns;
+            attr.ctime_ns = c.ctime_ns;
+            txn.set_inode(&attr)?;
+        }
+        txn.commit()
+    })();
+    if committed.is_err() {
+        sink.abandon();
+    }
+    for id in &files {
+        let Some(d) = dirty.get_mut(id) else { continue };
+        let Some(c) = marked(d) else { continue };
+        d.in_commit = None;
+        if committed.is_err() {
+            dirty.remove(id);
+            continue;
+        }
+        d.sealed.drain(..c.runs);
+        // Written to since the commit began: the rest stays buffered.
+        if d.sealed.is_empty() && d.start == d.end {
+            dirty.remove(id);
+        }
     }
     committed
 }

@@ -51,6 +51,34 @@ struct Pending {
     recorded: bool,
 }
 
+/// The chunks a commit of buffered writes covers: every chunk put and not yet
+/// committed when the commit began. Taken under the caller's lock, so that the slow
+/// part of the commit (`make_durable`: waiting for the writers, syncing the store)
+/// runs without it; `ChunkSink::commit_ticket` then records them.
+#[derive(Debug)]
+pub struct CommitTicket {
+    ids: Vec<ChunkId>,
+    /// How many chunks the writer threads had been given (see `Backlog::wait_for`).
+    queued: u64,
+    /// The sink's `abandoned` count when it was taken.
+    abandoned: u64,
+}
+
+impl CommitTicket {
+    /// Makes every chunk of the ticket durable: waits for the writer threads to have
+    /// written them, then syncs `store`. Needs no lock; `commit_ticket` must be told
+    /// how it went.
+    pub fn make_durable(&self, backlog: Option<&Backlog>, store: &dyn Redundancy) -> Result<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        if let Some(backlog) = backlog {
+            backlog.wait_for(self.queued);
+        }
+        store.sync()
+    }
+}
+
 /// What `ChunkSink` did, for reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IngestStats {
@@ -79,6 +107,9 @@ pub struct ChunkSink {
     /// A sync of the store made outside `sync` (see `sync_failed`) failed: the next
     /// `sync` fails with this error as if it had failed itself.
     failed_sync: Option<Error>,
+    /// How many times everything pending was forgotten (`abandon`): a commit ticket
+    /// taken before then cannot be committed.
+    abandoned: u64,
     stats: IngestStats,
     /// Compresses and writes chunks in the background when present.
     pool: Option<WriterPool>,
@@ -95,6 +126,7 @@ impl ChunkSink {
             unrecorded: Vec::new(),
             read_buf: Vec::new(),
             failed_sync: None,
+            abandoned: 0,
             stats: IngestStats::default(),
             pool: None,
         }
@@ -217,8 +249,15 @@ impl ChunkSink {
     /// Waits for the writer threads and takes in what they wrote: every chunk put so
     /// far is then placed (not yet durable: that is `sync`), so it can be read back.
     pub fn wait_written(&mut self) -> Result<()> {
+        self.take_in(true)
+    }
+
+    /// Takes in what the writer threads wrote, after waiting for all of them with
+    /// `wait`, or only what they have finished so far.
+    fn take_in(&mut self, wait: bool) -> Result<()> {
         let Some(pool) = &self.pool else { return Ok(()) };
-        let written = match pool.wait() {
+        let written = if wait { pool.wait() } else { pool.take_written() };
+        let written = match written {
             Ok(w) => w,
             Err(e) => {
                 // Some chunk was not stored: forget everything pending, so
@@ -244,6 +283,57 @@ impl ChunkSink {
     pub fn abandon(&mut self) {
         self.pending.clear();
         self.unrecorded.clear();
+        self.abandoned += 1;
+    }
+
+    /// The chunks a commit beginning now covers: every chunk put and not yet
+    /// committed (see `CommitTicket`).
+    pub fn ticket(&self) -> CommitTicket {
+        CommitTicket {
+            ids: self.pending.keys().copied().collect(),
+            queued: self.pool.as_ref().map_or(0, |p| p.backlog().queued()),
+            abandoned: self.abandoned,
+        }
+    }
+
+    /// Records in `txn` the chunks of `ticket` that no commit has recorded since it
+    /// was taken, and notes every disk not healthy now as incomplete (as `sync`).
+    /// `durable` is how `ticket.make_durable` went; commit `txn` only when this
+    /// returns Ok (DESIGN.md §2.1). Chunks put after the ticket stay pending. Fails,
+    /// forgetting everything pending, when the chunks may not be durable: the sync
+    /// failed, a sync made elsewhere failed (a writeback error is reported once), or
+    /// a failed commit forgot them meanwhile.
+    pub fn commit_ticket(&mut self, txn: &Txn<'_>, ticket: CommitTicket, durable: Result<()>) -> Result<()> {
+        if ticket.abandoned != self.abandoned {
+            return Err(Error::WritesLost(
+                "a commit that failed meanwhile dropped them (its error was reported to its caller)".into(),
+            ));
+        }
+        let failed = durable.err().or_else(|| self.failed_sync.take());
+        if let Some(e) = failed {
+            self.abandon();
+            return Err(e);
+        }
+        if let Err(e) = self.take_in(false) {
+            self.abandon();
+            return Err(e);
+        }
+        for id in ticket.ids {
+            // Gone from `pending`: a commit under the caller's lock took it meanwhile.
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            if !p.recorded {
+                let at = p.at.ok_or_else(|| Error::NoMirror {
+                    reason: format!("chunk {id} was never placed"),
+                })?;
+                txn.add_chunk(&id, p.plain_size, p.stored_size, at)?;
+            }
+        }
+        for disk in self.store.untrusted() {
+            txn.mark_mirror_incomplete(disk)?;
+        }
+        Ok(())
     }
 
     /// Notes that a sync of this sink's store made by someone else (to shorten the

@@ -16,6 +16,8 @@ use crate::types::{ChunkId, Location};
 struct Job {
     id: ChunkId,
     plain: Vec<u8>,
+    /// Its place in the order of submission (0, 1, …).
+    seq: u64,
 }
 
 /// A chunk the pool finished writing: its frame size and where it was put.
@@ -29,9 +31,14 @@ pub(super) struct Written {
 #[derive(Default)]
 struct Progress {
     in_flight: usize,
-    /// Chunks ever queued, and ever finished (written or failed).
+    /// Chunks ever queued.
     submitted: u64,
-    finished: u64,
+    /// Every chunk queued before this one has finished: the writers may finish out of
+    /// order, so `finished` alone does not say which.
+    all_finished_below: u64,
+    /// Finished chunks at or above `all_finished_below` (at most the queue's depth
+    /// plus the writers).
+    finished_above: std::collections::BTreeSet<u64>,
     done: Vec<Written>,
     error: Option<Error>,
 }
@@ -42,6 +49,16 @@ struct Shared {
     idle: Condvar,
     /// Notified whenever a chunk is done.
     room: Condvar,
+}
+
+impl Progress {
+    /// Notes that chunk `seq` finished.
+    fn finish(&mut self, seq: u64) {
+        self.finished_above.insert(seq);
+        while self.finished_above.remove(&self.all_finished_below) {
+            self.all_finished_below += 1;
+        }
+    }
 }
 
 impl Shared {
@@ -91,19 +108,22 @@ impl WriterPool {
 
     /// Queues a chunk; blocks while the queue is full.
     pub(super) fn submit(&self, id: ChunkId, plain: Vec<u8>) -> Result<()> {
-        {
+        let seq = {
             let mut progress = self.shared.lock();
             progress.in_flight += 1;
             progress.submitted += 1;
-        }
+            progress.submitted - 1
+        };
         let sent = match &self.sender {
-            Some(s) if !self.threads.is_empty() => s.send(Job { id, plain }).is_ok(),
+            Some(s) if !self.threads.is_empty() => s.send(Job { id, plain, seq }).is_ok(),
             _ => false,
         };
         if !sent {
+            // The writers are gone, so nothing else is ever queued: count this one
+            // as finished, so that no `wait_for` waits for it.
             let mut progress = self.shared.lock();
             progress.in_flight -= 1;
-            progress.submitted -= 1;
+            progress.finish(seq);
             drop(progress);
             return Err(Error::NoMirror {
                 reason: "the chunk writer threads are gone".into(),
@@ -124,6 +144,17 @@ impl WriterPool {
         while progress.in_flight > 0 {
             progress = self.shared.idle.wait(progress).unwrap_or_else(|p| p.into_inner());
         }
+        if let Some(e) = progress.error.take() {
+            progress.done.clear();
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut progress.done))
+    }
+
+    /// What was written since the last wait or take, without waiting for what is
+    /// still in flight; the first error instead, if a chunk failed.
+    pub(super) fn take_written(&self) -> Result<Vec<Written>> {
+        let mut progress = self.shared.lock();
         if let Some(e) = progress.error.take() {
             progress.done.clear();
             return Err(e);
@@ -165,7 +196,7 @@ fn work(store: &dyn Redundancy, zstd_level: Option<i32>, receiver: &Mutex<Receiv
             }
         }
         progress.in_flight -= 1;
-        progress.finished += 1;
+        progress.finish(job.seq);
         if progress.in_flight == 0 {
             shared.idle.notify_all();
         }
@@ -187,11 +218,10 @@ impl Backlog {
         }
     }
 
-    /// Returns once as many chunks have finished as had been queued when it was
-    /// called (about those: two writers may finish out of order), without taking in
-    /// what was written. The sink's next `wait_written`, which must see every chunk,
-    /// then finds little left to wait for. Writers that go on queuing cannot keep
-    /// this waiting.
+    /// Returns once every chunk queued before the call has finished, without taking
+    /// in what was written. The sink's next `wait_written`, which must see every
+    /// chunk, then finds little left to wait for. Writers that go on queuing cannot
+    /// keep this waiting.
     pub fn wait_for_queued(&self) {
         self.wait_for(self.queued());
     }
@@ -201,10 +231,11 @@ impl Backlog {
         self.0.lock().submitted
     }
 
-    /// Returns once `ticket` chunks have finished.
+    /// Returns once each of the first `ticket` chunks queued has finished (written,
+    /// or failed: the sink's next wait reports the failure).
     pub fn wait_for(&self, ticket: u64) {
         let mut progress = self.0.lock();
-        while progress.finished < ticket {
+        while progress.all_finished_below < ticket {
             progress = self.0.room.wait(progress).unwrap_or_else(|p| p.into_inner());
         }
     }

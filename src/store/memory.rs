@@ -100,6 +100,7 @@ pub struct HookedStore {
     before_put: Hook,
     before_get: Hook,
     before_remove: Option<Hook>,
+    before_sync: Option<Hook>,
 }
 
 #[cfg(test)]
@@ -111,12 +112,19 @@ impl HookedStore {
             before_put,
             before_get,
             before_remove: None,
+            before_sync: None,
         }
     }
 
     /// Also runs `hook` before every `remove`.
     pub fn with_before_remove(mut self, hook: Hook) -> HookedStore {
         self.before_remove = Some(hook);
+        self
+    }
+
+    /// Also runs `hook` before every `sync`.
+    pub fn with_before_sync(mut self, hook: Hook) -> HookedStore {
+        self.before_sync = Some(hook);
         self
     }
 }
@@ -147,6 +155,9 @@ impl ObjectStore for HookedStore {
         self.inner.list()
     }
     fn sync(&self) -> Result<()> {
+        if let Some(hook) = &self.before_sync {
+            hook();
+        }
         self.inner.sync()
     }
 }
