@@ -510,6 +510,7 @@ pub(super) fn finish_commit(st: &mut State, started: StartedCommit, durable: Res
         files,
         chunks,
     } = started;
+    let begun = Instant::now();
     let marked = |d: &DirtyFile| d.in_commit.filter(|c| c.commit == commit);
     let State {
         catalog, sink, dirty, ..
@@ -535,6 +536,11 @@ pub(super) fn finish_commit(st: &mut State, started: StartedCommit, durable: Res
     if committed.is_err() {
         sink.abandon();
     }
+    log::trace!(
+        "commit {commit}: the catalog part of the buffered writes of {} files took {:?} under the lock",
+        files.len(),
+        begun.elapsed()
+    );
     for id in &files {
         let Some(d) = dirty.get_mut(id) else { continue };
         let Some(c) = marked(d) else { continue };
