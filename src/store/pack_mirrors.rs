@@ -426,8 +426,12 @@ impl Redundancy for PackMirrors {
             pack::encode_entry(id, frame, &mut bytes);
             lens.push((bytes.len() - before) as u32);
         }
-        let disks = self.disks();
+        // The disks are read under the filling lock, which `attach` holds while it
+        // closes the open pack and adds a disk: a list read before could start a pack
+        // without the newcomer, which the next batch, seeing it, would then append to
+        // there (a mirror added beside a writer was set aside that way).
         let mut filling = self.filling();
+        let disks = self.disks();
         let (pack, offset) = match filling.pack {
             Some((pack, len))
                 if len == PACK_HEADER_LEN || len + bytes.len() as u64 <= self.target_pack_bytes =>
@@ -808,6 +812,42 @@ mod tests {
 
     fn pack_file(f: &Fixture, disk: usize, pack: PackId) -> PathBuf {
         pack::pack_path(&f.folders[disk], pack)
+    }
+
+    #[test]
+    fn a_disk_attached_beside_writers_takes_every_pack_begun_after_it() {
+        // Two writers put batches while disks are attached one after another: no
+        // batch may reach an attached disk in a pack it did not see begin (it would
+        // refuse the append and be set aside).
+        let f = fixture(64 << 10);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for w in 0..2u32 {
+                let (f, stop) = (&f, &stop);
+                s.spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        put(f, &chunks(1000 * w + i % 900, 3));
+                        i += 3;
+                    }
+                });
+            }
+            for n in 2..40u32 {
+                let folder = f._dir.path().join(format!("m{n}"));
+                crate::store::claim_folder(&folder, REPO, MirrorId(n)).unwrap();
+                f.store.attach(MirrorId(n), &folder).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        for status in f.store.status() {
+            assert!(
+                matches!(status.state, MirrorState::Healthy | MirrorState::Filling),
+                "{}: {:?}",
+                status.describe,
+                status.state
+            );
+        }
     }
 
     #[test]
