@@ -664,6 +664,11 @@ impl Fs {
         }
         st.open.remove(&ino);
         self.lock_read_ends().remove(&ino);
+        // Closed: its last chunks are cut now, one file at a time, not all in the
+        // next commit. A failure here is the commit's to report.
+        if let Err(e) = write::seal_file(&mut st, ino) {
+            log::debug!("sealing the buffered writes of inode {ino} at its last close: {e}");
+        }
         if !st.nameless.maybe.remove(&ino) {
             return Ok(());
         }
@@ -840,9 +845,18 @@ impl Fs {
             Ok(None) => return Ok(()),
             Err(e) => return Err(self.commit_failed(e)),
         };
-        let durable = started.make_durable(self.backlog.as_ref(), &*self.store);
-        let finished = write::finish_commit(&mut self.lock(), started, durable);
-        finished.map_err(|e| self.commit_failed(e))
+        let mut started = started;
+        let mut durable = Some(started.make_durable(self.backlog.as_ref(), &*self.store));
+        loop {
+            // (A `let` of its own: the lock guard of a `match` scrutinee would live
+            // on through the arms, `let_requests_in` among them.)
+            let step = write::finish_commit(&mut self.lock(), &mut started, durable.take());
+            match step {
+                Ok(true) => self.let_requests_in(),
+                Ok(false) => return Ok(()),
+                Err(e) => return Err(self.commit_failed(e)),
+            }
+        }
     }
 
     /// Notes that a commit failed with `e` after chunks may have reached the mirrors

@@ -1531,11 +1531,43 @@ fn a_commit_under_the_lock_during_a_group_commit_takes_its_runs_first() {
         },
     )
     .unwrap();
-    write::finish_commit(&mut f.fs.lock(), started, durable).unwrap();
+    let mut started = started;
+    assert!(!write::finish_commit(&mut f.fs.lock(), &mut started, Some(durable)).unwrap());
     assert!(!f.fs.lock().dirty.contains_key(&a));
     f.fs.commit().unwrap();
     assert_eq!(f.fs.getattr(a).unwrap().size, 50_000);
     assert!(f.fs.read(a, 0, 200_000).unwrap() == data[..50_000]);
+    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn a_commit_of_many_files_goes_in_steps_and_commits_them_all() {
+    let f = fixture();
+    let dir_id = dir(&f, InodeId::ROOT, "many");
+    let mut files = Vec::new();
+    for i in 0..700u64 {
+        let name = format!("f{i}");
+        let id =
+            f.fs.create(ME, dir_id, name.as_bytes(), FileKind::File, 0o644, 0, b"")
+                .unwrap()
+                .id;
+        f.fs.open(id).unwrap();
+        f.fs.write(id, 0, &random(100 + 2 * i, 3000 + i as usize))
+            .unwrap();
+        // The last close cuts the file's chunks at once.
+        f.fs.release(id).unwrap();
+        // (Before, the chunker held all 3,000 bytes: no extent cut yet.)
+        assert_eq!(f.fs.lock().dirty[&id].extent_count(), 1, "sealed at close");
+        files.push(id);
+    }
+    // 700 files of one extent each: three steps of at most 256 rows.
+    f.fs.commit().unwrap();
+    assert!(f.fs.lock().dirty.is_empty());
+    for (i, id) in files.iter().enumerate() {
+        let want = random(100 + 2 * i as u64, 3000 + i);
+        assert!(f.fs.read(*id, 0, 10_000).unwrap() == want, "file {i}");
+    }
     let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
 }

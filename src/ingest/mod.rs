@@ -65,6 +65,11 @@ pub struct CommitTicket {
 }
 
 impl CommitTicket {
+    /// True when every chunk of the ticket is recorded.
+    pub fn is_recorded(&self) -> bool {
+        self.ids.is_empty()
+    }
+
     /// Makes every chunk of the ticket durable: waits for the writer threads to have
     /// written them, then syncs `store`. Needs no lock; `commit_ticket` must be told
     /// how it went.
@@ -296,29 +301,44 @@ impl ChunkSink {
         }
     }
 
-    /// Records in `txn` the chunks of `ticket` that no commit has recorded since it
-    /// was taken, and notes every disk not healthy now as incomplete (as `sync`).
-    /// `durable` is how `ticket.make_durable` went; commit `txn` only when this
-    /// returns Ok (DESIGN.md §2.1). Chunks put after the ticket stay pending. Fails,
+    /// Records in `txn` up to `budget` chunks of `ticket` that no commit has recorded
+    /// since it was taken, and drops them from the ticket; returns how many rows that
+    /// took. The first call gets `durable`, how `ticket.make_durable` went, and notes
+    /// every disk not healthy now as incomplete (as `sync`). Commit `txn` only when
+    /// this returns Ok (DESIGN.md §2.1), and commit no row naming a chunk of the
+    /// ticket before it is recorded. Chunks put after the ticket stay pending. Fails,
     /// forgetting everything pending, when the chunks may not be durable: the sync
     /// failed, a sync made elsewhere failed (a writeback error is reported once), or
     /// a failed commit forgot them meanwhile.
-    pub fn commit_ticket(&mut self, txn: &Txn<'_>, ticket: CommitTicket, durable: Result<()>) -> Result<()> {
+    pub fn commit_ticket(
+        &mut self,
+        txn: &Txn<'_>,
+        ticket: &mut CommitTicket,
+        durable: Option<Result<()>>,
+        budget: usize,
+    ) -> Result<usize> {
         if ticket.abandoned != self.abandoned {
             return Err(Error::WritesLost(
                 "a commit that failed meanwhile dropped them (its error was reported to its caller)".into(),
             ));
         }
-        let failed = durable.err().or_else(|| self.failed_sync.take());
-        if let Some(e) = failed {
-            self.abandon();
-            return Err(e);
+        if let Some(durable) = durable {
+            let failed = durable.err().or_else(|| self.failed_sync.take());
+            if let Some(e) = failed {
+                self.abandon();
+                return Err(e);
+            }
+            if let Err(e) = self.take_in(false) {
+                self.abandon();
+                return Err(e);
+            }
+            for disk in self.store.untrusted() {
+                txn.mark_mirror_incomplete(disk)?;
+            }
         }
-        if let Err(e) = self.take_in(false) {
-            self.abandon();
-            return Err(e);
-        }
-        for id in ticket.ids {
+        let mut used = 0;
+        while used < budget {
+            let Some(id) = ticket.ids.pop() else { break };
             // Gone from `pending`: a commit under the caller's lock took it meanwhile.
             let Some(p) = self.pending.remove(&id) else {
                 continue;
@@ -328,12 +348,10 @@ impl ChunkSink {
                     reason: format!("chunk {id} was never placed"),
                 })?;
                 txn.add_chunk(&id, p.plain_size, p.stored_size, at)?;
+                used += 1;
             }
         }
-        for disk in self.store.untrusted() {
-            txn.mark_mirror_incomplete(disk)?;
-        }
-        Ok(())
+        Ok(used)
     }
 
     /// Notes that a sync of this sink's store made by someone else (to shorten the
