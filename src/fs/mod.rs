@@ -664,11 +664,6 @@ impl Fs {
         }
         st.open.remove(&ino);
         self.lock_read_ends().remove(&ino);
-        // Closed: its last chunks are cut now, one file at a time, not all in the
-        // next commit. A failure here is the commit's to report.
-        if let Err(e) = write::seal_file(&mut st, ino) {
-            log::debug!("sealing the buffered writes of inode {ino} at its last close: {e}");
-        }
         if !st.nameless.maybe.remove(&ino) {
             return Ok(());
         }
@@ -839,13 +834,18 @@ impl Fs {
     fn commit_buffered(&self, ino: Option<InodeId>) -> Result<()> {
         let mut last = self.commits.lock().unwrap_or_else(|p| p.into_inner());
         *last += 1;
-        let started = write::begin_commit(&mut self.lock(), ino, *last);
-        let started = match started {
-            Ok(Some(started)) => started,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(self.commit_failed(e)),
+        let Some(mut sealing) = write::begin_commit(&self.lock(), ino, *last) else {
+            return Ok(());
         };
-        let mut started = started;
+        let mut started = loop {
+            // (A `let` of its own, as below.)
+            let step = write::seal_step(&mut self.lock(), &mut sealing);
+            match step {
+                Ok(Some(started)) => break started,
+                Ok(None) => self.let_requests_in(),
+                Err(e) => return Err(self.commit_failed(e)),
+            }
+        };
         let mut durable = Some(started.make_durable(self.backlog.as_ref(), &*self.store));
         loop {
             // (A `let` of its own: the lock guard of a `match` scrutinee would live

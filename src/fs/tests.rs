@@ -73,6 +73,12 @@ fn random(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Fails the test when the catalog breaks any of its invariants.
+fn assert_catalog_clean(fs: &Fs) {
+    let problems = fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
 fn file(f: &Fixture, name: &str) -> InodeId {
     f.fs.create(ME, InodeId::ROOT, name.as_bytes(), FileKind::File, 0o644, 0, b"")
         .unwrap()
@@ -740,8 +746,7 @@ fn every_fallocate_mode_matches_a_byte_model() {
         let got = f.fs.read(ino, 0, model.len() + 1).unwrap();
         assert!(got == model, "step {step}: {how:?} {offset}+{len}: bytes differ");
     }
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
 }
 
 #[test]
@@ -857,8 +862,7 @@ fn a_rollback_that_names_an_open_unlinked_file_again_keeps_it_at_close() {
     f.fs.release(ino).unwrap();
     let back = f.fs.lookup(InodeId::ROOT, b"f").unwrap();
     assert_eq!(f.fs.read(back.id, 0, 100).unwrap(), b"hello");
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
 }
 
 #[test]
@@ -884,8 +888,7 @@ fn a_rollback_keeps_an_open_file_the_snapshot_lacks_until_its_last_close() {
         libc::ENOENT,
         "gone at the last close"
     );
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
 }
 
 /// Every name of the live root, page by page of `page` entries, with `between`
@@ -969,8 +972,7 @@ fn a_name_pointing_at_no_inode_is_left_out_and_answers_eio() {
     );
     let repairs = f.fs.with_catalog(|cat, _, _| cat.repair()).unwrap();
     assert!(repairs.iter().any(|r| r.contains("/b")), "{repairs:?}");
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
     assert_eq!(
         f.fs.lookup_node(Ino::ROOT, b"b").unwrap_err().errno(),
         libc::ENOENT
@@ -1116,8 +1118,7 @@ fn gc_beside_writes_of_the_same_bytes_loses_nothing() {
     for i in 0..8 {
         assert_stored(&f, &format!("new{i}"));
     }
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
     drop(f.dir);
 }
 
@@ -1205,8 +1206,7 @@ fn gc_compacts_a_sparse_pack_and_deletes_it_keeping_every_live_chunk() {
     assert_stored(&f, "keep");
     let ino = f.fs.lookup(InodeId::ROOT, b"keep").unwrap().id;
     assert!(f.fs.read(ino, 0, keep.len()).unwrap() == keep);
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
     // Nothing sparse is left: a second run copies nothing.
     let again = crate::ops::gc::gc_mounted(&f.fs, false, false, &mut |_, _| {}).unwrap();
     assert_eq!((again.compacted_packs, again.moved_chunks), (0, 0), "{again:?}");
@@ -1253,8 +1253,7 @@ fn compaction_moves_no_chunk_gc_dropped_after_it_was_copied() {
             .unwrap();
     assert!(left.is_empty(), "pack 1 is dead: {left:?}");
     assert_stored(&f, "a");
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
     drop(f.dir);
 }
 
@@ -1502,13 +1501,11 @@ fn requests_go_on_while_a_group_commit_syncs_the_mirrors() {
         "the append made during the commit is buffered"
     );
     assert!(f.fs.read(a, 0, 300_000).unwrap() == want_a);
-    let committed = f.fs.with_read_catalog(|_| Ok(())).map(|_| ());
-    committed.unwrap();
+    f.fs.commit().unwrap();
     assert!(f.fs.lock().dirty.is_empty(), "everything is committed now");
     assert!(f.fs.read(a, 0, 300_000).unwrap() == want_a);
     assert_eq!(f.fs.read(b, 0, 100).unwrap(), b"written meanwhile");
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
 }
 
 #[test]
@@ -1520,7 +1517,8 @@ fn a_commit_under_the_lock_during_a_group_commit_takes_its_runs_first() {
     let a = file(&f, "a");
     let data = random(12, 100_000);
     f.fs.write(a, 0, &data).unwrap();
-    let started = write::begin_commit(&mut f.fs.lock(), None, 1).unwrap().unwrap();
+    let mut sealing = write::begin_commit(&f.fs.lock(), None, 1).unwrap();
+    let started = write::seal_step(&mut f.fs.lock(), &mut sealing).unwrap().unwrap();
     let durable = started.make_durable(f.fs.backlog.as_ref(), &*f.fs.store);
     f.fs.write(a, 100_000, b"tail").unwrap();
     f.fs.setattr(
@@ -1537,8 +1535,7 @@ fn a_commit_under_the_lock_during_a_group_commit_takes_its_runs_first() {
     f.fs.commit().unwrap();
     assert_eq!(f.fs.getattr(a).unwrap().size, 50_000);
     assert!(f.fs.read(a, 0, 200_000).unwrap() == data[..50_000]);
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
 }
 
 #[test]
@@ -1552,24 +1549,20 @@ fn a_commit_of_many_files_goes_in_steps_and_commits_them_all() {
             f.fs.create(ME, dir_id, name.as_bytes(), FileKind::File, 0o644, 0, b"")
                 .unwrap()
                 .id;
-        f.fs.open(id).unwrap();
         f.fs.write(id, 0, &random(100 + 2 * i, 3000 + i as usize))
             .unwrap();
-        // The last close cuts the file's chunks at once.
-        f.fs.release(id).unwrap();
-        // (Before, the chunker held all 3,000 bytes: no extent cut yet.)
-        assert_eq!(f.fs.lock().dirty[&id].extent_count(), 1, "sealed at close");
         files.push(id);
     }
-    // 700 files of one extent each: three steps of at most 256 rows.
+    // 700 files of one extent each: eleven steps that seal 64 files (the chunker
+    // holds each file's 3,000 bytes until then), then three of at most 256 rows.
+    assert_eq!(f.fs.lock().dirty[&files[0]].extent_count(), 0);
     f.fs.commit().unwrap();
     assert!(f.fs.lock().dirty.is_empty());
     for (i, id) in files.iter().enumerate() {
         let want = random(100 + 2 * i as u64, 3000 + i);
         assert!(f.fs.read(*id, 0, 10_000).unwrap() == want, "file {i}");
     }
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
 }
 
 #[test]
@@ -1619,8 +1612,7 @@ fn a_big_file_goes_in_steps_after_its_last_name_and_a_rollback_can_still_bring_i
         after > before + 2000,
         "its chunks became garbage: {before} before, {after} after"
     );
-    let problems = f.fs.with_catalog(|cat, _, _| cat.check_invariants()).unwrap();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert_catalog_clean(&f.fs);
 }
 
 #[test]

@@ -457,9 +457,7 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
 }
 
 /// Seals the open run of `id`, if it has buffered writes: its last chunks are cut,
-/// hashed and handed to the writers now rather than by the next commit (a file
-/// closed after its writes: an untar's thousand small files would otherwise all be
-/// cut inside one commit). A file that is gone loses its buffered writes.
+/// hashed and handed to the writers. A file that is gone loses its buffered writes.
 pub(super) fn seal_file(st: &mut State, id: InodeId) -> Result<()> {
     let Some(d) = st.dirty.get(&id) else {
         return Ok(());
@@ -476,27 +474,48 @@ pub(super) fn seal_file(st: &mut State, id: InodeId) -> Result<()> {
     seal(st, &InodeAttr { size, ..attr })
 }
 
-/// Begins commit number `commit` of the buffered writes of `ino` (or of every file):
-/// seals their open runs and marks what they hold now as this commit's, leaving it
-/// all in place, so that reads and later writes see the files as before. `None` when
-/// nothing is buffered. Run under the core's lock; then `make_durable` without it,
-/// then `finish_commit` under it. Meanwhile a commit under the lock (`flush`) may
-/// take a file's marked runs with the rest, and the finish then leaves that file
-/// alone.
-pub(super) fn begin_commit(
-    st: &mut State,
-    ino: Option<InodeId>,
+/// Files one step of sealing a commit seals, at most (each costs its last chunks'
+/// cut and hash, and two catalog reads: a few ms under the core's lock in all).
+const SEAL_STEP_FILES: usize = 64;
+
+/// A commit being begun: the files still to seal, and those sealed and marked.
+pub(super) struct Sealing {
     commit: u64,
-) -> Result<Option<StartedCommit>> {
-    let ids: Vec<InodeId> = match ino {
+    to_seal: Vec<InodeId>,
+    files: Vec<InodeId>,
+}
+
+/// Begins commit number `commit` of the buffered writes of `ino` (or of every file):
+/// `seal_step` then seals their open runs and marks what they hold as this commit's,
+/// leaving it all in place, so that reads and later writes see the files as before.
+/// `None` when nothing is buffered. Run under the core's lock, as each `seal_step`;
+/// then `make_durable` without it, then `finish_commit` under it. Meanwhile a commit
+/// under the lock (`flush`) may take a file's marked runs with the rest, and the
+/// finish then leaves that file alone.
+pub(super) fn begin_commit(st: &State, ino: Option<InodeId>, commit: u64) -> Option<Sealing> {
+    let to_seal: Vec<InodeId> = match ino {
         Some(i) => st.dirty.contains_key(&i).then_some(i).into_iter().collect(),
         None => st.dirty.keys().copied().collect(),
     };
-    if ids.is_empty() && !st.sink.has_pending() {
-        return Ok(None);
+    if to_seal.is_empty() && !st.sink.has_pending() {
+        return None;
     }
-    let mut files = Vec::with_capacity(ids.len());
-    for id in ids {
+    Some(Sealing {
+        commit,
+        files: Vec::with_capacity(to_seal.len()),
+        to_seal,
+    })
+}
+
+/// Seals and marks up to `SEAL_STEP_FILES` files of `sealing`; returns the started
+/// commit, with the chunks it covers (every chunk put and not committed by then),
+/// once every file is sealed, and `None` while files are left for another step, which
+/// the caller runs after letting the lock go (an untar leaves a thousand small files
+/// to seal in one commit).
+pub(super) fn seal_step(st: &mut State, sealing: &mut Sealing) -> Result<Option<StartedCommit>> {
+    let commit = sealing.commit;
+    let from = sealing.to_seal.len().saturating_sub(SEAL_STEP_FILES);
+    for id in sealing.to_seal.drain(from..).collect::<Vec<_>>() {
         seal_file(st, id)?;
         if let Some(d) = st.dirty.get_mut(&id) {
             d.in_commit = Some(InCommit {
@@ -506,12 +525,15 @@ pub(super) fn begin_commit(
                 mtime_ns: d.mtime_ns,
                 ctime_ns: d.ctime_ns,
             });
-            files.push(id);
+            sealing.files.push(id);
         }
+    }
+    if !sealing.to_seal.is_empty() {
+        return Ok(None);
     }
     Ok(Some(StartedCommit {
         commit,
-        files,
+        files: std::mem::take(&mut sealing.files),
         chunks: st.sink.ticket(),
     }))
 }
