@@ -159,8 +159,19 @@ pub fn is_daemon_alive(pid: i32, repo: &Path) -> bool {
         return false;
     };
     // "pid (comm) S …": the state follows the last ')'.
-    let state = stat.rsplit_once(')').map(|(_, s)| s.trim_start()).unwrap_or("");
-    if state.starts_with('Z') || state.starts_with('X') {
+    let gone = |stat: &str| {
+        let state = stat.rsplit_once(')').map(|(_, s)| s.trim_start()).unwrap_or("");
+        state.starts_with('Z') || state.starts_with('X')
+    };
+    // The leader turns zombie before the other threads are gone, and the process's
+    // descriptors (its control socket among them) close only with the last of them:
+    // a command that connected in between had its connection reset (CI saw one).
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok());
+    if gone(&stat) && threads.into_iter().all(|t| gone(&t)) {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
