@@ -545,9 +545,8 @@ const FINISH_STEP_ROWS: usize = 256;
 /// One step of finishing `started` (see `begin_commit`): the first ones record its
 /// chunks (the first gets `durable`, how `make_durable` went), the next ones write the
 /// marked runs of its files; each writes up to `FINISH_STEP_ROWS` rows into the
-/// catalog, in one
-/// transaction, and drops them from memory (and the files left with nothing
-/// buffered). Returns whether runs are left for another step, which the caller runs
+/// catalog, in one transaction, and drops them from memory (and the files left with
+/// nothing buffered). Returns whether runs are left for another step, which the caller runs
 /// after letting the lock go, so that a commit of a thousand files, or of a big
 /// copy's thousands of extents, does not hold it for all of them. Reads lay what is
 /// left over what is written, as before. A crash between steps (with the metadata
@@ -638,6 +637,8 @@ fn commit_marked(txn: &Txn<'_>, id: InodeId, d: &mut DirtyFile, budget: usize) -
         return Ok((0, true));
     };
     let Some(mut attr) = txn.inode(id)? else {
+        // Gone meanwhile: its marked runs go too, as a `flush` drops a gone file's.
+        d.sealed.drain(..c.runs);
         d.in_commit = None;
         return Ok((0, true));
     };
