@@ -259,7 +259,11 @@ pub fn read_extents(
     if offset >= end {
         return Ok(Vec::new());
     }
-    let mut out = vec![0u8; (end - offset) as usize];
+    let full = (end - offset) as usize;
+    // Filled front to back, so that only holes are zeroed (zeroing the whole buffer
+    // first cost a tenth of a cold read's CPU); extents out of order fall back to
+    // copying into a zeroed buffer.
+    let mut out = Vec::with_capacity(full);
     for (e, at) in extents {
         let from = e.offset.max(offset);
         let to = e.end().min(end);
@@ -275,8 +279,16 @@ pub fn read_extents(
                 attr.id, e.offset, e.chunk
             ))
         })?;
-        out[(from - offset) as usize..(to - offset) as usize].copy_from_slice(bytes);
+        let (at_out, to_out) = ((from - offset) as usize, (to - offset) as usize);
+        if at_out >= out.len() {
+            out.resize(at_out, 0);
+            out.extend_from_slice(bytes);
+        } else {
+            out.resize(full, 0);
+            out[at_out..to_out].copy_from_slice(bytes);
+        }
     }
+    out.resize(full, 0);
     Ok(out)
 }
 
@@ -380,6 +392,54 @@ mod tests {
         // Loading them again asks the store for nothing but the missing one.
         cache.load_many(&store, &wanted);
         assert_eq!(gets.load(Ordering::SeqCst), loads + 2);
+    }
+
+    #[test]
+    fn holes_read_as_zeros_and_extents_in_any_order_land_where_they_belong() {
+        let store = MemoryStore::new();
+        let plain: Vec<u8> = (0..100u8).collect();
+        let frame = crate::codec::encode(&plain, Some(3));
+        store.put(&frame.id, &frame.frame).unwrap();
+        let store = OverObjects::new(Arc::new(store));
+        let attr = InodeAttr {
+            id: crate::types::InodeId(7),
+            kind: crate::catalog::FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 200,
+            nlink: 1,
+            rdev: 0,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            target: Vec::new(),
+        };
+        let extent = |offset, length, chunk_offset| {
+            (
+                Extent {
+                    offset,
+                    length,
+                    chunk: frame.id,
+                    chunk_offset,
+                },
+                AT,
+            )
+        };
+        // File bytes 10..30 are chunk bytes 0..20, 50..60 are 90..100; the rest holes.
+        let mut expected = [0u8; 200];
+        expected[10..30].copy_from_slice(&plain[0..20]);
+        expected[50..60].copy_from_slice(&plain[90..100]);
+        let in_order = [extent(10, 20, 0), extent(50, 10, 90)];
+        let reversed = [extent(50, 10, 90), extent(10, 20, 0)];
+        let cache = ChunkCache::new(4);
+        for extents in [&in_order[..], &reversed[..]] {
+            for (offset, len) in [(0, 200), (15, 40), (55, 500), (20, 5), (60, 10)] {
+                let read = read_extents(&store, &cache, &attr, extents, offset, len).unwrap();
+                let to = (offset as usize + len).min(200);
+                assert_eq!(read, expected[offset as usize..to], "{offset}+{len}");
+            }
+        }
     }
 
     #[test]

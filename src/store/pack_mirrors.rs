@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::mirror::{MirrorState, MirrorStatus};
-use super::pack::{self, EntryLoc, PACK_HEADER_LEN};
+use super::pack::{self, EntryCheck, EntryLoc, PACK_HEADER_LEN};
 use super::packs::PackDir;
 use super::redundancy::{DiskUsage, EntryScrub, Redundancy};
 use crate::codec;
@@ -330,7 +330,14 @@ impl PackMirrors {
             let Some(packs) = disk.packs.as_ref() else {
                 continue;
             };
-            let read = packs.read_frame(at.pack, entry(at), id);
+            // Scrub (`all`) checks every byte of each copy, its checksum among them;
+            // a read lets the decode's hash verify the frame it uses.
+            let check = if all {
+                EntryCheck::Checksum
+            } else {
+                EntryCheck::FrameVerifiedByDecode
+            };
+            let read = packs.read_frame(at.pack, entry(at), id, check);
             some_disk_has_the_pack |= !matches!(read, Ok(None));
             let (whole_pack, reason) = match read {
                 Ok(Some(frame)) => match codec::decode(id, &frame) {
@@ -405,7 +412,14 @@ impl PackMirrors {
                 let decoded = bytes.as_ref().and_then(|(disk, bytes)| {
                     let from = (at.offset - first.offset) as usize;
                     let raw = bytes.bytes().get(from..from + at.len as usize)?;
-                    let frame = disk.packs.as_ref()?.frame_in(at.pack, entry(*at), id, raw).ok()?;
+                    let frame = disk.packs.as_ref()?.frame_in(
+                        at.pack,
+                        entry(*at),
+                        id,
+                        raw,
+                        EntryCheck::FrameVerifiedByDecode,
+                    );
+                    let frame = frame.ok()?;
                     codec::decode(id, frame).ok()
                 });
                 match decoded {

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::pack::{self, EntryLoc, PackScan, PackWriter};
+use super::pack::{self, EntryCheck, EntryLoc, PackScan, PackWriter};
 use crate::error::{Error, Result};
 use crate::types::{ChunkId, PackId, RepoId};
 
@@ -249,32 +249,40 @@ impl PackDir {
     }
 
     /// The frame of chunk `chunk` from its entry at `loc` of pack `id`, raw: the entry
-    /// checked (checksum, and the id it names), the frame not yet decoded. `Ok(None)`
-    /// when this folder has no such pack; `CorruptChunk` when the bytes there are not
-    /// that chunk's good entry.
-    pub fn read_frame(&self, id: PackId, loc: EntryLoc, chunk: &ChunkId) -> Result<Option<Vec<u8>>> {
+    /// checked as `check` says (and the id it names), the frame not yet decoded.
+    /// `Ok(None)` when this folder has no such pack; `CorruptChunk` when the bytes
+    /// there are not that chunk's good entry.
+    pub fn read_frame(
+        &self,
+        id: PackId,
+        loc: EntryLoc,
+        chunk: &ChunkId,
+        check: EntryCheck,
+    ) -> Result<Option<Vec<u8>>> {
         let Some(run) = self.read_run(id, loc.offset, loc.len as usize)? else {
             return Ok(None);
         };
-        self.frame_in(id, loc, chunk, &run)
+        self.frame_in(id, loc, chunk, &run, check)
             .map(|frame| Some(frame.to_vec()))
     }
 
     /// The frame of chunk `chunk` from `bytes`, the entry at `loc` of pack `id` (read
-    /// with others in one run): the entry checked, the frame not yet decoded.
+    /// with others in one run): the entry checked as `check` says, the frame not yet
+    /// decoded.
     pub fn frame_in<'a>(
         &self,
         id: PackId,
         loc: EntryLoc,
         chunk: &ChunkId,
         bytes: &'a [u8],
+        check: EntryCheck,
     ) -> Result<&'a [u8]> {
         let bad = |reason: String| Error::CorruptChunk {
             id: *chunk,
             mirror: format!("pack {} at {}", self.path(id).display(), loc.offset),
             reason,
         };
-        let entry = pack::parse_entry(bytes).map_err(|e| bad(e.to_string()))?;
+        let entry = pack::parse_entry_with(bytes, check).map_err(|e| bad(e.to_string()))?;
         if entry.id != *chunk {
             return Err(bad(format!("the entry there holds chunk {}", entry.id)));
         }
@@ -435,7 +443,10 @@ mod tests {
                 offset: at,
                 len: *len,
             };
-            let frame = packs.read_frame(id, loc, chunk).unwrap().unwrap();
+            let frame = packs
+                .read_frame(id, loc, chunk, EntryCheck::Checksum)
+                .unwrap()
+                .unwrap();
             assert_eq!(ChunkId::of(&codec::decode(chunk, &frame).unwrap()), *chunk);
             at += u64::from(*len);
         }
@@ -478,7 +489,9 @@ mod tests {
             offset: PACK_HEADER_LEN,
             len: ids[0].1,
         };
-        let other = packs.read_frame(PackId(4), first, &ids[1].0).unwrap_err();
+        let other = packs
+            .read_frame(PackId(4), first, &ids[1].0, EntryCheck::Checksum)
+            .unwrap_err();
         assert!(matches!(other, Error::CorruptChunk { .. }), "{other}");
         let path = packs.path(PackId(4));
         let mut bytes = std::fs::read(&path).unwrap();
@@ -486,9 +499,53 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         packs.remove(PackId(4)).unwrap(); // drops the cached handle, and the file
         std::fs::write(&path, &bytes).unwrap();
-        let flipped = packs.read_frame(PackId(4), first, &ids[0].0).unwrap_err();
+        let flipped = packs
+            .read_frame(PackId(4), first, &ids[0].0, EntryCheck::Checksum)
+            .unwrap_err();
         assert!(flipped.to_string().contains("checksum"), "{flipped}");
-        assert_eq!(packs.read_frame(PackId(9), first, &ids[0].0).unwrap(), None);
+        assert_eq!(
+            packs
+                .read_frame(PackId(9), first, &ids[0].0, EntryCheck::Checksum)
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_read_that_decodes_skips_the_checksum_and_the_decode_still_finds_a_flipped_frame() {
+        let (_dir, packs) = folder();
+        let (a, ids) = entries(0, 1);
+        let (chunk, len) = ids[0];
+        let loc = EntryLoc {
+            offset: PACK_HEADER_LEN,
+            len,
+        };
+        let flip_and_read = |at: usize, check| {
+            let mut bytes = a.clone();
+            bytes[at] ^= 1;
+            packs.remove(PackId(5)).unwrap();
+            packs.append(PackId(5), PACK_HEADER_LEN, &bytes).unwrap();
+            packs.finish(PackId(5)).unwrap();
+            packs.read_frame(PackId(5), loc, &chunk, check)
+        };
+        packs.append(PackId(5), PACK_HEADER_LEN, &a).unwrap();
+        packs.finish(PackId(5)).unwrap();
+        let last = len as usize - 1;
+        // A flipped checksum byte: scrub's check finds it, a read does not need to.
+        let sum = flip_and_read(last, EntryCheck::Checksum).unwrap_err();
+        assert!(sum.to_string().contains("checksum"), "{sum}");
+        let frame = flip_and_read(last, EntryCheck::FrameVerifiedByDecode)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ChunkId::of(&codec::decode(&chunk, &frame).unwrap()), chunk);
+        // A flipped byte of the frame: the read gets the frame, and its decode fails.
+        let frame = flip_and_read(last - 20, EntryCheck::FrameVerifiedByDecode)
+            .unwrap()
+            .unwrap();
+        assert!(codec::decode(&chunk, &frame).is_err());
+        // A flipped byte of the id: the entry names another chunk.
+        let id = flip_and_read(10, EntryCheck::FrameVerifiedByDecode).unwrap_err();
+        assert!(id.to_string().contains("holds chunk"), "{id}");
     }
 
     #[test]
@@ -535,7 +592,10 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..n {
                         let id = PackId((i + t * 17) % n);
-                        assert!(packs.read_frame(id, loc, &chunk).unwrap().is_some());
+                        assert!(packs
+                            .read_frame(id, loc, &chunk, EntryCheck::Checksum)
+                            .unwrap()
+                            .is_some());
                     }
                 });
             }
