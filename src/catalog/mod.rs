@@ -558,7 +558,8 @@ impl Catalog {
             return Ok(());
         }
         self.batch_open = false;
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        let committed = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+        if let Err(e) = committed {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(sql_err("committing a batch")(e));
         }
@@ -630,13 +631,12 @@ impl Catalog {
         if self.batching {
             if !self.batch_open {
                 self.conn
-                    .execute_batch("BEGIN IMMEDIATE")
+                    .prepare_cached("BEGIN IMMEDIATE")
+                    .and_then(|mut s| s.execute([]))
                     .map_err(sql_err("starting a batch"))?;
                 self.batch_open = true;
             }
-            let sp = self
-                .conn
-                .savepoint()
+            let sp = write::BatchSavepoint::begin(&self.conn)
                 .map_err(sql_err("starting a catalog transaction"))?;
             return Ok(Txn::new(write::Inner::InBatch(sp), live, max_extent));
         }

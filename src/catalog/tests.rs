@@ -290,6 +290,54 @@ fn dropping_a_transaction_rolls_it_back() {
 }
 
 #[test]
+fn in_a_batch_a_dropped_change_rolls_back_alone_and_the_batch_commits_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("catalog.db");
+    let mut cat = new_catalog(&path);
+    cat.set_batching(true).unwrap();
+    let live = cat.live();
+    for round in 0..3 {
+        let kept = format!("kept{round}");
+        let tx = cat.write().unwrap();
+        let f = tx.create_inode(&file(FileKind::File)).unwrap();
+        tx.link(InodeId::ROOT, kept.as_bytes(), f.id).unwrap();
+        tx.commit().unwrap();
+        {
+            let tx = cat.write().unwrap();
+            let g = tx.create_inode(&file(FileKind::File)).unwrap();
+            tx.link(InodeId::ROOT, b"dropped", g.id).unwrap();
+        }
+        // A change that fails inside its savepoint leaves the batch usable.
+        let tx = cat.write().unwrap();
+        assert!(matches!(
+            tx.link(InodeId::ROOT, kept.as_bytes(), f.id),
+            Err(Error::Exists(_))
+        ));
+        drop(tx);
+        assert!(cat.batch_open());
+        assert!(cat
+            .lookup(live, InodeId::ROOT, kept.as_bytes())
+            .unwrap()
+            .is_some());
+        assert_eq!(cat.lookup(live, InodeId::ROOT, b"dropped").unwrap(), None);
+        cat.commit_batch().unwrap();
+        assert!(!cat.batch_open());
+    }
+    cat.set_batching(false).unwrap();
+    drop(cat);
+    // What the batches committed is on disk; the dropped changes are not.
+    let cat = Catalog::open(&path).unwrap();
+    for round in 0..3 {
+        let kept = format!("kept{round}");
+        assert!(cat
+            .lookup(live, InodeId::ROOT, kept.as_bytes())
+            .unwrap()
+            .is_some());
+    }
+    assert_eq!(cat.lookup(live, InodeId::ROOT, b"dropped").unwrap(), None);
+    assert!(cat.integrity_check().unwrap().is_empty());
+}
+#[test]
 fn garbage_table_collects_unreferenced_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
