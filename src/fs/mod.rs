@@ -96,8 +96,9 @@ pub struct StatFs {
 /// Knobs of the filesystem core.
 #[derive(Clone, Copy, Debug)]
 pub struct FsOptions {
-    /// Decoded chunks kept in memory for reads.
-    pub cache_chunks: usize,
+    /// Bytes of decoded chunks kept in memory for reads: room for the read-ahead of
+    /// four sequential readers at once.
+    pub cache_bytes: usize,
     /// Buffered writes older than this are committed by `flush_old`.
     pub flush_after: Duration,
     /// Bytes read ahead of a sequential reader.
@@ -110,7 +111,7 @@ pub struct FsOptions {
 impl Default for FsOptions {
     fn default() -> FsOptions {
         FsOptions {
-            cache_chunks: 256,
+            cache_bytes: 64 << 20,
             flush_after: Duration::from_secs(1),
             readahead_bytes: 16 << 20,
             readahead_threads: 12,
@@ -277,7 +278,7 @@ impl Fs {
             }
             txn.commit()?;
         }
-        let cache = Arc::new(ChunkCache::new(options.cache_chunks));
+        let cache = Arc::new(ChunkCache::new(options.cache_bytes));
         Ok(Fs {
             readers: state.catalog.read_pool(),
             reads: Default::default(),

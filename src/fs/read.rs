@@ -30,37 +30,50 @@ enum Slot {
     Loading,
 }
 
-/// The cached chunks and the load order of the ready ones (oldest first).
-type CacheMap = (HashMap<ChunkId, Slot>, VecDeque<ChunkId>);
+/// The cached chunks, the load order of the ready ones (oldest first), and the bytes
+/// of plaintext the ready ones hold.
+#[derive(Default)]
+struct CacheMap {
+    slots: HashMap<ChunkId, Slot>,
+    order: VecDeque<ChunkId>,
+    bytes: usize,
+}
 
-/// Decoded, verified chunk plaintexts, the most recently loaded kept (FIFO eviction).
-/// Chunks never change under their id, so a cached copy is never stale. A chunk is
-/// loaded once: a reader that wants a chunk a read-ahead thread is loading waits for
-/// it instead of reading it from disk a second time.
+/// Decoded, verified chunk plaintexts, the most recently loaded kept (FIFO eviction)
+/// up to a number of bytes. Chunks never change under their id, so a cached copy is
+/// never stale. A chunk is loaded once: a reader that wants a chunk a read-ahead
+/// thread is loading waits for it instead of reading it from disk a second time.
+///
+/// The bound is in bytes, not chunks, so that it holds the read-ahead of several
+/// readers whatever the chunk size: with room for 256 chunks (16 MiB at the average
+/// size), two sequential readers, each 16 MiB ahead, evicted each other's read-ahead
+/// before they got to it, and read it again.
 pub struct ChunkCache {
-    capacity: usize,
+    capacity_bytes: usize,
+    /// Guards the map only: never held across a load.
     inner: Mutex<CacheMap>,
     loaded: Condvar,
 }
 
 impl ChunkCache {
-    /// A cache of at most `capacity` chunks (0 disables it).
-    pub fn new(capacity: usize) -> ChunkCache {
+    /// A cache of at most `capacity_bytes` of plaintext (0 disables it). A chunk
+    /// bigger than that is handed to its reader and not kept.
+    pub fn new(capacity_bytes: usize) -> ChunkCache {
         ChunkCache {
-            capacity,
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            capacity_bytes,
+            inner: Mutex::new(CacheMap::default()),
             loaded: Condvar::new(),
         }
     }
 
     /// The plaintext of `id` (at `at`), from the cache or read and verified.
     pub fn get(&self, store: &dyn Redundancy, id: &ChunkId, at: Location) -> Result<Arc<Vec<u8>>> {
-        if self.capacity == 0 {
+        if self.capacity_bytes == 0 {
             return Ok(Arc::new(store.read(id, at)?));
         }
         let mut guard = self.lock();
         loop {
-            match guard.0.get(id) {
+            match guard.slots.get(id) {
                 Some(Slot::Ready(plain)) => return Ok(plain.clone()),
                 Some(Slot::Loading) => {
                     guard = self.loaded.wait(guard).unwrap_or_else(|p| p.into_inner());
@@ -68,7 +81,7 @@ impl ChunkCache {
                 None => break,
             }
         }
-        guard.0.insert(*id, Slot::Loading);
+        guard.slots.insert(*id, Slot::Loading);
         drop(guard);
         let claimed = [*id];
         let unwinding = Unloading {
@@ -85,17 +98,17 @@ impl ChunkCache {
     /// store for them together (neighbours in a pack are read in one go). Failures
     /// are dropped: a reader that gets there loads the chunk itself and sees why.
     pub fn load_many(&self, store: &dyn Redundancy, chunks: &[(ChunkId, Location)]) {
-        if self.capacity == 0 {
+        if self.capacity_bytes == 0 {
             return;
         }
         let mut guard = self.lock();
         let claimed: Vec<(ChunkId, Location)> = chunks
             .iter()
-            .filter(|(id, _)| !guard.0.contains_key(id))
+            .filter(|(id, _)| !guard.slots.contains_key(id))
             .copied()
             .collect();
         for (id, _) in &claimed {
-            guard.0.insert(*id, Slot::Loading);
+            guard.slots.insert(*id, Slot::Loading);
         }
         drop(guard);
         if claimed.is_empty() {
@@ -121,21 +134,23 @@ impl ChunkCache {
     /// evicts the oldest beyond capacity and wakes the waiters.
     fn settle(&self, loaded: &[(&ChunkId, &Result<Arc<Vec<u8>>>)]) {
         let mut guard = self.lock();
-        let (map, order) = &mut *guard;
+        let map = &mut *guard;
         for (id, result) in loaded {
             match result {
                 Ok(plain) => {
-                    map.insert(**id, Slot::Ready(plain.clone()));
-                    order.push_back(**id);
+                    map.slots.insert(**id, Slot::Ready(plain.clone()));
+                    map.order.push_back(**id);
+                    map.bytes += plain.len();
                 }
                 Err(_) => {
-                    map.remove(*id);
+                    map.slots.remove(*id);
                 }
             }
         }
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        while map.bytes > self.capacity_bytes {
+            let Some(old) = map.order.pop_front() else { break };
+            if let Some(Slot::Ready(plain)) = map.slots.remove(&old) {
+                map.bytes -= plain.len();
             }
         }
         drop(guard);
@@ -144,7 +159,7 @@ impl ChunkCache {
 
     /// True when `id` is cached or being loaded.
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.lock().0.contains_key(id)
+        self.lock().slots.contains_key(id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheMap> {
@@ -163,7 +178,10 @@ impl Drop for Unloading<'_> {
     fn drop(&mut self) {
         let mut guard = self.cache.lock();
         for id in self.ids {
-            guard.0.remove(id);
+            // Only slots still loading: a ready one is counted in `bytes` and stays.
+            if matches!(guard.slots.get(id), Some(Slot::Loading)) {
+                guard.slots.remove(id);
+            }
         }
         drop(guard);
         self.cache.loaded.notify_all();
@@ -346,7 +364,7 @@ mod tests {
         store.put(&frame.id, &frame.frame).unwrap();
         let id = frame.id;
         let store = OverObjects::new(Arc::new(store));
-        let cache = ChunkCache::new(16);
+        let cache = ChunkCache::new(1 << 20);
         std::thread::scope(|s| {
             for _ in 0..8 {
                 s.spawn(|| assert_eq!(*cache.get(&store, &id, AT).unwrap(), plain));
@@ -371,7 +389,7 @@ mod tests {
         let missing = ChunkId::of(b"never stored");
         wanted.insert(2, (missing, AT));
         let store = OverObjects::new(Arc::new(store));
-        let cache = ChunkCache::new(16);
+        let cache = ChunkCache::new(1 << 20);
         cache.load_many(&store, &wanted);
         let loads = gets.load(Ordering::SeqCst);
         assert!(!cache.contains(&missing), "a failed load leaves no slot behind");
@@ -432,7 +450,7 @@ mod tests {
         expected[50..60].copy_from_slice(&plain[90..100]);
         let in_order = [extent(10, 20, 0), extent(50, 10, 90)];
         let reversed = [extent(50, 10, 90), extent(10, 20, 0)];
-        let cache = ChunkCache::new(4);
+        let cache = ChunkCache::new(1 << 20);
         for extents in [&in_order[..], &reversed[..]] {
             for (offset, len) in [(0, 200), (15, 40), (55, 500), (20, 5), (60, 10)] {
                 let read = read_extents(&store, &cache, &attr, extents, offset, len).unwrap();
@@ -443,9 +461,39 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_keeps_the_newest_chunks_that_fit_in_its_bytes() {
+        let (store, gets) = counting_store(0);
+        let ids: Vec<ChunkId> = (0..4u8)
+            .map(|i| {
+                let frame = crate::codec::encode(&vec![i; 10_000], Some(3));
+                store.put(&frame.id, &frame.frame).unwrap();
+                frame.id
+            })
+            .collect();
+        let store = OverObjects::new(Arc::new(store));
+        // Room for two chunks of 10,000 bytes, not three.
+        let cache = ChunkCache::new(25_000);
+        let wanted: Vec<(ChunkId, Location)> = ids.iter().map(|id| (*id, AT)).collect();
+        cache.load_many(&store, &wanted[..3]);
+        assert!(!cache.contains(&ids[0]), "the oldest went");
+        assert!(cache.contains(&ids[1]) && cache.contains(&ids[2]));
+        let loads = gets.load(Ordering::SeqCst);
+        cache.get(&store, &ids[2], AT).unwrap();
+        assert_eq!(
+            gets.load(Ordering::SeqCst),
+            loads,
+            "a kept chunk comes from memory"
+        );
+        // A chunk bigger than the whole cache is read, handed over, and not kept.
+        let small = ChunkCache::new(5_000);
+        assert_eq!(*small.get(&store, &ids[3], AT).unwrap(), vec![3u8; 10_000]);
+        assert!(!small.contains(&ids[3]));
+    }
+
+    #[test]
     fn a_failed_load_lets_every_waiter_see_the_error() {
         let store = OverObjects::new(Arc::new(MemoryStore::new()));
-        let cache = ChunkCache::new(16);
+        let cache = ChunkCache::new(1 << 20);
         let id = ChunkId::of(b"never stored");
         std::thread::scope(|s| {
             for _ in 0..4 {
