@@ -499,27 +499,41 @@ reclaim_probe() {
     "$BIN" --repo "$rrepo" umount "$rmnt" >&2
 }
 
-# readers DIR N → MB/s of N processes reading N different cold 1 GiB files of DIR at
-# once (files r0 … r(N-1)), all bytes together.
+# cpu_ticks → "busy idle": the machine's CPU ticks so far, busy (user, nice, system,
+# irq, softirq, steal) and idle (idle, iowait), from /proc/stat.
+cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
+# busy_share BEFORE AFTER → the share of both cores that was busy between two
+# `cpu_ticks` readings, e.g. 96%.
+busy_share() {
+    awk -v b="$1" -v a="$2" 'BEGIN { split(b, x, " "); split(a, y, " ")
+        busy = y[1] - x[1]; idle = y[2] - x[2]; printf "%.0f%%", 100 * busy / (busy + idle + 1e-9) }'
+}
+
+# readers DIR N → "MB/s busy": MB/s of N processes reading N different cold 1 GiB
+# files of DIR at once (files r0 … r(N-1)), all bytes together, and the share of the
+# machine's CPU that was busy meanwhile.
 readers() {
-    local dir=$1 n=$2 i s e
+    local dir=$1 n=$2 i s e t0 t1
     drop_caches "$dir"
+    t0=$(cpu_ticks)
     s=$(now)
     for i in $(seq 0 $((n - 1))); do
         dd if="$dir/r$i" of=/dev/null bs=1M status=none &
     done
     wait
     e=$(now)
-    rate "$((n * 1024 * 1048576 / 1000000))" "$s" "$e"
+    t1=$(cpu_ticks)
+    echo "$(rate "$((n * 1024 * 1048576 / 1000000))" "$s" "$e") $(busy_share "$t0" "$t1")"
 }
 
-# creators DIR N → files/s of N processes creating 10,000 small files each, each in
-# a folder of its own, all together.
+# creators DIR N → "files/s busy": files/s of N processes creating 10,000 small
+# files each, each in a folder of its own, all together, and the machine's busy share.
 creators() {
-    local dir=$1 n=$2 i s e
+    local dir=$1 n=$2 i s e t0 t1
     rm -rf "$dir/c"
     mkdir -p "$dir/c"
     sync -f "$dir"
+    t0=$(cpu_ticks)
     s=$(now)
     for i in $(seq 0 $((n - 1))); do
         python3 - "$dir/c/p$i" <<'EOF' &
@@ -534,7 +548,8 @@ EOF
     done
     wait
     e=$(now)
-    rate "$((n * 10000))" "$s" "$e"
+    t1=$(cpu_ticks)
+    echo "$(rate "$((n * 10000))" "$s" "$e") $(busy_share "$t0" "$t1")"
 }
 
 # One and two readers of cold 1 GiB files, one and two creators of small files, in a
@@ -553,14 +568,21 @@ parallel_probe() {
     # written can be many times slower than any later one (seen: 69 MB/s, then 1.4 GB/s).
     cat "$pplain"/r* "$pmnt"/r* >/dev/null
     for what in readers creators; do
-        local p1s=() p2s=() m1s=() m2s=() rep
-        # Three rounds, the sides alternating within each; medians.
+        local p1s=() p2s=() m1s=() m2s=() busy=() rep r b
+        # Three rounds, the sides alternating within each; medians. The machine's
+        # busy share of each mount run goes to the log: near 100% says the CPU is
+        # what stops two from going faster than one.
         for rep in 1 2 3; do
-            p1s+=("$($what "$pplain" 1)")
-            m1s+=("$($what "$pmnt" 1)")
-            m2s+=("$($what "$pmnt" 2)")
-            p2s+=("$($what "$pplain" 2)")
+            read -r r b <<<"$($what "$pplain" 1)"
+            p1s+=("$r")
+            read -r r b <<<"$($what "$pmnt" 1)"
+            m1s+=("$r") busy+=("one $b")
+            read -r r b <<<"$($what "$pmnt" 2)"
+            m2s+=("$r") busy+=("two $b")
+            read -r r b <<<"$($what "$pplain" 2)"
+            p2s+=("$r")
         done
+        log "  $what through the mount, machine busy: ${busy[*]}"
         eval "${what}_plain=\"$(median "${p1s[@]}") $(median "${p2s[@]}")\""
         eval "${what}_mount=\"$(median "${m1s[@]}") $(median "${m2s[@]}")\""
         local p m
