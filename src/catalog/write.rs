@@ -46,7 +46,10 @@ impl<'c> BatchSavepoint<'c> {
     /// Makes the change part of the batch.
     fn commit(mut self) -> rusqlite::Result<()> {
         self.open = false;
-        let released = self.conn.prepare_cached("RELEASE change")?.execute([]);
+        let released = self
+            .conn
+            .prepare_cached("RELEASE change")
+            .and_then(|mut s| s.execute([]));
         if released.is_err() {
             self.roll_back();
         }
