@@ -187,8 +187,12 @@ impl PackDir {
             }
         }
         let path = self.path(id);
-        let file =
-            Arc::new(File::open(&path).map_err(Error::io_with(format!("opening pack {}", path.display())))?);
+        let file = File::open(&path).map_err(Error::io_with(format!("opening pack {}", path.display())))?;
+        // These handles read single entries (a sequential reader's runs go past the
+        // page cache): the kernel's read-ahead would read the neighbours into the
+        // page cache, where the O_DIRECT runs that read them next never look.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
+        let file = Arc::new(file);
         let mut handles = relock(&self.readers);
         if handles.files.len() >= OPEN_FOR_READING {
             if let Some(oldest) = handles
