@@ -326,16 +326,16 @@ impl PackMirrors {
         let mut bad = Vec::new();
         let mut good_disks = Vec::new();
         let mut some_disk_has_the_pack = false;
+        // Scrub (`all`) checks every byte of each copy, its checksum among them; a
+        // read lets the decode's hash verify the frame it uses.
+        let check = if all {
+            EntryCheck::Checksum
+        } else {
+            EntryCheck::FrameVerifiedByDecode
+        };
         for disk in self.read_order() {
             let Some(packs) = disk.packs.as_ref() else {
                 continue;
-            };
-            // Scrub (`all`) checks every byte of each copy, its checksum among them;
-            // a read lets the decode's hash verify the frame it uses.
-            let check = if all {
-                EntryCheck::Checksum
-            } else {
-                EntryCheck::FrameVerifiedByDecode
             };
             let read = packs.read_frame(at.pack, entry(at), id, check);
             some_disk_has_the_pack |= !matches!(read, Ok(None));
