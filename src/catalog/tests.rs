@@ -890,3 +890,29 @@ fn packs_count_their_live_bytes_as_chunks_come_go_and_move() {
     );
     assert!(cat.check_invariants().unwrap().is_empty());
 }
+
+#[test]
+fn a_linked_create_reads_back_as_a_create_and_a_link_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = new_catalog(&dir.path().join("catalog.db"));
+    let tx = cat.write().unwrap();
+    let root_links = tx.expect_inode(InodeId::ROOT).unwrap().nlink;
+    let sub = tx.create_linked(InodeId::ROOT, b"sub", &file(FileKind::Dir)).unwrap();
+    let f = tx.create_linked(sub.id, b"f", &file(FileKind::File)).unwrap();
+    // What it returns is what the catalog holds: a file has one name, a folder two
+    // (its own "." too), and the new folder's ".." counts in its parent.
+    assert_eq!(tx.expect_inode(sub.id).unwrap(), sub);
+    assert_eq!(tx.expect_inode(f.id).unwrap(), f);
+    assert_eq!((f.nlink, sub.nlink), (1, 2));
+    assert_eq!(tx.expect_inode(InodeId::ROOT).unwrap().nlink, root_links + 1);
+    assert_eq!(tx.lookup(sub.id, b"f").unwrap(), Some(f.id));
+    assert_ne!(f.id, sub.id);
+    // A name that is taken, or not a name, is refused and changes nothing.
+    assert!(matches!(
+        tx.create_linked(sub.id, b"f", &file(FileKind::File)),
+        Err(Error::Exists(_))
+    ));
+    assert!(tx.create_linked(sub.id, b"a/b", &file(FileKind::File)).is_err());
+    assert_eq!(tx.readdir(sub.id).unwrap().len(), 1);
+    assert_eq!(tx.expect_inode(sub.id).unwrap(), sub);
+}

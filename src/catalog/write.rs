@@ -185,6 +185,31 @@ impl<'c> Txn<'c> {
 
     /// Creates an inode with no name yet (link count 0, or 1 for a folder's ".").
     pub fn create_inode(&self, new: &NewInode) -> Result<InodeAttr> {
+        let attr = new_attr(self.allocate_inode_id()?, new, 0);
+        self.insert_inode_row(&attr)?;
+        Ok(attr)
+    }
+
+    /// Creates an inode whose one name is `name` in folder `parent` (which must not
+    /// hold that name yet): `create_inode` and `link` in half the statements, since
+    /// the new row is born with its link count (a create of a small file is mostly
+    /// these). Returns its attributes.
+    pub fn create_linked(&self, parent: InodeId, name: &[u8], new: &NewInode) -> Result<InodeAttr> {
+        check_name(name)?;
+        if self.lookup(parent, name)?.is_some() {
+            return Err(Error::Exists(String::from_utf8_lossy(name).into_owned()));
+        }
+        let attr = new_attr(self.allocate_inode_id()?, new, 1);
+        self.insert_inode_row(&attr)?;
+        self.insert_entry(parent, name, attr.id, None)?;
+        if attr.kind == FileKind::Dir {
+            self.bump_nlink(parent, 1)?;
+        }
+        Ok(attr)
+    }
+
+    /// Takes the next free inode id.
+    fn allocate_inode_id(&self) -> Result<InodeId> {
         let next: i64 = self
             .tx
             .prepare_cached("SELECT value FROM settings WHERE key = 'next_inode_id'")
@@ -196,26 +221,7 @@ impl<'c> Txn<'c> {
             .prepare_cached("UPDATE settings SET value = ?1 WHERE key = 'next_inode_id'")
             .and_then(|mut s| s.execute(params![(next + 1).to_string()]))
             .map_err(sql_err("allocating an inode id"))?;
-        let attr = InodeAttr {
-            id: InodeId(next),
-            kind: new.kind,
-            mode: new.mode & 0o7777,
-            uid: new.uid,
-            gid: new.gid,
-            size: if new.kind == FileKind::Symlink {
-                new.target.len() as u64
-            } else {
-                0
-            },
-            nlink: if new.kind == FileKind::Dir { 1 } else { 0 },
-            rdev: new.rdev,
-            atime_ns: new.time_ns,
-            mtime_ns: new.time_ns,
-            ctime_ns: new.time_ns,
-            target: new.target.clone(),
-        };
-        self.insert_inode_row(&attr)?;
-        Ok(attr)
+        Ok(InodeId(next))
     }
 
     /// Replaces the live attributes of `attr.id` with `attr` (every field).
@@ -688,6 +694,29 @@ fn target_value(attr: &InodeAttr) -> Option<&[u8]> {
 }
 
 /// A file name must be 1..=255 bytes, without '/' or NUL, and not "." or "..".
+/// The attributes of a new inode `id` with `names` names (a folder counts its own "."
+/// as one more).
+fn new_attr(id: InodeId, new: &NewInode, names: u32) -> InodeAttr {
+    InodeAttr {
+        id,
+        kind: new.kind,
+        mode: new.mode & 0o7777,
+        uid: new.uid,
+        gid: new.gid,
+        size: if new.kind == FileKind::Symlink {
+            new.target.len() as u64
+        } else {
+            0
+        },
+        nlink: names + u32::from(new.kind == FileKind::Dir),
+        rdev: new.rdev,
+        atime_ns: new.time_ns,
+        mtime_ns: new.time_ns,
+        ctime_ns: new.time_ns,
+        target: new.target.clone(),
+    }
+}
+
 fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > 255 {
         return Err(Error::NameTooLong);

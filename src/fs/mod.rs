@@ -422,30 +422,39 @@ impl Fs {
         if parent_attr.nlink == 0 {
             return Err(Error::NotFound("folder was removed".into()));
         }
-        if txn.lookup(parent, name)?.is_some() {
-            return Err(Error::Exists(lossy(name)));
-        }
         let setgid_parent = parent_attr.mode & libc::S_ISGID != 0;
         let mut mode = mode & 0o7777;
         if setgid_parent && kind == FileKind::Dir {
             mode |= libc::S_ISGID;
         }
-        let attr = txn.create_inode(&NewInode {
-            kind,
-            mode,
-            uid: caller.uid,
-            gid: if setgid_parent {
-                parent_attr.gid
-            } else {
-                caller.gid
+        let attr = txn.create_linked(
+            parent,
+            name,
+            &NewInode {
+                kind,
+                mode,
+                uid: caller.uid,
+                gid: if setgid_parent {
+                    parent_attr.gid
+                } else {
+                    caller.gid
+                },
+                rdev,
+                time_ns: now,
+                target: target.to_vec(),
             },
-            rdev,
-            time_ns: now,
-            target: target.to_vec(),
+        )?;
+        // A new folder's ".." changed the parent's link count: read it again.
+        let parent_attr = if kind == FileKind::Dir {
+            txn.expect_inode(parent)?
+        } else {
+            parent_attr
+        };
+        txn.set_inode(&InodeAttr {
+            mtime_ns: now,
+            ctime_ns: now,
+            ..parent_attr
         })?;
-        txn.link(parent, name, attr.id)?;
-        touch_dir(&txn, parent, now)?;
-        let attr = txn.expect_inode(attr.id)?;
         txn.commit()?;
         Ok(attr)
     }

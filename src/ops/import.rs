@@ -135,20 +135,23 @@ impl Importer<'_, '_> {
         } else {
             Vec::new()
         };
-        let attr = self.txn.create_inode(&NewInode {
-            kind,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            rdev: if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
-                meta.rdev()
-            } else {
-                0
+        let attr = self.txn.create_linked(
+            parent,
+            name,
+            &NewInode {
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                rdev: if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+                    meta.rdev()
+                } else {
+                    0
+                },
+                time_ns: self.now_ns,
+                target,
             },
-            time_ns: self.now_ns,
-            target,
-        })?;
-        self.txn.link(parent, name, attr.id)?;
+        )?;
         let mut size = attr.size;
         match kind {
             FileKind::File => {
