@@ -133,6 +133,7 @@ pub fn serve(repo: &Path, mountpoint: &Path, options: &MountOptions, daemon: Dae
     let _ = flusher.join();
     let _ = checkpoints.join();
     fs.fsync(None)?;
+    fs.log_lock_holds();
     match fs.with_catalog(|cat, _, _| cat.checkpoint()) {
         Ok(true) => {}
         Ok(false) => log::debug!("the catalog's WAL is kept: a reader was still open"),

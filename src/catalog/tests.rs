@@ -897,7 +897,9 @@ fn a_linked_create_reads_back_as_a_create_and_a_link_would() {
     let mut cat = new_catalog(&dir.path().join("catalog.db"));
     let tx = cat.write().unwrap();
     let root_links = tx.expect_inode(InodeId::ROOT).unwrap().nlink;
-    let sub = tx.create_linked(InodeId::ROOT, b"sub", &file(FileKind::Dir)).unwrap();
+    let sub = tx
+        .create_linked(InodeId::ROOT, b"sub", &file(FileKind::Dir))
+        .unwrap();
     let f = tx.create_linked(sub.id, b"f", &file(FileKind::File)).unwrap();
     // What it returns is what the catalog holds: a file has one name, a folder two
     // (its own "." too), and the new folder's ".." counts in its parent.

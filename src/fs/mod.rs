@@ -21,6 +21,7 @@
 //! of metadata changes is open (its rows are in no other connection's view yet), and
 //! reads of the bytes of a file with buffered writes take it too.
 
+mod holds;
 mod inflight;
 mod privileges;
 mod published;
@@ -221,6 +222,8 @@ pub struct Fs {
     lock_waiters: std::sync::atomic::AtomicUsize,
     /// The chunk writers' queue: a write waits for room in it before taking the lock.
     backlog: Option<Backlog>,
+    /// Who held `state`, for how long, when debug logging is on.
+    holds: holds::Holds,
     /// Names found pointing at no inode, each logged once (bounded).
     reported_dangling: Mutex<HashSet<(InodeId, Vec<u8>)>>,
 }
@@ -298,19 +301,32 @@ impl Fs {
             lock_waiters: std::sync::atomic::AtomicUsize::new(0),
             backlog,
             reported_dangling: Mutex::new(HashSet::new()),
+            holds: holds::Holds::new(log::log_enabled!(log::Level::Debug)),
         })
+    }
+
+    /// Logs (at debug level) who held the core's lock and for how long, when debug
+    /// logging was on as the filesystem started: for the end of a mount.
+    pub fn log_lock_holds(&self) {
+        if self.holds.is_on() {
+            for line in self.holds.report() {
+                log::debug!("the core's lock, taken at {line}");
+            }
+        }
     }
 
     #[track_caller]
     fn lock(&self) -> published::Locked<'_> {
         let by = std::panic::Location::caller();
         use std::sync::atomic::Ordering::Relaxed;
+        let asked = self.holds.is_on().then(std::time::Instant::now);
         self.lock_waiters.fetch_add(1, Relaxed);
         // A panic in another thread poisoned the mutex; the state is still the last
         // consistent one (every change is a transaction), so keep serving.
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.lock_waiters.fetch_sub(1, Relaxed);
-        published::Locked::new(guard, &self.published, by)
+        let waited = asked.map_or(Duration::ZERO, |t| t.elapsed());
+        published::Locked::new(guard, &self.published, by, waited, &self.holds)
     }
 
     /// Waits (50 ms at most) until no thread is waiting for the core's lock, so that

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::holds::Holds;
 use super::State;
 use crate::catalog::InodeAttr;
 use crate::types::{GenId, InodeId};
@@ -152,6 +153,9 @@ pub(super) struct Locked<'a> {
     /// When the lock was taken and by which call, for the long-hold log.
     taken: Instant,
     by: &'static Location<'static>,
+    /// How long the lock was waited for, and where holds are counted.
+    waited: Duration,
+    holds: &'a Holds,
 }
 
 /// A hold of the core's lock longer than this is logged (at debug level) with the
@@ -163,12 +167,16 @@ impl<'a> Locked<'a> {
         guard: MutexGuard<'a, State>,
         published: &'a Published,
         by: &'static Location<'static>,
+        waited: Duration,
+        holds: &'a Holds,
     ) -> Locked<'a> {
         Locked {
             guard,
             published,
             taken: Instant::now(),
             by,
+            waited,
+            holds,
         }
     }
 
@@ -198,6 +206,7 @@ impl Drop for Locked<'_> {
         // Runs before the field `guard` drops, so before the lock is released.
         self.published.publish(&self.guard);
         let held = self.taken.elapsed();
+        self.holds.note(self.by, self.waited, held);
         if held >= LONG_HOLD {
             log::debug!("the core's lock was held {held:?}, taken at {}", self.by);
         }
