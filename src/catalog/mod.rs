@@ -29,7 +29,7 @@ pub use model::{
 };
 pub use packs::PackRow;
 pub use pool::ReadPool;
-pub use write::Txn;
+pub use write::{Changed, Txn};
 
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};
@@ -142,6 +142,11 @@ pub struct Catalog {
     /// committed by `commit_batch` (see `set_batching`).
     batching: bool,
     batch_open: bool,
+    /// Batches begun since open: the open one's number.
+    batches_begun: u64,
+    /// Ids whose rows write transactions in a batch changed since the last
+    /// `take_changed`.
+    changed: std::cell::RefCell<Changed>,
     /// The folder of catalog.db (the repository), against which mirror paths
     /// recorded relative (mirrors inside the repository) are resolved.
     dir: PathBuf,
@@ -374,6 +379,8 @@ impl Catalog {
             touched: true,
             batching: false,
             batch_open: false,
+            batches_begun: 0,
+            changed: Default::default(),
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             dir: std::path::absolute(path.parent().unwrap_or(Path::new(".")))
                 .unwrap_or_else(|_| path.parent().map(Path::to_path_buf).unwrap_or_default()),
@@ -416,6 +423,11 @@ impl Catalog {
     /// see yet.
     pub fn batch_open(&self) -> bool {
         self.batch_open
+    }
+
+    /// The number of the open batch (each batch begun gets the next), if one is open.
+    pub fn open_batch(&self) -> Option<u64> {
+        self.batch_open.then_some(self.batches_begun)
     }
 
     /// True when opened with `open_read_only`.
@@ -528,6 +540,13 @@ impl Catalog {
         Ok(frozen)
     }
 
+    /// The ids whose rows write transactions in a batch changed since the last call
+    /// (see `Changed`): what a reader on another connection must not trust while the
+    /// batch is open.
+    pub fn take_changed(&self) -> Changed {
+        std::mem::take(&mut *self.changed.borrow_mut())
+    }
+
     /// Turns group commit on or off. On, each `write()` transaction is a savepoint of
     /// one open transaction that `commit_batch` commits: many small changes (a
     /// metadata storm) cost one commit. Work that needs its own transaction commits
@@ -635,13 +654,19 @@ impl Catalog {
                     .and_then(|mut s| s.execute([]))
                     .map_err(sql_err("starting a batch"))?;
                 self.batch_open = true;
+                self.batches_begun += 1;
             }
             let sp = write::BatchSavepoint::begin(&self.conn)
                 .map_err(sql_err("starting a catalog transaction"))?;
-            return Ok(Txn::new(write::Inner::InBatch(sp), live, max_extent));
+            return Ok(Txn::new(
+                write::Inner::InBatch(sp),
+                live,
+                max_extent,
+                Some(&self.changed),
+            ));
         }
         let tx = self.begin()?;
-        Ok(Txn::new(write::Inner::Own(tx), live, max_extent))
+        Ok(Txn::new(write::Inner::Own(tx), live, max_extent, None))
     }
 
     /// The attributes of `id` as `gen` sees them.

@@ -6,6 +6,7 @@
 //! never change. Link counts are kept here, so every caller gets them right.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::cell::RefCell;
 
 use super::model::{ChunkInfo, Extent, FileKind, InodeAttr, NewInode};
 use super::sql_err;
@@ -19,6 +20,20 @@ pub struct Txn<'c> {
     tx: Inner<'c>,
     live: GenId,
     max_extent: u64,
+    /// Where the ids whose rows this transaction changes are noted: in a batch only
+    /// (a transaction of its own is in every view once committed).
+    changed: Option<&'c RefCell<Changed>>,
+}
+
+/// Ids whose live rows changed: the inodes whose attributes, extents or xattrs
+/// changed, and the folders whose names changed. While the catalog's batch is open
+/// these rows are in no other connection's view, so a reader elsewhere must not
+/// trust what it reads of them (`Catalog::take_changed`). A superset: a change rolled
+/// back stays noted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub inodes: Vec<InodeId>,
+    pub dirs: Vec<InodeId>,
 }
 
 /// A transaction of its own, or a savepoint inside the catalog's open batch.
@@ -91,8 +106,30 @@ impl std::ops::Deref for Inner<'_> {
 }
 
 impl<'c> Txn<'c> {
-    pub(super) fn new(tx: Inner<'c>, live: GenId, max_extent: u64) -> Txn<'c> {
-        Txn { tx, live, max_extent }
+    pub(super) fn new(
+        tx: Inner<'c>,
+        live: GenId,
+        max_extent: u64,
+        changed: Option<&'c RefCell<Changed>>,
+    ) -> Txn<'c> {
+        Txn {
+            tx,
+            live,
+            max_extent,
+            changed,
+        }
+    }
+
+    fn inode_changed(&self, id: InodeId) {
+        if let Some(changed) = self.changed {
+            changed.borrow_mut().inodes.push(id);
+        }
+    }
+
+    fn dir_changed(&self, dir: InodeId) {
+        if let Some(changed) = self.changed {
+            changed.borrow_mut().dirs.push(dir);
+        }
     }
 
     /// The generation this transaction writes.
@@ -226,6 +263,7 @@ impl<'c> Txn<'c> {
 
     /// Replaces the live attributes of `attr.id` with `attr` (every field).
     pub fn set_inode(&self, attr: &InodeAttr) -> Result<()> {
+        self.inode_changed(attr.id);
         let gen_from = self.visible_inode_gen(attr.id)?;
         if gen_from == self.live.0 {
             let mut stmt = self
@@ -267,6 +305,7 @@ impl<'c> Txn<'c> {
     /// Removes inode `id` from the live tree: its attributes, extents and xattrs.
     /// The caller has removed every name that pointed at it.
     pub fn remove_inode(&self, id: InodeId) -> Result<()> {
+        self.inode_changed(id);
         let gen_from = self.visible_inode_gen(id)?;
         self.close_row(
             "inodes",
@@ -299,6 +338,7 @@ impl<'c> Txn<'c> {
     }
 
     fn insert_inode_row(&self, attr: &InodeAttr) -> Result<()> {
+        self.inode_changed(attr.id);
         let sql = format!(
             "INSERT INTO inodes ({}, gen_from, gen_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             read::INODE_COLUMNS
@@ -366,6 +406,7 @@ impl<'c> Txn<'c> {
     /// Closes every live row of `table` (extents or xattrs) that belongs to `inode`,
     /// without looking at the inode (which a damaged catalog may lack).
     pub(super) fn close_live_rows_of(&self, table: &str, inode: InodeId) -> Result<()> {
+        self.inode_changed(inode);
         close_live_rows(&self.tx, self.live, table, inode).map(|_| ())
     }
 
@@ -471,6 +512,7 @@ impl<'c> Txn<'c> {
     /// Inserts the live row of `name` in `parent`, at `cookie` or at the one the
     /// listing rules give it (see `listing::cookie_for`).
     fn insert_entry(&self, parent: InodeId, name: &[u8], inode: InodeId, cookie: Option<u64>) -> Result<()> {
+        self.dir_changed(parent);
         let cookie = match cookie {
             Some(c) => c,
             None => listing::cookie_for(&self.tx, parent, name)?,
@@ -497,6 +539,7 @@ impl<'c> Txn<'c> {
     /// Closes the live row of `name` in `parent`; returns the inode it named and its
     /// cookie.
     fn remove_entry(&self, parent: InodeId, name: &[u8]) -> Result<(InodeId, u64)> {
+        self.dir_changed(parent);
         let found: Option<(i64, i64, i64, i64)> = self
             .tx
             .prepare_cached(
@@ -532,6 +575,7 @@ impl<'c> Txn<'c> {
     /// become holes. The chunks of `new` must already be registered (`add_chunk`).
     /// The file size is the caller's (`set_inode`).
     pub fn set_extents(&self, inode: InodeId, start: u64, end: u64, new: &[Extent]) -> Result<()> {
+        self.inode_changed(inode);
         let mut last = start;
         for e in new {
             if e.offset < last || e.end() > end || e.length == 0 || e.length > self.max_extent {
@@ -579,6 +623,7 @@ impl<'c> Txn<'c> {
     }
 
     fn insert_extent(&self, inode: InodeId, e: &Extent) -> Result<()> {
+        self.inode_changed(inode);
         let mut stmt = self
             .tx
             .prepare_cached(
@@ -649,6 +694,7 @@ impl<'c> Txn<'c> {
 
     /// Sets xattr `name` of `inode` to `value`.
     pub fn set_xattr(&self, inode: InodeId, name: &[u8], value: &[u8]) -> Result<()> {
+        self.inode_changed(inode);
         if read::xattr(&self.tx, self.live, inode, name)?.is_some() {
             self.remove_xattr(inode, name)?;
         }
@@ -665,6 +711,7 @@ impl<'c> Txn<'c> {
 
     /// Removes xattr `name` of `inode`; `Error::NoXattr` when it has none.
     pub fn remove_xattr(&self, inode: InodeId, name: &[u8]) -> Result<()> {
+        self.inode_changed(inode);
         let found: Option<(i64, i64)> = self
             .tx
             .prepare_cached(

@@ -17,9 +17,10 @@
 //! buffered writes without committing them (see `write`). Lookups, attributes,
 //! listings, xattrs and reads of files without buffered writes run on read
 //! connections of their own (see `published`), like everything in a snapshot,
-//! beside any writer, gc, forget or rollback; they take the lock only while a batch
-//! of metadata changes is open (its rows are in no other connection's view yet), and
-//! reads of the bytes of a file with buffered writes take it too.
+//! beside any writer, gc, forget or rollback; they take the lock only for what the
+//! open batch of metadata changes changed (its rows are in no other connection's
+//! view yet; the inodes and folders it touched are published), and for the bytes of
+//! a file with buffered writes.
 
 mod holds;
 mod inflight;
@@ -44,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::ingest::{Backlog, ChunkSink};
 use crate::store::Redundancy;
 use crate::types::{GenId, InodeId};
-use published::{AttrOverlay, BufferedAttrs};
+use published::{AttrOverlay, Quiet};
 use write::DirtyFile;
 
 /// Who is asking: the caller's ids, from the kernel request.
@@ -342,25 +343,28 @@ impl Fs {
     }
 
     /// Runs the read `f` on a read connection of its own, at the live generation,
-    /// with the buffered attributes to lay over what it reads, when those and the
-    /// committed catalog are the whole truth (see `published`); `None` when the
-    /// caller must read under the lock instead.
-    fn unlocked<T>(&self, f: impl FnOnce(&Catalog, GenId, &BufferedAttrs) -> Result<T>) -> Option<Result<T>> {
+    /// with what is published to lay over what it reads and to tell it what it must
+    /// not trust (see `published`); `None` when the caller must read under the lock
+    /// instead: nothing is published, or `f` met what the open batch changed and
+    /// answered `Ok(None)`.
+    fn unlocked<T>(&self, f: impl FnOnce(&Catalog, GenId, &Quiet) -> Result<Option<T>>) -> Option<Result<T>> {
         // The attributes are taken before the read transaction starts (see
         // `published` for why that order).
         let quiet = self.published.quiet()?;
-        Some(
-            self.readers
-                .with_consistent(|cat| f(cat, quiet.live, &quiet.buffered)),
-        )
+        self.readers
+            .with_consistent(|cat| f(cat, quiet.live, &quiet))
+            .transpose()
     }
 
     /// The attributes of `ino`, with buffered writes counted in size and mtime.
     pub fn getattr(&self, ino: InodeId) -> Result<InodeAttr> {
-        let found = self.unlocked(|cat, live, buffered| {
+        let found = self.unlocked(|cat, live, quiet| {
+            if quiet.inode_changed(ino) {
+                return Ok(None);
+            }
             let mut attr = committed_attr(cat, live, ino)?;
-            buffered.apply(&mut attr);
-            Ok(attr)
+            quiet.apply(&mut attr);
+            Ok(Some(attr))
         });
         if let Some(found) = found {
             return found;
@@ -371,17 +375,18 @@ impl Fs {
 
     /// Looks `name` up in folder `parent`.
     pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
-        if let Some(found) =
-            self.unlocked(|cat, live, buffered| self.lookup_in(cat, live, buffered, parent, name))
+        if let Some(found) = self.unlocked(|cat, live, quiet| self.lookup_in(cat, live, quiet, parent, name))
         {
             return found;
         }
         let st = self.lock();
         self.lookup_in(&st.catalog, st.catalog.live(), &*st, parent, name)
+            .and_then(view::whole_view)
     }
 
     /// `lookup` on `cat` at live generation `live`, with the buffered writes of
-    /// `buffered` counted.
+    /// `buffered` counted; `None` when `buffered` says the folder or the inode found
+    /// changed in a way `cat` does not show.
     fn lookup_in(
         &self,
         cat: &Catalog,
@@ -389,7 +394,10 @@ impl Fs {
         buffered: &dyn AttrOverlay,
         parent: InodeId,
         name: &[u8],
-    ) -> Result<InodeAttr> {
+    ) -> Result<Option<InodeAttr>> {
+        if buffered.inode_changed(parent) || buffered.dir_changed(parent) {
+            return Ok(None);
+        }
         let parent_attr = committed_attr(cat, live, parent)?;
         if parent_attr.kind != FileKind::Dir {
             return Err(Error::NotDir(lossy(name)));
@@ -400,9 +408,12 @@ impl Fs {
         let id = cat
             .lookup(live, parent, name)?
             .ok_or_else(|| Error::NotFound(lossy(name)))?;
+        if buffered.inode_changed(id) {
+            return Ok(None);
+        }
         let mut attr = committed_attr(cat, live, id).map_err(|e| self.dangling(e, parent, name, id))?;
         buffered.apply(&mut attr);
-        Ok(attr)
+        Ok(Some(attr))
     }
 
     /// The target of symlink `ino`.
@@ -715,11 +726,13 @@ impl Fs {
         let end = offset.saturating_add(len as u64);
         let ahead = self.read_ahead_range(ino, offset, end);
         // A file with buffered writes is read under the lock (its runs live there).
-        let unlocked = self.unlocked(|cat, live, buffered| match buffered.buffered(ino) {
-            Some(_) => Ok(None),
-            None => plan_read(cat, live, ino, offset, end, ahead).map(Some),
+        let unlocked = self.unlocked(|cat, live, quiet| {
+            if quiet.buffered(ino).is_some() || quiet.inode_changed(ino) {
+                return Ok(None);
+            }
+            plan_read(cat, live, ino, offset, end, ahead).map(Some)
         });
-        let planned = match unlocked.transpose()?.flatten() {
+        let planned = match unlocked.transpose()? {
             Some(planned) => planned,
             None => {
                 // Chunks of the buffered runs may still be on their way to the
@@ -1017,7 +1030,12 @@ impl Fs {
 
     /// Value of xattr `name` of `ino`.
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>> {
-        let found = match self.unlocked(|cat, live, _| cat.xattr(live, ino, name)) {
+        let found = match self.unlocked(|cat, live, quiet| {
+            if quiet.inode_changed(ino) {
+                return Ok(None);
+            }
+            cat.xattr(live, ino, name).map(Some)
+        }) {
             Some(found) => found?,
             None => {
                 let st = self.lock();
@@ -1029,7 +1047,12 @@ impl Fs {
 
     /// Names of every xattr of `ino`.
     pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>> {
-        let all = match self.unlocked(|cat, live, _| cat.xattrs(live, ino)) {
+        let all = match self.unlocked(|cat, live, quiet| {
+            if quiet.inode_changed(ino) {
+                return Ok(None);
+            }
+            cat.xattrs(live, ino).map(Some)
+        }) {
             Some(all) => all?,
             None => {
                 let st = self.lock();

@@ -1,26 +1,29 @@
 //! What a reader without the core's lock may rely on.
 //!
 //! Owns: one word, written by the core's lock guard just before the lock is
-//! released, that says whether the committed catalog, with the buffered attributes
-//! published beside it, is the whole truth about the live tree (no open group-commit
-//! batch, and few enough files with buffered writes to publish) and, if so, which
-//! generation is live; and those buffered attributes (`BufferedAttrs`: the size,
-//! mtime and ctime that each file's unflushed writes give it). A read that finds the
-//! word set runs on a read connection of its own (WAL gives it the last commit),
-//! lays the buffered attributes over what it read, and never waits for the writer;
-//! only the bytes of a file with buffered writes, and anything while a metadata batch
-//! is open, are read under the lock. A request that started after a change was
-//! answered finds the word and the attributes as the change left them (its guard
-//! published them before the lock was released), so it cannot read from before the
-//! change; a read running beside a change may see either side of it, as POSIX allows
-//! for requests that overlap.
+//! released, that says whether the committed catalog, with what is published beside
+//! it, is the truth about the live tree (few enough files with buffered writes to
+//! publish) and, if so, which generation is live; the buffered attributes
+//! (`BufferedAttrs`: the size, mtime and ctime that each file's unflushed writes give
+//! it); and what the open group-commit batch changed (`BatchChanges`: the inodes and
+//! folders whose rows no other connection sees yet). A read that finds the word set
+//! runs on a read connection of its own (WAL gives it the last commit), lays the
+//! buffered attributes over what it read, and never waits for the writer, unless it
+//! meets an inode or folder the batch changed: then it reads under the lock, as it
+//! does the bytes of a file with buffered writes. A request that started after a
+//! change was answered finds the word, the attributes and the batch's changes as the
+//! change left them (its guard published them before the lock was released), so it
+//! cannot read from before the change; a read running beside a change may see either
+//! side of it, as POSIX allows for requests that overlap. The batch's changes are
+//! dropped only once it is committed (at the release after the commit), when every
+//! read transaction that starts sees them.
 //!
 //! Why the attributes are read before the catalog: a commit moves a file's buffered
 //! writes into the catalog and drops its entry here in one hold of the lock. A reader
 //! that took the attributes first and the catalog after sees the file's entry, its
 //! commit, or both (and takes the larger size), never neither.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::holds::Holds;
 use super::State;
-use crate::catalog::InodeAttr;
+use crate::catalog::{Changed, InodeAttr};
 use crate::types::{GenId, InodeId};
 
 /// Files with buffered writes beyond which nothing is published (readers take the
@@ -50,6 +53,17 @@ pub(super) struct Buffered {
 pub(super) trait AttrOverlay {
     /// What buffered writes change of live inode `ino`; `None` when it has none.
     fn buffered(&self, ino: InodeId) -> Option<Buffered>;
+
+    /// True when what the committed catalog says of inode `id` (attributes, extents,
+    /// xattrs) may be out of date: the open batch changed it.
+    fn inode_changed(&self, _id: InodeId) -> bool {
+        false
+    }
+
+    /// True when the committed catalog's names in folder `dir` may be out of date.
+    fn dir_changed(&self, _dir: InodeId) -> bool {
+        false
+    }
 
     /// Lays the buffered writes of `attr`'s inode over its committed attributes.
     fn apply(&self, attr: &mut InodeAttr) {
@@ -88,21 +102,69 @@ impl AttrOverlay for BufferedAttrs {
     }
 }
 
-/// What a reader without the lock goes by: the live generation and the buffered
-/// attributes to lay over what it reads.
+/// What the open batch changed, as published: ids only ever added until the batch
+/// is committed, when it is dropped whole.
+#[derive(Debug, Default)]
+struct BatchChanges {
+    /// The batch's number (`Catalog::open_batch`).
+    batch: u64,
+    /// Lock scope: one insert or lookup of ids.
+    ids: Mutex<ChangedIds>,
+}
+
+#[derive(Debug, Default)]
+struct ChangedIds {
+    inodes: HashSet<InodeId>,
+    dirs: HashSet<InodeId>,
+}
+
+impl BatchChanges {
+    fn ids(&self) -> MutexGuard<'_, ChangedIds> {
+        // A poisoned lock still holds whole sets.
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, changed: Changed) {
+        let mut ids = self.ids();
+        ids.inodes.extend(changed.inodes);
+        ids.dirs.extend(changed.dirs);
+    }
+}
+
+/// What a reader without the lock goes by: the live generation, the buffered
+/// attributes to lay over what it reads, and what it must not trust.
 pub(super) struct Quiet {
     pub(super) live: GenId,
     pub(super) buffered: Arc<BufferedAttrs>,
+    batch: Option<Arc<BatchChanges>>,
+}
+
+impl AttrOverlay for Quiet {
+    fn buffered(&self, ino: InodeId) -> Option<Buffered> {
+        self.buffered.buffered(ino)
+    }
+
+    fn inode_changed(&self, id: InodeId) -> bool {
+        self.batch.as_ref().is_some_and(|b| b.ids().inodes.contains(&id))
+    }
+
+    fn dir_changed(&self, dir: InodeId) -> bool {
+        self.batch.as_ref().is_some_and(|b| b.ids().dirs.contains(&dir))
+    }
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Published {
     /// The live generation shifted left by one, with bit 0 set, when the committed
-    /// catalog and `buffered` are all there is; 0 when a reader must take the lock.
+    /// catalog, `buffered` and `batch` are all there is; 0 when a reader must take
+    /// the lock.
     word: AtomicU64,
     /// Written before `word`, read after it. Lock scope: one clone or swap of the
     /// `Arc`, nothing else.
     buffered: Mutex<Arc<BufferedAttrs>>,
+    /// What the open batch changed; `None` when none is open. Written before `word`,
+    /// read after it. Lock scope: one clone or swap of the `Arc`.
+    batch: Mutex<Option<Arc<BatchChanges>>>,
 }
 
 impl Published {
@@ -113,9 +175,13 @@ impl Published {
             return None;
         }
         let buffered = self.lock_buffered().clone();
+        // A batch published after `word` was read only makes the reader more careful;
+        // one committed since has its rows in every read transaction that starts now.
+        let batch = self.lock_batch().clone();
         Some(Quiet {
             live: GenId((word >> 1) as i64),
             buffered,
+            batch,
         })
     }
 
@@ -130,8 +196,35 @@ impl Published {
         self.buffered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_batch(&self) -> MutexGuard<'_, Option<Arc<BatchChanges>>> {
+        // A poisoned lock still holds a whole `Option<Arc>`.
+        self.batch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn publish(&self, st: &State) {
-        let quiet = !st.catalog.batch_open() && st.dirty.len() <= PUBLISHED_FILES;
+        // The batch's changes first: taken from the catalog at every release, they
+        // are published whatever the word says next.
+        let changed = st.catalog.take_changed();
+        {
+            let mut slot = self.lock_batch();
+            match st.catalog.open_batch() {
+                // Changes noted before a batch was committed and another begun in
+                // the same hold land in the new one: more than it changed, never less.
+                Some(batch) => {
+                    if slot.as_ref().is_none_or(|b| b.batch != batch) {
+                        *slot = Some(Arc::new(BatchChanges {
+                            batch,
+                            ids: Mutex::default(),
+                        }));
+                    }
+                    if let Some(b) = slot.as_ref() {
+                        b.add(changed);
+                    }
+                }
+                None => *slot = None,
+            }
+        }
+        let quiet = st.dirty.len() <= PUBLISHED_FILES;
         let word = if quiet {
             let mut slot = self.lock_buffered();
             if !slot.matches(st) {

@@ -1353,10 +1353,7 @@ fn a_read_after_a_buffered_write_sees_it_not_the_committed_catalog() {
     f.fs.write(id, 9, b" and buffered").unwrap();
     f.fs.create(ME, InodeId::ROOT, b"new", FileKind::File, 0o644, 0, b"")
         .unwrap();
-    assert!(
-        f.fs.published.quiet_live().is_none(),
-        "buffered writes leave readers the lock"
-    );
+    assert!(f.fs.lock().catalog.batch_open(), "the name is in an open batch");
     assert_eq!(f.fs.getattr(id).unwrap().size, 22);
     assert_eq!(f.fs.read(id, 0, 100).unwrap(), b"committed and buffered");
     assert!(f.fs.lookup(InodeId::ROOT, b"new").is_ok());
@@ -1680,4 +1677,107 @@ fn a_read_catalog_sees_buffered_writes_and_leaves_the_mount_free_while_it_runs()
         .unwrap();
     });
     assert_eq!(f.fs.read(ino, 0, 100).unwrap(), b"buffered before the report");
+}
+
+#[test]
+fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
+    let f = fixture();
+    let quiet = dir(&f, InodeId::ROOT, "quiet");
+    let busy = dir(&f, InodeId::ROOT, "busy");
+    let a =
+        f.fs.create(ME, quiet, b"a", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    let data = random(7, 200_000);
+    f.fs.write(a, 0, &data).unwrap();
+    f.fs.setxattr(a, b"user.k", b"v", false, false).unwrap();
+    let b =
+        f.fs.create(ME, busy, b"b", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    let c =
+        f.fs.create(ME, busy, b"c", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    f.fs.commit().unwrap();
+    // A batch of metadata changes that no read connection sees yet: a new name in
+    // `busy`, a new mode for `b`, an xattr for `c`.
+    let new =
+        f.fs.create(ME, busy, b"new", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    f.fs.setattr(
+        b,
+        &SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    f.fs.setxattr(c, b"user.k", b"changed", false, false).unwrap();
+    assert!(
+        f.fs.lock().catalog.batch_open(),
+        "the changes wait in an open batch"
+    );
+
+    // What the batch did not change is read beside it, without the lock.
+    let fs = &f.fs;
+    let got = while_locked(&f, || {
+        let looked_up = fs.lookup(quiet, b"a").unwrap();
+        let attr = fs.getattr(a).unwrap();
+        let listed = fs
+            .readdir_nodes(Ino::live(quiet), SnapDir::Visible)
+            .unwrap()
+            .into_iter()
+            .map(|(name, node)| (name, node.attr.size))
+            .collect::<Vec<_>>();
+        let bytes = fs.read(a, 0, 300_000).unwrap();
+        let xattr = fs.getxattr(a, b"user.k").unwrap();
+        (looked_up.id, attr.size, listed, bytes, xattr)
+    });
+    let (looked_up, size, listed, bytes, xattr) =
+        got.expect("reads of what the open batch did not change waited for the core's lock");
+    assert_eq!((looked_up, size), (a, 200_000));
+    assert_eq!(listed, vec![(b"a".to_vec(), 200_000)]);
+    assert!(bytes == data, "read back other bytes than were written");
+    assert_eq!(xattr, b"v");
+
+    // What it changed reads as changed (from under the lock), batch still open.
+    assert_eq!(f.fs.lookup(busy, b"new").unwrap().id, new);
+    assert_eq!(f.fs.getattr(b).unwrap().mode & 0o7777, 0o600);
+    assert_eq!(f.fs.lookup(busy, b"b").unwrap().mode & 0o7777, 0o600);
+    assert_eq!(f.fs.getxattr(c, b"user.k").unwrap(), b"changed");
+    let mut names: Vec<_> =
+        f.fs.readdir_nodes(Ino::live(busy), SnapDir::Visible)
+            .unwrap()
+            .into_iter()
+            .map(|(name, node)| (name, node.attr.mode & 0o7777))
+            .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            (b"b".to_vec(), 0o600),
+            (b"c".to_vec(), 0o644),
+            (b"new".to_vec(), 0o644)
+        ]
+    );
+    assert!(
+        f.fs.lock().catalog.batch_open(),
+        "the reads did not commit the batch"
+    );
+
+    // Once committed, the batch's changes are dropped and its rows read unlocked.
+    f.fs.commit().unwrap();
+    let got = while_locked(&f, || {
+        (
+            fs.lookup(busy, b"new").unwrap().id,
+            fs.getattr(b).unwrap().mode & 0o7777,
+            fs.getxattr(c, b"user.k").unwrap(),
+        )
+    });
+    assert_eq!(
+        got.expect("reads after the batch was committed waited for the core's lock"),
+        (new, 0o600, b"changed".to_vec())
+    );
 }

@@ -48,9 +48,13 @@ pub enum SnapDir {
     Hidden,
 }
 
+/// One page of a folder: each entry with its attributes when they were asked for.
+type Page = Vec<(Listed, Option<InodeAttr>)>;
+
 /// Which view a page is read in: a snapshot, or the live tree, whose buffered
 /// writes count in the attributes (from the core's state under its lock, or from
 /// what it published for readers without it).
+
 #[derive(Clone, Copy)]
 enum Overlay<'a> {
     Snapshot,
@@ -195,10 +199,11 @@ impl Fs {
             // A snapshot never changes: a read connection of its own, no lock.
             View::Snapshot(gen) => self
                 .readers
-                .with(|cat| self.page_in(cat, Overlay::Snapshot, gen, id, after, limit, snapdir, with_attrs)),
+                .with(|cat| self.page_in(cat, Overlay::Snapshot, gen, id, after, limit, snapdir, with_attrs))
+                .and_then(whole_view),
             View::Live => {
-                let unlocked = self.unlocked(|cat, live, buffered| {
-                    let overlay = Overlay::Live { buffered };
+                let unlocked = self.unlocked(|cat, live, quiet| {
+                    let overlay = Overlay::Live { buffered: quiet };
                     self.page_in(cat, overlay, live, id, after, limit, snapdir, with_attrs)
                 });
                 if let Some(page) = unlocked {
@@ -216,11 +221,14 @@ impl Fs {
                     snapdir,
                     with_attrs,
                 )
+                .and_then(whole_view)
             }
         }
     }
 
-    /// `page` on catalog `cat` at generation `gen`, of the view `overlay` names.
+    /// `page` on catalog `cat` at generation `gen`, of the view `overlay` names;
+    /// `None` when the overlay says the folder, or an entry whose attributes it
+    /// lists, changed in a way `cat` does not show.
     #[allow(clippy::too_many_arguments)]
     fn page_in(
         &self,
@@ -232,7 +240,12 @@ impl Fs {
         limit: usize,
         snapdir: SnapDir,
         with_attrs: bool,
-    ) -> Result<Vec<(Listed, Option<InodeAttr>)>> {
+    ) -> Result<Option<Page>> {
+        if let Overlay::Live { buffered } = overlay {
+            if buffered.inode_changed(id) || buffered.dir_changed(id) {
+                return Ok(None);
+            }
+        }
         let folder = inode_in(cat, gen, id)?;
         if folder.kind != FileKind::Dir {
             return Err(Error::NotDir(format!("inode {id}")));
@@ -256,6 +269,9 @@ impl Fs {
                 let ino = match overlay {
                     Overlay::Live { buffered } => {
                         if let Some(a) = attr.as_mut() {
+                            if buffered.inode_changed(a.id) {
+                                return Ok(None);
+                            }
                             buffered.apply(a);
                         }
                         Ino::live(e.inode)
@@ -272,7 +288,7 @@ impl Fs {
             }
             // A full page: the next call goes on from its last cookie.
             if full {
-                return Ok(out);
+                return Ok(Some(out));
             }
         }
         let live = matches!(overlay, Overlay::Live { .. });
@@ -299,7 +315,7 @@ impl Fs {
                 out.push((listed, attr));
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Every entry of folder `dir` in its view with its attributes (page after page of
@@ -521,4 +537,10 @@ fn find_snapshot(cat: &Catalog, name: &[u8]) -> Result<Option<GenId>> {
         return Ok(None);
     };
     Ok(cat.find_snapshot(name)?.map(|g| g.id))
+}
+
+/// The page of a view that shows every change (a snapshot, or the live tree under
+/// the core's lock), which never answers `None`.
+pub(super) fn whole_view<T>(page: Option<T>) -> Result<T> {
+    page.ok_or_else(|| Error::CorruptCatalog("a view that sees every change reported one unseen".into()))
 }

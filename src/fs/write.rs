@@ -595,7 +595,7 @@ pub(super) fn finish_commit(
         }
         txn.commit()?;
         // And the metadata batch the transaction joined: readers on connections of
-        // their own go without the lock only while no batch is open.
+        // their own read what an open batch changed under the lock.
         catalog.commit_batch()
     })();
     if committed.is_err() {
