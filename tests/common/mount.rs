@@ -223,6 +223,17 @@ pub fn kill_daemon_pid(pid: i32, repo: &Path, mountpoint: &Path) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    // And until its control socket takes no connection: a command that connected
+    // while the last of its threads was still on the way out had its connection
+    // reset (CI saw it once more after the wait above).
+    let socket = repo.join("control.sock");
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "daemon {pid}'s control socket still took connections 30 s after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let _ = run_with_timeout(
         Command::new("fusermount3").arg("-uz").arg(mountpoint),
         Duration::from_secs(30),
