@@ -46,7 +46,7 @@ use crate::ingest::{Backlog, ChunkSink};
 use crate::store::Redundancy;
 use crate::types::{GenId, InodeId};
 use published::{AttrOverlay, Quiet};
-use write::DirtyFile;
+use write::DirtyFiles;
 
 /// Who is asking: the caller's ids, from the kernel request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +124,7 @@ impl Default for FsOptions {
 struct State {
     catalog: Catalog,
     sink: ChunkSink,
-    dirty: HashMap<InodeId, DirtyFile>,
+    dirty: DirtyFiles,
     /// Open handles per inode, for unlinked-but-open files.
     open: HashMap<InodeId, u32>,
     /// Files that lost, or may have lost, their last name.
@@ -270,7 +270,7 @@ impl Fs {
         let mut state = State {
             catalog,
             sink,
-            dirty: HashMap::new(),
+            dirty: DirtyFiles::default(),
             open: HashMap::new(),
             nameless: Nameless::default(),
         };
@@ -345,15 +345,21 @@ impl Fs {
     /// Runs the read `f` on a read connection of its own, at the live generation,
     /// with what is published to lay over what it reads and to tell it what it must
     /// not trust (see `published`); `None` when the caller must read under the lock
-    /// instead: nothing is published, or `f` met what the open batch changed and
-    /// answered `Ok(None)`.
+    /// instead: nothing is published yet, `f` met what the open batch changed and
+    /// answered `Ok(None)`, or a buffered entry was dropped while `f` ran.
     fn unlocked<T>(&self, f: impl FnOnce(&Catalog, GenId, &Quiet) -> Result<Option<T>>) -> Option<Result<T>> {
-        // The attributes are taken before the read transaction starts (see
-        // `published` for why that order).
+        // The count of removals is taken before the read transaction starts (see
+        // `published` for why).
         let quiet = self.published.quiet()?;
-        self.readers
+        match self
+            .readers
             .with_consistent(|cat| f(cat, quiet.live, &quiet))
             .transpose()
+        {
+            // A buffered entry was dropped meanwhile: what was read may lack it.
+            Some(Ok(_)) if !quiet.still_whole() => None,
+            read => read,
+        }
     }
 
     /// The attributes of `ino`, with buffered writes counted in size and mtime.
@@ -967,7 +973,7 @@ impl Fs {
         let due = self
             .lock()
             .dirty
-            .values()
+            .files()
             .any(|d| d.age() >= self.options.flush_after || d.extent_count() >= COMMIT_EXTENTS);
         if due {
             self.commit_buffered(None)?;
@@ -1333,7 +1339,7 @@ fn name_removed(
     after: &InodeAttr,
     now: i64,
     open: &HashMap<InodeId, u32>,
-    dirty: &mut HashMap<InodeId, DirtyFile>,
+    dirty: &mut DirtyFiles,
     nameless: &mut Nameless,
     removal_step: u64,
 ) -> Result<()> {

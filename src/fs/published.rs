@@ -1,12 +1,11 @@
 //! What a reader without the core's lock may rely on.
 //!
 //! Owns: one word, written by the core's lock guard just before the lock is
-//! released, that says whether the committed catalog, with what is published beside
-//! it, is the truth about the live tree (few enough files with buffered writes to
-//! publish) and, if so, which generation is live; the buffered attributes
-//! (`BufferedAttrs`: the size, mtime and ctime that each file's unflushed writes give
-//! it); and what the open group-commit batch changed (`BatchChanges`: the inodes and
-//! folders whose rows no other connection sees yet). A read that finds the word set
+//! released, that says that readers may go without the lock and which generation is
+//! live; the buffered attributes (the size, mtime and ctime that each file's
+//! unflushed writes give it, updated for the files a hold changed); and what the open
+//! group-commit batch changed (`BatchChanges`: the inodes and folders whose rows no
+//! other connection sees yet). A read that finds the word set
 //! runs on a read connection of its own (WAL gives it the last commit), lays the
 //! buffered attributes over what it read, and never waits for the writer, unless it
 //! meets an inode or folder the batch changed: then it reads under the lock, as it
@@ -18,10 +17,16 @@
 //! dropped only once it is committed (at the release after the commit), when every
 //! read transaction that starts sees them.
 //!
-//! Why the attributes are read before the catalog: a commit moves a file's buffered
-//! writes into the catalog and drops its entry here in one hold of the lock. A reader
-//! that took the attributes first and the catalog after sees the file's entry, its
-//! commit, or both (and takes the larger size), never neither.
+//! Why a reader counts removals: a commit moves a file's buffered writes into the
+//! catalog and drops its entry here in one hold of the lock. A reader learns which
+//! inodes it needs only as it reads the catalog, so it may read a file's row from
+//! before the commit and look for its entry after the drop, and see neither. Every
+//! publish that drops an entry first bumps a count (`removals`); a reader notes the
+//! count before its read transaction starts and reads under the lock instead when
+//! the count moved by the time it is done. A reader that missed an entry because
+//! it was dropped sees the bump; one that noted the bumped count started its read
+//! transaction after the commit. Entries that are added or grow need no such care:
+//! a newer entry over an older row gives the larger size and the newer times.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::{Deref, DerefMut};
@@ -34,10 +39,6 @@ use super::holds::Holds;
 use super::State;
 use crate::catalog::{Changed, InodeAttr};
 use crate::types::{GenId, InodeId};
-
-/// Files with buffered writes beyond which nothing is published (readers take the
-/// lock): publishing rebuilds the list at every release of the lock.
-const PUBLISHED_FILES: usize = 64;
 
 /// What one file's buffered writes change in its attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,27 +82,6 @@ impl AttrOverlay for State {
     }
 }
 
-/// The buffered attributes of every file with buffered writes, as published.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct BufferedAttrs(HashMap<InodeId, Buffered>);
-
-impl BufferedAttrs {
-    /// True when `state`'s buffered files are exactly these.
-    fn matches(&self, state: &State) -> bool {
-        self.0.len() == state.dirty.len()
-            && state
-                .dirty
-                .iter()
-                .all(|(id, d)| self.0.get(id) == Some(&d.buffered()))
-    }
-}
-
-impl AttrOverlay for BufferedAttrs {
-    fn buffered(&self, ino: InodeId) -> Option<Buffered> {
-        self.0.get(&ino).copied()
-    }
-}
-
 /// What the open batch changed, as published: ids only ever added until the batch
 /// is committed, when it is dropped whole.
 #[derive(Debug, Default)]
@@ -133,15 +113,25 @@ impl BatchChanges {
 
 /// What a reader without the lock goes by: the live generation, the buffered
 /// attributes to lay over what it reads, and what it must not trust.
-pub(super) struct Quiet {
+pub(super) struct Quiet<'a> {
     pub(super) live: GenId,
-    pub(super) buffered: Arc<BufferedAttrs>,
+    published: &'a Published,
+    /// `Published::removals` before the reader's transaction started.
+    removals: u64,
     batch: Option<Arc<BatchChanges>>,
 }
 
-impl AttrOverlay for Quiet {
+impl Quiet<'_> {
+    /// True when no buffered entry was dropped since the reader started: what it
+    /// read, with the entries it found, is whole (see the module's text).
+    pub(super) fn still_whole(&self) -> bool {
+        self.published.removals.load(Ordering::Acquire) == self.removals
+    }
+}
+
+impl AttrOverlay for Quiet<'_> {
     fn buffered(&self, ino: InodeId) -> Option<Buffered> {
-        self.buffered.buffered(ino)
+        self.published.lock_buffered().get(&ino).copied()
     }
 
     fn inode_changed(&self, id: InodeId) -> bool {
@@ -155,13 +145,15 @@ impl AttrOverlay for Quiet {
 
 #[derive(Debug, Default)]
 pub(super) struct Published {
-    /// The live generation shifted left by one, with bit 0 set, when the committed
-    /// catalog, `buffered` and `batch` are all there is; 0 when a reader must take
-    /// the lock.
+    /// The live generation shifted left by one, with bit 0 set, once something is
+    /// published; 0 before, when a reader must take the lock.
     word: AtomicU64,
-    /// Written before `word`, read after it. Lock scope: one clone or swap of the
-    /// `Arc`, nothing else.
-    buffered: Mutex<Arc<BufferedAttrs>>,
+    /// What each file's buffered writes change in its attributes. Written before
+    /// `word`, read after it. Lock scope: one lookup, or the update of the files
+    /// one hold of the core's lock changed.
+    buffered: Mutex<HashMap<InodeId, Buffered>>,
+    /// Bumped before any entry leaves `buffered`.
+    removals: AtomicU64,
     /// What the open batch changed; `None` when none is open. Written before `word`,
     /// read after it. Lock scope: one clone or swap of the `Arc`.
     batch: Mutex<Option<Arc<BatchChanges>>>,
@@ -169,18 +161,19 @@ pub(super) struct Published {
 
 impl Published {
     /// What a reader may go by without the lock; `None` when it must take it.
-    pub(super) fn quiet(&self) -> Option<Quiet> {
+    pub(super) fn quiet(&self) -> Option<Quiet<'_>> {
         let word = self.word.load(Ordering::Acquire);
         if word & 1 == 0 {
             return None;
         }
-        let buffered = self.lock_buffered().clone();
+        let removals = self.removals.load(Ordering::Acquire);
         // A batch published after `word` was read only makes the reader more careful;
         // one committed since has its rows in every read transaction that starts now.
         let batch = self.lock_batch().clone();
         Some(Quiet {
             live: GenId((word >> 1) as i64),
-            buffered,
+            published: self,
+            removals,
             batch,
         })
     }
@@ -191,8 +184,9 @@ impl Published {
         self.quiet().map(|q| q.live)
     }
 
-    fn lock_buffered(&self) -> MutexGuard<'_, Arc<BufferedAttrs>> {
-        // A poisoned lock still holds a whole `Arc`.
+    fn lock_buffered(&self) -> MutexGuard<'_, HashMap<InodeId, Buffered>> {
+        // A poisoned lock still holds a whole map (each update is one insert or
+        // remove).
         self.buffered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -201,7 +195,7 @@ impl Published {
         self.batch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, st: &State) {
+    fn publish(&self, st: &mut State) {
         // The batch's changes first: taken from the catalog at every release, they
         // are published whatever the word says next.
         let changed = st.catalog.take_changed();
@@ -224,17 +218,22 @@ impl Published {
                 None => *slot = None,
             }
         }
-        let quiet = st.dirty.len() <= PUBLISHED_FILES;
-        let word = if quiet {
-            let mut slot = self.lock_buffered();
-            if !slot.matches(st) {
-                let fresh = st.dirty.iter().map(|(id, d)| (*id, d.buffered())).collect();
-                *slot = Arc::new(BufferedAttrs(fresh));
+        // The buffered attributes of the files this hold changed.
+        let changed = st.dirty.take_changed();
+        if !changed.is_empty() {
+            if changed.iter().any(|id| !st.dirty.contains_key(id)) {
+                // Before the entry leaves (see the module's text).
+                self.removals.fetch_add(1, Ordering::AcqRel);
             }
-            ((st.catalog.live().0 as u64) << 1) | 1
-        } else {
-            0
-        };
+            let mut buffered = self.lock_buffered();
+            for id in changed {
+                match st.dirty.get(&id) {
+                    Some(d) => buffered.insert(id, d.buffered()),
+                    None => buffered.remove(&id),
+                };
+            }
+        }
+        let word = ((st.catalog.live().0 as u64) << 1) | 1;
         self.word.store(word, Ordering::Release);
     }
 }
@@ -276,8 +275,8 @@ impl<'a> Locked<'a> {
     /// Publishes now, before the lock is released: for a long operation that has
     /// committed everything before it starts (gc, forget, rollback), so that readers
     /// go on without the lock while it runs.
-    pub(super) fn publish(&self) {
-        self.published.publish(&self.guard);
+    pub(super) fn publish(&mut self) {
+        self.published.publish(&mut self.guard);
     }
 }
 
@@ -297,7 +296,7 @@ impl DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // Runs before the field `guard` drops, so before the lock is released.
-        self.published.publish(&self.guard);
+        self.published.publish(&mut self.guard);
         let held = self.taken.elapsed();
         self.holds.note(self.by, self.waited, held);
         if held >= LONG_HOLD {

@@ -1552,7 +1552,7 @@ fn a_commit_of_many_files_goes_in_steps_and_commits_them_all() {
     }
     // 700 files of one extent each: eleven steps that seal 64 files (the chunker
     // holds each file's 3,000 bytes until then), then three of at most 256 rows.
-    assert_eq!(f.fs.lock().dirty[&files[0]].extent_count(), 0);
+    assert_eq!(f.fs.lock().dirty.get(&files[0]).unwrap().extent_count(), 0);
     f.fs.commit().unwrap();
     assert!(f.fs.lock().dirty.is_empty());
     for (i, id) in files.iter().enumerate() {
@@ -1780,4 +1780,63 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
         got.expect("reads after the batch was committed waited for the core's lock"),
         (new, 0o600, b"changed".to_vec())
     );
+}
+
+#[test]
+fn reads_beside_many_files_with_buffered_writes_do_not_wait_for_the_lock() {
+    let f = fixture();
+    let folder = dir(&f, InodeId::ROOT, "many");
+    // More files with buffered writes than an untar leaves between two commits.
+    let files: Vec<InodeId> = (0..300)
+        .map(|i| {
+            let name = format!("f{i:03}");
+            f.fs.create(ME, folder, name.as_bytes(), FileKind::File, 0o644, 0, b"")
+                .unwrap()
+                .id
+        })
+        .collect();
+    f.fs.commit().unwrap();
+    for (i, id) in files.iter().enumerate() {
+        f.fs.write(*id, 0, &random(i as u64, 100 + i)).unwrap();
+    }
+    assert_eq!(
+        f.fs.lock().dirty.ids().count(),
+        300,
+        "every write is still buffered"
+    );
+
+    let fs = &f.fs;
+    let sizes = || {
+        let mut by_lookup = Vec::new();
+        for (i, id) in files.iter().enumerate() {
+            let name = format!("f{i:03}");
+            let attr = fs.lookup(folder, name.as_bytes()).unwrap();
+            assert_eq!(attr.id, *id);
+            by_lookup.push(attr.size);
+        }
+        let by_getattr: Vec<u64> = files.iter().map(|id| fs.getattr(*id).unwrap().size).collect();
+        let mut listed: Vec<(Vec<u8>, u64)> = fs
+            .readdir_nodes(Ino::live(folder), SnapDir::Visible)
+            .unwrap()
+            .into_iter()
+            .map(|(name, node)| (name, node.attr.size))
+            .collect();
+        listed.sort();
+        let listed: Vec<u64> = listed.into_iter().map(|(_, size)| size).collect();
+        (by_lookup, by_getattr, listed)
+    };
+    let want: Vec<u64> = (0..300).map(|i| 100 + i as u64).collect();
+    let got = while_locked(&f, sizes).expect("reads beside 300 buffered files waited for the core's lock");
+    assert_eq!(got, (want.clone(), want.clone(), want.clone()));
+
+    // A commit drops the entries, and a reader that started before it is told to
+    // read again under the lock; after it, the sizes come from the catalog.
+    let before = f.fs.published.quiet().unwrap();
+    assert!(before.still_whole());
+    f.fs.commit().unwrap();
+    assert!(!before.still_whole(), "dropping entries must count as a removal");
+    drop(before);
+    assert!(f.fs.lock().dirty.is_empty());
+    let got = while_locked(&f, sizes).expect("reads after the commit waited for the core's lock");
+    assert_eq!(got, (want.clone(), want.clone(), want));
 }

@@ -10,6 +10,7 @@
 //! then every read sees the file as the runs left it (`view_extents`), so random
 //! writes cost no commit and no sync each.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::published::Buffered;
@@ -49,6 +50,62 @@ pub(super) struct DirtyFile {
     since: Instant,
     /// The part of these writes that a commit under way covers (see `begin_commit`).
     in_commit: Option<InCommit>,
+}
+
+/// The files with buffered writes, and which of them changed since
+/// `take_changed` (any mutable access counts): what `published` copies for readers
+/// without the lock, one changed file at a time.
+#[derive(Default)]
+pub(super) struct DirtyFiles {
+    files: HashMap<InodeId, DirtyFile>,
+    changed: Vec<InodeId>,
+}
+
+impl DirtyFiles {
+    pub(super) fn get(&self, id: &InodeId) -> Option<&DirtyFile> {
+        self.files.get(id)
+    }
+
+    pub(super) fn get_mut(&mut self, id: &InodeId) -> Option<&mut DirtyFile> {
+        let file = self.files.get_mut(id)?;
+        self.changed.push(*id);
+        Some(file)
+    }
+
+    /// The file's buffered writes, begun with `new` when it has none.
+    fn get_or_insert_with(&mut self, id: InodeId, new: impl FnOnce() -> DirtyFile) -> &mut DirtyFile {
+        self.changed.push(id);
+        self.files.entry(id).or_insert_with(new)
+    }
+
+    pub(super) fn remove(&mut self, id: &InodeId) -> Option<DirtyFile> {
+        let file = self.files.remove(id)?;
+        self.changed.push(*id);
+        Some(file)
+    }
+
+    pub(super) fn contains_key(&self, id: &InodeId) -> bool {
+        self.files.contains_key(id)
+    }
+
+    pub(super) fn ids(&self) -> impl Iterator<Item = InodeId> + '_ {
+        self.files.keys().copied()
+    }
+
+    pub(super) fn files(&self) -> impl Iterator<Item = &DirtyFile> {
+        self.files.values()
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The files that may have changed (or gone) since the last call, each once or
+    /// more.
+    pub(super) fn take_changed(&mut self) -> Vec<InodeId> {
+        std::mem::take(&mut self.changed)
+    }
 }
 
 /// What a commit under way takes of one file: its first `runs` sealed runs, and the
@@ -373,7 +430,7 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
         Vec::new()
     };
     let params = st.params();
-    let d = st.dirty.entry(ino).or_insert_with(|| DirtyFile {
+    let d = st.dirty.get_or_insert_with(ino, || DirtyFile {
         sealed: Vec::new(),
         start,
         end: start,
@@ -399,7 +456,7 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
 pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
     let ids: Vec<InodeId> = match ino {
         Some(i) => st.dirty.contains_key(&i).then_some(i).into_iter().collect(),
-        None => st.dirty.keys().copied().collect(),
+        None => st.dirty.ids().collect(),
     };
     // Chunks of runs that were dropped (their file unlinked or truncated away) are
     // still pending: commit them too, unreferenced, so gc finds them as garbage.
@@ -495,7 +552,7 @@ pub(super) struct Sealing {
 pub(super) fn begin_commit(st: &State, ino: Option<InodeId>, commit: u64) -> Option<Sealing> {
     let to_seal: Vec<InodeId> = match ino {
         Some(i) => st.dirty.contains_key(&i).then_some(i).into_iter().collect(),
-        None => st.dirty.keys().copied().collect(),
+        None => st.dirty.ids().collect(),
     };
     if to_seal.is_empty() && !st.sink.has_pending() {
         return None;
