@@ -19,6 +19,7 @@
 #   ONLY=ops …                     # only the stat+ls probe beside a forget and a rollback
 #   OPS_FILES=50000 …              # files of the tree those two work on (in 500 folders)
 #   ONLY=reclaim …                 # only background reclaim of a deleted 1 GiB file, with the probe
+#   ONLY=untar_probe …             # only the stat+ls probe of another folder beside an untar
 #   ONLY=parallel …                # only one vs two cold readers and one vs two small-file creators
 #   ONLY=fio …                     # only fio: 4 KiB random writes, then reads, of a 1 GiB file, direct I/O
 #   ONLY=import …                  # only `snapfs import` of 50,000 files of 64 bytes in 500 folders vs cp -a
@@ -398,6 +399,39 @@ gc_probe() {
     "$BIN" --repo "$grepo" umount "$gmnt" >&2
 }
 
+# The probe on a folder of its own beside an untar into the same filesystem, in a
+# plain folder and through a fresh mount, ROUNDS times each, sides taking turns.
+untar_probe() {
+    local umnt=$WORK/umnt uplain=$WORK/uplain round side dir s e p50 p99 worst
+    mkdir -p "$umnt" "$uplain"
+    "$BIN" --repo "$WORK/urepo" init -q
+    "$BIN" --repo "$WORK/urepo" mount "$umnt" ${MOUNT_ARGS:-} >&2
+    for round in 1 2; do
+        for side in plain mount; do
+            dir=$uplain
+            [ "$side" = mount ] && dir=$umnt
+            rm -rf "$dir/quiet" "$dir/x"
+            mkdir -p "$dir/quiet" "$dir/x"
+            touch "$dir/quiet/probe"
+            for i in $(seq 20); do echo "$i" >"$dir/quiet/f$i"; done
+            sync -f "$dir/quiet/probe"
+            log "untar beside a stat+ls probe of another folder ($side, round $round)…"
+            rm -f "$WORK/stop"
+            probe_until "$dir/quiet" "$WORK/stop" >"$WORK/probe.untar" &
+            sleep 1
+            s=$(now)
+            tar -C "$dir/x" -xf "$DATA/src.tar"
+            sync -f "$dir/quiet/probe"
+            e=$(now)
+            touch "$WORK/stop"
+            wait
+            read -r p50 p99 worst <"$WORK/probe.untar"
+            ROWS+=("| stat+ls of another folder every 20 ms beside an untar of $SRC_DESC, $side, round $round ($(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.1f", e - s }') s), p50 / p99 / worst | $([ "$side" = plain ] && echo "$p50 / $p99 / $worst ms" || echo -) | $([ "$side" = mount ] && echo "$p50 / $p99 / $worst ms" || echo -) | - | - |")
+        done
+    done
+    "$BIN" --repo "$WORK/urepo" umount "$umnt" >&2
+}
+
 # probe_beside NAME CMD… → runs CMD through the mount of the ops probe while
 # `probe_until` watches it, and records a row NAME.
 probe_beside() {
@@ -741,6 +775,9 @@ if [ -z "$ONLY" ] || [ "$ONLY" = ops ]; then
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = reclaim ]; then
     reclaim_probe
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = untar_probe ]; then
+    untar_probe
 fi
 if [ -z "$ONLY" ] || [ "$ONLY" = parallel ]; then
     parallel_probe
