@@ -264,17 +264,41 @@ impl<'c> Txn<'c> {
     /// Replaces the live attributes of `attr.id` with `attr` (every field).
     pub fn set_inode(&self, attr: &InodeAttr) -> Result<()> {
         self.inode_changed(attr.id);
+        // A row is visible at `live` when gen_from <= live < gen_to, so a row born
+        // live and still open is the visible one: try it first, which spares the
+        // probe for every inode created or changed since the last snapshot (a
+        // chmod, chown or utimes of a file just written is one statement).
+        if self.update_inode_row(attr, self.live.0)? {
+            return Ok(());
+        }
         let gen_from = self.visible_inode_gen(attr.id)?;
         if gen_from == self.live.0 {
-            let mut stmt = self
-                .tx
-                .prepare_cached(
-                    "UPDATE inodes SET kind = ?3, mode = ?4, uid = ?5, gid = ?6, size = ?7, nlink = ?8,
-                     rdev = ?9, atime_ns = ?10, mtime_ns = ?11, ctime_ns = ?12, target = ?13
-                     WHERE inode_id = ?1 AND gen_from = ?2",
-                )
-                .map_err(sql_err("preparing inode update"))?;
-            stmt.execute(params![
+            return Err(Error::CorruptCatalog(format!(
+                "inode {} has a row born live that is not open",
+                attr.id
+            )));
+        }
+        self.close_row(
+            "inodes",
+            "inode_id = ?1 AND gen_from = ?2",
+            params![attr.id.0, gen_from],
+            gen_from,
+        )?;
+        self.insert_inode_row(attr)
+    }
+
+    /// Writes `attr` over the open row of `attr.id` born in generation `gen_from`;
+    /// false when there is none.
+    fn update_inode_row(&self, attr: &InodeAttr, gen_from: i64) -> Result<bool> {
+        let updated = self
+            .tx
+            .prepare_cached(
+                "UPDATE inodes SET kind = ?3, mode = ?4, uid = ?5, gid = ?6, size = ?7, nlink = ?8,
+                 rdev = ?9, atime_ns = ?10, mtime_ns = ?11, ctime_ns = ?12, target = ?13
+                 WHERE inode_id = ?1 AND gen_from = ?2 AND gen_to = ?14",
+            )
+            .map_err(sql_err("preparing inode update"))?
+            .execute(params![
                 attr.id.0,
                 gen_from,
                 attr.kind.code(),
@@ -288,18 +312,10 @@ impl<'c> Txn<'c> {
                 attr.mtime_ns,
                 attr.ctime_ns,
                 target_value(attr),
+                GenId::OPEN.0,
             ])
             .map_err(sql_err("updating an inode"))?;
-        } else {
-            self.close_row(
-                "inodes",
-                "inode_id = ?1 AND gen_from = ?2",
-                params![attr.id.0, gen_from],
-                gen_from,
-            )?;
-            self.insert_inode_row(attr)?;
-        }
-        Ok(())
+        Ok(updated > 0)
     }
 
     /// Removes inode `id` from the live tree: its attributes, extents and xattrs.

@@ -667,7 +667,10 @@ impl Fs {
         if let Some(d) = st.dirty.get_mut(&ino) {
             d.attributes_changed(set.mtime.map(resolve), now);
         }
-        attr_of(&st, ino)
+        // What was just written, with the buffered writes laid over it (as `attr_of`
+        // would read it back).
+        st.apply(&mut attr);
+        Ok(attr)
     }
 
     /// What a name in `parent` that points at inode `id` answers when the inode cannot

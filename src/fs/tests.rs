@@ -1840,3 +1840,41 @@ fn reads_beside_many_files_with_buffered_writes_do_not_wait_for_the_lock() {
     let got = while_locked(&f, sizes).expect("reads after the commit waited for the core's lock");
     assert_eq!(got, (want.clone(), want.clone(), want));
 }
+
+#[test]
+fn setattr_answers_what_getattr_reads_back_with_buffered_writes_and_after_a_snapshot() {
+    let f = fixture();
+    let id = file(&f, "a");
+    f.fs.write(id, 0, b"committed").unwrap();
+    f.fs.commit().unwrap();
+    f.fs.write(id, 9, b" and buffered").unwrap();
+    let changes = [
+        SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        },
+        SetAttr {
+            uid: Some(7),
+            gid: Some(8),
+            ..Default::default()
+        },
+        SetAttr {
+            mtime: Some(SetTime::At(1_000_000_000)),
+            atime: Some(SetTime::At(2_000_000_000)),
+            ..Default::default()
+        },
+    ];
+    for (round, set) in changes.iter().enumerate() {
+        // The second round changes a row a snapshot holds (a new row is written).
+        if round == 1 {
+            f.fs.snapshot(None).unwrap();
+        }
+        let answered = f.fs.setattr(id, set).unwrap();
+        assert_eq!(answered, f.fs.getattr(id).unwrap(), "round {round}");
+        assert_eq!(answered.size, 22, "the buffered writes count");
+    }
+    let attr = f.fs.getattr(id).unwrap();
+    assert_eq!((attr.mode & 0o7777, attr.uid, attr.gid), (0o600, 7, 8));
+    assert_eq!(attr.mtime_ns, 1_000_000_000);
+    assert_eq!(f.fs.read(id, 0, 100).unwrap(), b"committed and buffered");
+}
