@@ -1286,6 +1286,18 @@ fn a_read_that_took_the_old_place_finishes_before_the_compacted_pack_goes() {
     drop(f.dir);
 }
 
+/// The names in live folder `dir` with the sizes a listing gives them, by name.
+fn listed_sizes(fs: &Fs, dir: InodeId) -> Vec<(Vec<u8>, u64)> {
+    let mut listed: Vec<(Vec<u8>, u64)> = fs
+        .readdir_nodes(Ino::live(dir), SnapDir::Visible)
+        .unwrap()
+        .into_iter()
+        .map(|(name, node)| (name, node.attr.size))
+        .collect();
+    listed.sort();
+    listed
+}
+
 /// Runs `reads` on another thread while this one holds the core's lock, and returns
 /// what they returned, or `None` when they did not finish within 20 s (they waited
 /// for the lock; they finish once it is released).
@@ -1320,12 +1332,7 @@ fn live_reads_of_committed_data_do_not_wait_for_the_lock() {
     let fs = &f.fs;
     let got = while_locked(&f, || {
         let attr = fs.lookup(folder, b"a").unwrap();
-        let listed = fs
-            .readdir_nodes(Ino::live(folder), SnapDir::Visible)
-            .unwrap()
-            .into_iter()
-            .map(|(name, node)| (name, node.attr.size))
-            .collect::<Vec<_>>();
+        let listed = listed_sizes(fs, folder);
         let root = fs
             .list_dir(Ino::live(InodeId::ROOT), 0, 100, SnapDir::Visible)
             .unwrap();
@@ -1392,12 +1399,7 @@ fn reads_beside_buffered_writes_do_not_wait_for_the_lock() {
     let got = while_locked(&f, || {
         let stat = fs.lookup(folder, b"busy").unwrap();
         let attr = fs.getattr(busy).unwrap();
-        let listed = fs
-            .readdir_nodes(Ino::live(folder), SnapDir::Visible)
-            .unwrap()
-            .into_iter()
-            .map(|(name, node)| (name, node.attr.size))
-            .collect::<Vec<_>>();
+        let listed = listed_sizes(fs, folder);
         let bytes = fs.read(other, 0, 100).unwrap();
         (stat.size, attr.size, attr.mtime_ns, listed, bytes)
     });
@@ -1725,12 +1727,7 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
     let got = while_locked(&f, || {
         let looked_up = fs.lookup(quiet, b"a").unwrap();
         let attr = fs.getattr(a).unwrap();
-        let listed = fs
-            .readdir_nodes(Ino::live(quiet), SnapDir::Visible)
-            .unwrap()
-            .into_iter()
-            .map(|(name, node)| (name, node.attr.size))
-            .collect::<Vec<_>>();
+        let listed = listed_sizes(fs, quiet);
         let bytes = fs.read(a, 0, 300_000).unwrap();
         let xattr = fs.getxattr(a, b"user.k").unwrap();
         (looked_up.id, attr.size, listed, bytes, xattr)
@@ -1815,14 +1812,10 @@ fn reads_beside_many_files_with_buffered_writes_do_not_wait_for_the_lock() {
             by_lookup.push(attr.size);
         }
         let by_getattr: Vec<u64> = files.iter().map(|id| fs.getattr(*id).unwrap().size).collect();
-        let mut listed: Vec<(Vec<u8>, u64)> = fs
-            .readdir_nodes(Ino::live(folder), SnapDir::Visible)
-            .unwrap()
+        let listed: Vec<u64> = listed_sizes(fs, folder)
             .into_iter()
-            .map(|(name, node)| (name, node.attr.size))
+            .map(|(_, size)| size)
             .collect();
-        listed.sort();
-        let listed: Vec<u64> = listed.into_iter().map(|(_, size)| size).collect();
         (by_lookup, by_getattr, listed)
     };
     let want: Vec<u64> = (0..300).map(|i| 100 + i as u64).collect();
