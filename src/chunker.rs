@@ -186,6 +186,8 @@ fn show_size(v: u32) -> String {
 /// Memory: a buffer of at most `max_size` bytes (the undecided tail), whatever the sizes
 /// of the pushed slices. Cut points equal those of `fastcdc::v2020::FastCDC` with
 /// `Normalization::Level1` and the seed over the concatenation of every pushed slice.
+/// A clone goes on from the same point of the stream (it copies the buffered tail).
+#[derive(Clone)]
 pub struct Chunker {
     params: ChunkerParams,
     mask_s: u64,

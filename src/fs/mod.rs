@@ -852,9 +852,19 @@ impl Fs {
             backlog.wait_below(WRITER_QUEUE.saturating_sub(chunks));
         }
         let mut st = self.lock();
-        let st = &mut *st;
-        drop_privileges(st, ino, writer)?;
-        write::write(st, ino, offset, data)?;
+        drop_privileges(&mut st, ino, writer)?;
+        if let Some(append) = write::begin_append(&st, ino, offset, data.len()) {
+            // Cut and hash without the lock; applied unless the run moved meanwhile.
+            drop(st);
+            let cut = append.cut(data);
+            st = self.lock();
+            if write::finish_append(&mut st, cut)? {
+                self.chunks_written
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(data.len());
+            }
+        }
+        write::write(&mut st, ino, offset, data)?;
         self.chunks_written
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(data.len())

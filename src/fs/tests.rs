@@ -1871,3 +1871,124 @@ fn setattr_answers_what_getattr_reads_back_with_buffered_writes_and_after_a_snap
     assert_eq!(attr.mtime_ns, 1_000_000_000);
     assert_eq!(f.fs.read(id, 0, 100).unwrap(), b"committed and buffered");
 }
+
+/// The chunk ids of committed file `ino`, in file order.
+fn committed_chunks(f: &Fixture, ino: InodeId) -> Vec<crate::types::ChunkId> {
+    f.fs.commit().unwrap();
+    let st = f.fs.lock();
+    let extents = st.catalog.extents(st.catalog.live(), ino, 0, u64::MAX).unwrap();
+    extents.into_iter().map(|e| e.chunk).collect()
+}
+
+#[test]
+fn appends_cut_without_the_lock_store_what_writes_under_it_store() {
+    let f = fixture();
+    let (outside, under) = (file(&f, "outside"), file(&f, "under"));
+    let data = random(21, 1_500_000);
+    let mut appended = 0;
+    for (i, piece) in data.chunks(100_000).enumerate() {
+        let offset = (i * 100_000) as u64;
+        // `Fs::write`'s steps, with the lock let go for the cut.
+        let append = write::begin_append(&f.fs.lock(), outside, offset, piece.len());
+        match append {
+            Some(append) => {
+                let cut = append.cut(piece);
+                assert!(write::finish_append(&mut f.fs.lock(), cut).unwrap());
+                appended += 1;
+            }
+            None => write::write(&mut f.fs.lock(), outside, offset, piece).unwrap(),
+        }
+        write::write(&mut f.fs.lock(), under, offset, piece).unwrap();
+    }
+    assert!(
+        appended >= 10,
+        "{appended} of 15 writes were cut without the lock"
+    );
+    assert_eq!(f.fs.getattr(outside).unwrap().size, data.len() as u64);
+    assert!(
+        f.fs.read(outside, 0, 2 << 20).unwrap() == data,
+        "read before the commit"
+    );
+    assert_eq!(committed_chunks(&f, outside), committed_chunks(&f, under));
+    assert!(
+        f.fs.read(outside, 0, 2 << 20).unwrap() == data,
+        "read after the commit"
+    );
+    assert_catalog_clean(&f.fs);
+}
+
+#[test]
+fn an_append_whose_run_moved_while_it_was_cut_is_refused_and_changes_nothing() {
+    let f = fixture();
+    let data = random(22, 400_000);
+    let moves: [(&str, &dyn Fn(InodeId)); 3] = [
+        ("a commit sealed it", &|_| f.fs.commit().unwrap()),
+        ("a write continued it", &|ino| {
+            f.fs.write(ino, 100_000, &data[100_000..100_001]).unwrap();
+            f.fs.write(ino, 100_001, &data[100_001..100_002]).unwrap();
+        }),
+        ("the file went", &|_| {
+            f.fs.unlink(InodeId::ROOT, b"f").unwrap();
+            f.fs.flush(None).unwrap();
+        }),
+    ];
+    for (why, move_the_run) in moves {
+        let ino = file(&f, "f");
+        f.fs.write(ino, 0, &data[..100_000]).unwrap();
+        let Some(append) = write::begin_append(&f.fs.lock(), ino, 100_000, 300_000) else {
+            panic!("{why}: a 300,000-byte append at the end cuts chunks");
+        };
+        move_the_run(ino);
+        let cut = append.cut(&data[100_000..]);
+        assert!(!write::finish_append(&mut f.fs.lock(), cut).unwrap(), "{why}");
+        if why == "the file went" {
+            assert!(f.fs.getattr(ino).is_err(), "{why}: nothing brought it back");
+            continue;
+        }
+        let size = f.fs.getattr(ino).unwrap().size;
+        assert!(size < 100_010, "{why}: the append left no trace ({size} bytes)");
+        assert!(
+            f.fs.read(ino, 0, 1 << 20).unwrap() == data[..size as usize],
+            "{why}"
+        );
+        f.fs.unlink(InodeId::ROOT, b"f").unwrap();
+    }
+    assert_catalog_clean(&f.fs);
+}
+
+#[test]
+fn appends_racing_commits_and_reads_on_other_threads_read_back_exactly() {
+    let f = fixture();
+    let files: Vec<(InodeId, Vec<u8>)> = (0..2)
+        .map(|i| (file(&f, &format!("f{i}")), random(30 + i, 8 << 20)))
+        .collect();
+    let writing = std::sync::atomic::AtomicUsize::new(files.len());
+    std::thread::scope(|s| {
+        for (ino, data) in &files {
+            let (fs, writing) = (&f.fs, &writing);
+            s.spawn(move || {
+                for (i, piece) in data.chunks(131_072).enumerate() {
+                    fs.write(*ino, (i * 131_072) as u64, piece).unwrap();
+                }
+                writing.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+        // Commits and reads meanwhile move the runs under the appends being cut.
+        while writing.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            f.fs.commit().unwrap();
+            for (ino, data) in &files {
+                let got = f.fs.read(*ino, 0, 8 << 20).unwrap();
+                assert!(data.starts_with(&got), "a read sees a prefix of what is written");
+            }
+        }
+    });
+    for (ino, data) in &files {
+        assert!(
+            f.fs.read(*ino, 0, 8 << 20).unwrap() == *data,
+            "before the last commit"
+        );
+        f.fs.commit().unwrap();
+        assert!(f.fs.read(*ino, 0, 8 << 20).unwrap() == *data, "after it");
+    }
+    assert_catalog_clean(&f.fs);
+}

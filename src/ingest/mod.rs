@@ -7,6 +7,7 @@
 
 mod pool;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
@@ -81,6 +82,33 @@ impl CommitTicket {
             backlog.wait_for(self.queued);
         }
         store.sync()
+    }
+}
+
+/// A chunk's bytes with their id: the costly part of storing a chunk (cutting it
+/// and hashing it), which needs no sink, so that callers holding a lock around the
+/// sink do it before they take it (`ChunkSink::put_cut`).
+#[derive(Debug)]
+pub struct CutChunk {
+    id: ChunkId,
+    plain: Vec<u8>,
+}
+
+impl CutChunk {
+    /// Hashes a copy of `plain`.
+    pub fn new(plain: &[u8]) -> CutChunk {
+        CutChunk {
+            id: ChunkId::of(plain),
+            plain: plain.to_vec(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.plain.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plain.is_empty()
     }
 }
 
@@ -164,7 +192,16 @@ impl ChunkSink {
     /// (every copy of a stored chunk sits at its one location, which the redundancy
     /// layer keeps good). Not durable until `sync`; not in the catalog until `record`.
     pub fn put(&mut self, index: &dyn ChunkIndex, plain: &[u8]) -> Result<ChunkId> {
-        let id = ChunkId::of(plain);
+        self.put_hashed(index, ChunkId::of(plain), Cow::Borrowed(plain))
+    }
+
+    /// `put` of a chunk cut and hashed beforehand (by a caller that does that outside
+    /// its lock, see `CutChunk`): what is left is the duplicate check and the hand-off.
+    pub fn put_cut(&mut self, index: &dyn ChunkIndex, chunk: CutChunk) -> Result<ChunkId> {
+        self.put_hashed(index, chunk.id, Cow::Owned(chunk.plain))
+    }
+
+    fn put_hashed(&mut self, index: &dyn ChunkIndex, id: ChunkId, plain: Cow<'_, [u8]>) -> Result<ChunkId> {
         self.stats.chunks += 1;
         self.stats.plain_bytes += plain.len() as u64;
         if self.pending.contains_key(&id) || index.chunk_info(&id)?.is_some() {
@@ -178,9 +215,9 @@ impl ChunkSink {
             recorded: false,
         };
         match &self.pool {
-            Some(pool) => pool.submit(id, plain.to_vec())?,
+            Some(pool) => pool.submit(id, plain.into_owned())?,
             None => {
-                let encoded = codec::encode_with_id(id, plain, self.zstd_level);
+                let encoded = codec::encode_with_id(id, &plain, self.zstd_level);
                 let at = self.store.put(&[(id, &encoded.frame)])?;
                 pending.stored_size = encoded.frame.len() as u64;
                 pending.at = at.first().copied();
