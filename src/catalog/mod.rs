@@ -413,6 +413,13 @@ impl Catalog {
         self.live
     }
 
+    /// A count that moves with every row this connection inserts, updates or deletes
+    /// (SQLite's total changes, triggers' included): the same count twice means that
+    /// nothing was written through this catalog in between.
+    pub fn change_count(&self) -> u64 {
+        self.conn.total_changes()
+    }
+
     /// False when nothing can have changed in the live tree since the last snapshot
     /// this catalog took (conservatively true after open).
     pub fn live_touched(&self) -> bool {

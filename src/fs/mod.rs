@@ -851,23 +851,62 @@ impl Fs {
             let chunks = data.len() / self.settings.chunker.avg_size.max(1) as usize + 1;
             backlog.wait_below(WRITER_QUEUE.saturating_sub(chunks));
         }
+        // From locating the bytes a random write reads to reading them (without the
+        // lock): gc waits for this.
+        let _in_flight = self.reads.enter();
         let mut st = self.lock();
         drop_privileges(&mut st, ino, writer)?;
-        if let Some(append) = write::begin_append(&st, ino, offset, data.len()) {
-            // Cut and hash without the lock; applied unless the run moved meanwhile.
-            drop(st);
-            let cut = append.cut(data);
-            st = self.lock();
-            if write::finish_append(&mut st, cut)? {
-                self.chunks_written
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                return Ok(data.len());
-            }
+        if let Some(mut st) = self.write_unlocked(st, ino, offset, data)? {
+            write::write(&mut st, ino, offset, data)?;
         }
-        write::write(&mut st, ino, offset, data)?;
         self.chunks_written
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(data.len())
+    }
+
+    /// Writes `data` at `offset` of `ino` with the costly part (reading the bytes
+    /// around it, cutting, hashing) done without the core's lock, `st`, when it can
+    /// (see `write::unlocked`); returns the lock, with nothing written, when the
+    /// caller must write under it.
+    fn write_unlocked<'a>(
+        &'a self,
+        mut st: published::Locked<'a>,
+        ino: InodeId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Option<published::Locked<'a>>> {
+        if let Some(append) = write::begin_append(&st, ino, offset, data.len()) {
+            drop(st);
+            let cut = append.cut(data);
+            let mut st = self.lock();
+            return Ok((!write::finish_append(&mut st, cut)?).then_some(st));
+        }
+        let (mut waited, mut committed) = (false, false);
+        loop {
+            match write::begin_rewrite(&mut st, ino, offset, data)? {
+                write::Rewriting::Planned(plan) => {
+                    drop(st);
+                    let cut = plan.cut(&*self.store, data)?;
+                    let mut st = self.lock();
+                    return Ok((!write::finish_rewrite(&mut st, cut)?).then_some(st));
+                }
+                write::Rewriting::AfterWriters if !waited => {
+                    drop(st);
+                    if let Some(backlog) = &self.backlog {
+                        backlog.wait_for_queued();
+                    }
+                    waited = true;
+                    st = self.lock();
+                }
+                write::Rewriting::CommitFirst if !committed => {
+                    drop(st);
+                    self.commit_buffered(Some(ino))?;
+                    committed = true;
+                    st = self.lock();
+                }
+                _ => return Ok(Some(st)),
+            }
+        }
     }
 
     /// Commits buffered writes of `ino` (or of every file) in one transaction.
@@ -896,6 +935,11 @@ impl Fs {
             return Ok(());
         };
         let mut started = loop {
+            // Sealing reads back the runs' last chunks, which the writer threads may
+            // still have: wait for them here, not under the lock.
+            if let Some(backlog) = &self.backlog {
+                backlog.wait_for_queued();
+            }
             // (A `let` of its own, as below.)
             let step = write::seal_step(&mut self.lock(), &mut sealing);
             match step {

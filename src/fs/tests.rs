@@ -1992,3 +1992,126 @@ fn appends_racing_commits_and_reads_on_other_threads_read_back_exactly() {
     }
     assert_catalog_clean(&f.fs);
 }
+
+/// Writes `data` at `offset` of `ino` the way `Fs::write` does, cutting without the
+/// lock, and says how: "append", "rewrite", or "locked" (under the lock throughout).
+fn write_in_steps(f: &Fixture, ino: InodeId, offset: u64, data: &[u8]) -> &'static str {
+    if let Some(append) = write::begin_append(&f.fs.lock(), ino, offset, data.len()) {
+        assert!(write::finish_append(&mut f.fs.lock(), append.cut(data)).unwrap());
+        return "append";
+    }
+    for _ in 0..2 {
+        let rewriting = write::begin_rewrite(&mut f.fs.lock(), ino, offset, data).unwrap();
+        match rewriting {
+            write::Rewriting::Planned(plan) => {
+                let cut = plan.cut(&*f.fs.store, data).unwrap();
+                assert!(write::finish_rewrite(&mut f.fs.lock(), cut).unwrap());
+                return "rewrite";
+            }
+            write::Rewriting::AfterWriters => f.fs.backlog.as_ref().unwrap().wait_for_queued(),
+            write::Rewriting::CommitFirst => f.fs.commit().unwrap(),
+            write::Rewriting::UnderTheLock => break,
+        }
+    }
+    write::write(&mut f.fs.lock(), ino, offset, data).unwrap();
+    "locked"
+}
+
+#[test]
+fn random_writes_cut_without_the_lock_store_what_writes_under_it_store() {
+    let f = fixture();
+    let (outside, under) = (file(&f, "outside"), file(&f, "under"));
+    let mut model = random(40, 700_000);
+    for ino in [outside, under] {
+        f.fs.write(ino, 0, &model).unwrap();
+    }
+    f.fs.fsync(None).unwrap();
+    let mut how = std::collections::BTreeMap::<&str, usize>::new();
+    let mut seed = 41u64;
+    for i in 0..400u64 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Random places, some runs of neighbours, some writes past the end.
+        let offset = if i % 5 == 4 {
+            model.len() as u64
+        } else {
+            (seed >> 33) % 760_000
+        };
+        let len = 1 + (seed >> 13) % if i % 7 == 0 { 200_000 } else { 9_000 };
+        let data = random(i + 500, len as usize);
+        *how.entry(write_in_steps(&f, outside, offset, &data)).or_default() += 1;
+        write::write(&mut f.fs.lock(), under, offset, &data).unwrap();
+        let end = (offset + len) as usize;
+        if model.len() < end {
+            model.resize(end, 0);
+        }
+        model[offset as usize..end].copy_from_slice(&data);
+        if i % 40 == 0 {
+            assert!(
+                f.fs.read(outside, 0, 4 << 20).unwrap() == model,
+                "after write {i}"
+            );
+        }
+        if i % 150 == 149 {
+            f.fs.commit().unwrap();
+        }
+    }
+    assert!(how.get("rewrite").copied().unwrap_or(0) > 200, "{how:?}");
+    assert!(model.len() < 4 << 20);
+    assert!(
+        f.fs.read(outside, 0, 4 << 20).unwrap() == model,
+        "before the commit"
+    );
+    assert_eq!(committed_chunks(&f, outside), committed_chunks(&f, under));
+    assert!(f.fs.read(outside, 0, 4 << 20).unwrap() == model, "after it");
+    assert_catalog_clean(&f.fs);
+}
+
+#[test]
+fn a_random_write_planned_before_a_change_of_its_file_is_refused_and_changes_nothing() {
+    let f = fixture();
+    let data = random(42, 300_000);
+    let moves: [(&str, &dyn Fn(InodeId)); 4] = [
+        ("a commit sealed the run", &|_| f.fs.commit().unwrap()),
+        ("a write moved the run", &|ino| {
+            f.fs.write(ino, 5, b"x").unwrap();
+        }),
+        ("a truncation changed the bytes it read", &|ino| {
+            f.fs.setattr(
+                ino,
+                &SetAttr {
+                    size: Some(100_000),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        }),
+        ("another file was created", &|_| {
+            file(&f, "other");
+        }),
+    ];
+    for (why, change) in moves {
+        let ino = file(&f, "f");
+        f.fs.write(ino, 0, &data).unwrap();
+        f.fs.fsync(Some(ino)).unwrap();
+        f.fs.write(ino, 250_000, b"buffered").unwrap();
+        let rewriting = write::begin_rewrite(&mut f.fs.lock(), ino, 150_000, b"new").unwrap();
+        let write::Rewriting::Planned(plan) = rewriting else {
+            panic!("{why}: a write inside the file was not planned");
+        };
+        let before = f.fs.read(ino, 0, 1 << 20).unwrap();
+        change(ino);
+        let after = f.fs.read(ino, 0, 1 << 20).unwrap();
+        let cut = plan.cut(&*f.fs.store, b"new").unwrap();
+        assert!(!write::finish_rewrite(&mut f.fs.lock(), cut).unwrap(), "{why}");
+        assert!(
+            f.fs.read(ino, 0, 1 << 20).unwrap() == after,
+            "{why}: nothing written"
+        );
+        assert!(after.len() <= before.len(), "{why}");
+        f.fs.unlink(InodeId::ROOT, b"f").unwrap();
+        let _ = f.fs.unlink(InodeId::ROOT, b"other");
+    }
+    assert_catalog_clean(&f.fs);
+}

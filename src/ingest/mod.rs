@@ -288,6 +288,17 @@ impl ChunkSink {
         self.params
     }
 
+    /// Takes in what the writer threads have written so far, without waiting.
+    pub fn take_written(&mut self) -> Result<()> {
+        self.take_in(false)
+    }
+
+    /// True when chunk `id` was put and a writer thread still has it (so it has no
+    /// location yet: see `wait_written`).
+    pub fn awaits_writer(&self, id: &ChunkId) -> bool {
+        self.pending.get(id).is_some_and(|p| p.at.is_none())
+    }
+
     /// Waits for the writer threads and takes in what they wrote: every chunk put so
     /// far is then placed (not yet durable: that is `sync`), so it can be read back.
     pub fn wait_written(&mut self) -> Result<()> {

@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 use super::published::Buffered;
 use super::{read::read_extents, ChunkCache, State};
 use crate::catalog::{Extent, FileKind, InodeAttr, Txn};
-use crate::chunker::Chunker;
+use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, Result};
-use crate::ingest::{Backlog, CommitTicket, CutChunk};
+use crate::ingest::{Backlog, CommitTicket};
 use crate::store::Redundancy;
 use crate::types::InodeId;
+
+mod unlocked;
+pub(super) use unlocked::{begin_append, begin_rewrite, finish_append, finish_rewrite, Rewriting};
 
 /// Sealed runs a file may gather before a write commits them: each costs reads a pass.
 const MAX_SEALED_RUNS: usize = 256;
@@ -160,6 +163,24 @@ impl StartedCommit {
 }
 
 impl DirtyFile {
+    /// A file's first buffered write at `now`: an empty open run at `start`.
+    fn new(start: u64, params: &ChunkerParams, now: i64) -> DirtyFile {
+        DirtyFile {
+            sealed: Vec::new(),
+            start,
+            end: start,
+            chunker: Chunker::new(params),
+            extents: Vec::new(),
+            emitted_to: start,
+            user_end: 0,
+            mtime_ns: now,
+            ctime_ns: now,
+            since: Instant::now(),
+            in_commit: None,
+            run_version: 0,
+        }
+    }
+
     /// What the buffered writes change in the file's attributes: the size they imply
     /// at least, the time of the last write (or the one set since), and of the last
     /// write or attribute change.
@@ -452,115 +473,15 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
         Vec::new()
     };
     let params = st.params();
-    let d = st.dirty.open_run_or_insert_with(ino, || DirtyFile {
-        sealed: Vec::new(),
-        start,
-        end: start,
-        chunker: Chunker::new(&params),
-        extents: Vec::new(),
-        emitted_to: start,
-        user_end: 0,
-        mtime_ns: now,
-        ctime_ns: now,
-        since: Instant::now(),
-        in_commit: None,
-        run_version: 0,
-    });
+    let d = st
+        .dirty
+        .open_run_or_insert_with(ino, || DirtyFile::new(start, &params, now));
     d.start = start;
     d.end = start;
     d.emitted_to = start;
     d.user_end = d.user_end.max(offset + data.len() as u64);
     push(st, ino, &prefix)?;
     push(st, ino, data)
-}
-
-/// A write that continues a file's open run, to be cut into chunks and hashed without
-/// the core's lock (about 1 ms a MiB, most of a big write's work in the daemon's
-/// request threads): `begin_append` copies the run's chunker under the lock, `cut`
-/// runs without it, and `finish_append` applies the chunks under it again, unless
-/// the run changed meanwhile.
-pub(super) struct Append {
-    ino: InodeId,
-    offset: u64,
-    run_version: u64,
-    chunker: Chunker,
-}
-
-/// An `Append` cut: its chunks, in order, and the chunker holding the tail after them.
-pub(super) struct CutAppend {
-    append: Append,
-    len: u64,
-    chunks: Vec<CutChunk>,
-}
-
-/// An `Append` of `len` bytes at `offset` of `ino`, when they continue its open run
-/// and complete at least one chunk (shorter ones only join the run's buffer, which
-/// the lock can do as fast as a copy); otherwise `None`, and the caller writes under
-/// the lock (`write`).
-pub(super) fn begin_append(st: &State, ino: InodeId, offset: u64, len: usize) -> Option<Append> {
-    let d = st.dirty.get(&ino)?;
-    let cuts = d.chunker.buffered() + len >= d.chunker.params().max_size as usize;
-    (d.end == offset && cuts).then(|| Append {
-        ino,
-        offset,
-        run_version: d.run_version,
-        chunker: d.chunker.clone(),
-    })
-}
-
-impl Append {
-    /// Cuts and hashes `data` after the run's buffered tail. Needs no lock.
-    pub(super) fn cut(mut self, data: &[u8]) -> CutAppend {
-        let mut chunks = Vec::new();
-        let cut = self.chunker.push(data, &mut |chunk| {
-            chunks.push(CutChunk::new(chunk));
-            Ok(())
-        });
-        debug_assert!(cut.is_ok(), "collecting chunks cannot fail");
-        CutAppend {
-            append: self,
-            len: data.len() as u64,
-            chunks,
-        }
-    }
-}
-
-/// Applies `cut` to its file (as `write` would have written it), and returns true;
-/// false, with nothing changed, when the file's open run changed since `begin_append`
-/// (a commit sealed it, a write or a truncation moved it, the file went): the caller
-/// then writes the same bytes with `write`.
-pub(super) fn finish_append(st: &mut State, cut: CutAppend) -> Result<bool> {
-    let CutAppend { append, len, chunks } = cut;
-    let State {
-        catalog, sink, dirty, ..
-    } = st;
-    if dirty
-        .get(&append.ino)
-        .is_none_or(|d| d.run_version != append.run_version)
-    {
-        return Ok(false);
-    }
-    let Some(d) = dirty.open_run_mut(&append.ino) else {
-        return Ok(false);
-    };
-    let now = super::now_ns();
-    d.mtime_ns = now;
-    d.ctime_ns = now;
-    d.user_end = d.user_end.max(append.offset + len);
-    d.end += len;
-    d.chunker = append.chunker;
-    for chunk in chunks {
-        let length = chunk.len() as u64;
-        let id = sink.put_cut(&*catalog, chunk)?;
-        d.extents.push(Extent {
-            offset: d.emitted_to,
-            length,
-            chunk: id,
-            chunk_offset: 0,
-        });
-        d.emitted_to += length;
-    }
-    Ok(true)
 }
 
 /// Commits the buffered writes of `ino` (or of every file) in one transaction, after
