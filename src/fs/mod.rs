@@ -940,8 +940,11 @@ impl Fs {
             if let Some(backlog) = &self.backlog {
                 backlog.wait_for_queued();
             }
+            // The runs' last chunks are cut without the lock.
+            let ahead = write::begin_seals(&self.lock(), &sealing);
+            let cut = ahead.into_iter().map(|a| a.cut()).collect();
             // (A `let` of its own, as below.)
-            let step = write::seal_step(&mut self.lock(), &mut sealing);
+            let step = write::seal_step(&mut self.lock(), &mut sealing, cut);
             match step {
                 Ok(Some(started)) => break started,
                 Ok(None) => self.let_requests_in(),

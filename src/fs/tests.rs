@@ -1517,7 +1517,9 @@ fn a_commit_under_the_lock_during_a_group_commit_takes_its_runs_first() {
     let data = random(12, 100_000);
     f.fs.write(a, 0, &data).unwrap();
     let mut sealing = write::begin_commit(&f.fs.lock(), None, 1).unwrap();
-    let started = write::seal_step(&mut f.fs.lock(), &mut sealing).unwrap().unwrap();
+    let started = write::seal_step(&mut f.fs.lock(), &mut sealing, Vec::new())
+        .unwrap()
+        .unwrap();
     let durable = started.make_durable(f.fs.backlog.as_ref(), &*f.fs.store);
     f.fs.write(a, 100_000, b"tail").unwrap();
     f.fs.setattr(
@@ -2113,5 +2115,64 @@ fn a_random_write_planned_before_a_change_of_its_file_is_refused_and_changes_not
         f.fs.unlink(InodeId::ROOT, b"f").unwrap();
         let _ = f.fs.unlink(InodeId::ROOT, b"other");
     }
+    assert_catalog_clean(&f.fs);
+}
+
+#[test]
+fn seals_cut_without_the_lock_store_what_seals_under_it_store() {
+    let f = fixture();
+    let mut pairs = Vec::new();
+    for i in 0..100u64 {
+        let data = random(60 + i, 1 + (i as usize * 7919) % 150_000);
+        let (ahead, under) = (file(&f, &format!("a{i}")), file(&f, &format!("u{i}")));
+        f.fs.write(ahead, 0, &data).unwrap();
+        f.fs.write(under, 0, &data).unwrap();
+        pairs.push((ahead, under, data));
+    }
+    // A run that stops inside an extent: its seal re-cuts the rest of the extent
+    // (read under the lock), so that chunk boundaries stay where they were.
+    let (ahead, under, data) = &mut pairs[18];
+    let start = random(99, 40_000);
+    for ino in [*ahead, *under] {
+        f.fs.fsync(Some(ino)).unwrap();
+        f.fs.write(ino, 0, &start).unwrap();
+    }
+    data[..start.len()].copy_from_slice(&start);
+    for (_, under, _) in &pairs {
+        write::flush(&mut f.fs.lock(), Some(*under)).unwrap();
+    }
+    f.fs.commit().unwrap();
+    for (ahead, under, data) in &pairs {
+        assert_eq!(committed_chunks(&f, *ahead), committed_chunks(&f, *under));
+        assert!(f.fs.read(*ahead, 0, 1 << 20).unwrap() == *data);
+    }
+    assert_catalog_clean(&f.fs);
+}
+
+#[test]
+fn a_seal_cut_before_its_run_changed_is_not_used() {
+    let f = fixture();
+    let ino = file(&f, "f");
+    let data = random(70, 60_000);
+    f.fs.write(ino, 0, &data[..40_000]).unwrap();
+    let mut sealing = write::begin_commit(&f.fs.lock(), None, 1).unwrap();
+    let ahead = write::begin_seals(&f.fs.lock(), &sealing);
+    assert_eq!(ahead.len(), 1, "40,000 buffered bytes are cut ahead");
+    f.fs.write(ino, 40_000, &data[40_000..]).unwrap();
+    let cut = ahead.into_iter().map(|a| a.cut()).collect();
+    let mut started = write::seal_step(&mut f.fs.lock(), &mut sealing, cut)
+        .unwrap()
+        .unwrap();
+    let durable = started.make_durable(f.fs.backlog.as_ref(), &*f.fs.store);
+    let mut durable = Some(durable);
+    while write::finish_commit(&mut f.fs.lock(), &mut started, durable.take()).unwrap() {}
+    assert!(
+        f.fs.read(ino, 0, 100_000).unwrap() == data,
+        "the whole run was sealed"
+    );
+    let st = f.fs.lock();
+    let committed = st.catalog.extents(st.catalog.live(), ino, 0, u64::MAX).unwrap();
+    assert_eq!(committed.last().map(|e| e.end()), Some(60_000), "{committed:?}");
+    drop(st);
     assert_catalog_clean(&f.fs);
 }

@@ -23,7 +23,9 @@ use crate::store::Redundancy;
 use crate::types::InodeId;
 
 mod unlocked;
-pub(super) use unlocked::{begin_append, begin_rewrite, finish_append, finish_rewrite, Rewriting};
+pub(super) use unlocked::{
+    begin_append, begin_rewrite, begin_seals, finish_append, finish_rewrite, CutSeal, Rewriting,
+};
 
 /// Sealed runs a file may gather before a write commits them: each costs reads a pass.
 const MAX_SEALED_RUNS: usize = 256;
@@ -399,19 +401,27 @@ fn view_bytes(st: &mut State, attr: &InodeAttr, from: u64, to: u64) -> Result<Ve
 /// Finishes the open run of `ino`: re-feeds the bytes after it up to the end of the
 /// extent it stops in (so the old chunk there is replaced whole), cuts its last chunks
 /// and moves it to the sealed runs. `attr` as for `view_bytes`.
-fn seal(st: &mut State, attr: &InodeAttr) -> Result<()> {
+/// `ahead`, the run's last chunks cut without the lock (`begin_seals`), are used when
+/// they are still its last chunks and no bytes follow the run in its extent.
+fn seal(st: &mut State, attr: &InodeAttr, ahead: Option<CutSeal>) -> Result<()> {
     let ino = attr.id;
     let Some(end) = st.dirty.get(&ino).map(|d| d.end) else {
         return Ok(());
     };
-    let suffix = match view_extents(st, ino, end, end + 1, false)?
+    let across = view_extents(st, ino, end, end + 1, false)?
         .into_iter()
-        .find(|e| e.offset < end && e.end() > end)
-    {
-        Some(e) => view_bytes(st, attr, end, e.end())?,
-        None => Vec::new(),
+        .find(|e| e.offset < end && e.end() > end);
+    let cut_ahead = match (&across, ahead) {
+        (None, Some(cut)) => unlocked::finish_seal(st, cut)?,
+        _ => false,
     };
-    feed(st, ino, &suffix, true)?;
+    if !cut_ahead {
+        let suffix = match across {
+            Some(e) => view_bytes(st, attr, end, e.end())?,
+            None => Vec::new(),
+        };
+        feed(st, ino, &suffix, true)?;
+    }
     let Some(d) = st.dirty.open_run_mut(&ino) else {
         return Ok(());
     };
@@ -453,7 +463,7 @@ pub(super) fn write(st: &mut State, ino: InodeId, offset: u64, data: &[u8]) -> R
         if d.sealed.len() >= MAX_SEALED_RUNS {
             flush(st, Some(ino))?;
         } else {
-            seal(st, &attr)?;
+            seal(st, &attr, None)?;
         }
     }
     // Start the run at the start of the extent the write lands in (or ends next to),
@@ -505,7 +515,7 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
             continue;
         };
         let size = attr.size.max(st.dirty.get(&id).map_or(0, |d| d.user_end));
-        seal(st, &InodeAttr { size, ..attr })?;
+        seal(st, &InodeAttr { size, ..attr }, None)?;
         if let Some(d) = st.dirty.remove(&id) {
             finished.push((id, d));
         }
@@ -548,7 +558,7 @@ pub(super) fn flush(st: &mut State, ino: Option<InodeId>) -> Result<()> {
 
 /// Seals the open run of `id`, if it has buffered writes: its last chunks are cut,
 /// hashed and handed to the writers. A file that is gone loses its buffered writes.
-pub(super) fn seal_file(st: &mut State, id: InodeId) -> Result<()> {
+pub(super) fn seal_file(st: &mut State, id: InodeId, ahead: Option<CutSeal>) -> Result<()> {
     let Some(d) = st.dirty.get(&id) else {
         return Ok(());
     };
@@ -561,7 +571,7 @@ pub(super) fn seal_file(st: &mut State, id: InodeId) -> Result<()> {
         return Ok(());
     };
     let size = attr.size.max(user_end);
-    seal(st, &InodeAttr { size, ..attr })
+    seal(st, &InodeAttr { size, ..attr }, ahead)
 }
 
 /// Files one step of sealing a commit seals, at most (each costs its last chunks'
@@ -602,11 +612,16 @@ pub(super) fn begin_commit(st: &State, ino: Option<InodeId>, commit: u64) -> Opt
 /// once every file is sealed, and `None` while files are left for another step, which
 /// the caller runs after letting the lock go (an untar leaves a thousand small files
 /// to seal in one commit).
-pub(super) fn seal_step(st: &mut State, sealing: &mut Sealing) -> Result<Option<StartedCommit>> {
+pub(super) fn seal_step(
+    st: &mut State,
+    sealing: &mut Sealing,
+    ahead: Vec<CutSeal>,
+) -> Result<Option<StartedCommit>> {
     let commit = sealing.commit;
+    let mut ahead: HashMap<InodeId, CutSeal> = ahead.into_iter().map(|c| (c.ino(), c)).collect();
     let from = sealing.to_seal.len().saturating_sub(SEAL_STEP_FILES);
     for id in sealing.to_seal.drain(from..).collect::<Vec<_>>() {
-        seal_file(st, id)?;
+        seal_file(st, id, ahead.remove(&id))?;
         if let Some(d) = st.dirty.get_mut(&id) {
             d.in_commit = Some(InCommit {
                 commit,

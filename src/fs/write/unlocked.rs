@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::{locate, view_extents, DirtyFile, SealedRun, MAX_SEALED_RUNS};
+use super::{locate, view_extents, DirtyFile, SealedRun, Sealing, MAX_SEALED_RUNS, SEAL_STEP_FILES};
 use crate::catalog::{Catalog, Extent, FileKind, InodeAttr};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, Result};
@@ -326,6 +326,87 @@ pub(in crate::fs) fn finish_rewrite(st: &mut State, cut: CutRewrite) -> Result<b
     d.user_end = d.user_end.max(plan.offset + data_len);
     d.chunker = chunker;
     add_chunks(catalog, sink, d, chunks)?;
+    Ok(true)
+}
+
+/// The open run of a file that a commit's next sealing step seals, to be finished
+/// without the lock (its last chunks cut and hashed): `SealAhead::cut`, then
+/// `seal_step`, which uses the chunks when the run is unchanged and the extent it
+/// stops in ends with it (the common case: a file written to its end).
+pub(in crate::fs) struct SealAhead {
+    ino: InodeId,
+    run_version: u64,
+    chunker: Chunker,
+}
+
+/// A `SealAhead` cut.
+pub(in crate::fs) struct CutSeal {
+    ino: InodeId,
+    run_version: u64,
+    chunks: Vec<CutChunk>,
+    chunker: Chunker,
+}
+
+impl CutSeal {
+    pub(in crate::fs) fn ino(&self) -> InodeId {
+        self.ino
+    }
+}
+
+/// Buffered bytes below which a run's last chunks are cut under the lock: cutting and
+/// hashing them costs less than copying the chunker out and back (a small file's
+/// seal costs its catalog reads, not its hash: 64 files of 600 bytes took 476 µs
+/// under the lock either way, and 215 µs more to copy their chunkers out).
+const SEAL_AHEAD_MIN_BYTES: usize = 32 << 10;
+
+/// The open runs the next `seal_step` of `sealing` seals that have at least
+/// `SEAL_AHEAD_MIN_BYTES` to cut.
+pub(in crate::fs) fn begin_seals(st: &State, sealing: &Sealing) -> Vec<SealAhead> {
+    let from = sealing.to_seal.len().saturating_sub(SEAL_STEP_FILES);
+    sealing.to_seal[from..]
+        .iter()
+        .filter_map(|id| st.dirty.get(id).map(|d| (id, d)))
+        .filter(|(_, d)| d.chunker.buffered() >= SEAL_AHEAD_MIN_BYTES)
+        .map(|(id, d)| SealAhead {
+            ino: *id,
+            run_version: d.run_version,
+            chunker: d.chunker.clone(),
+        })
+        .collect()
+}
+
+impl SealAhead {
+    pub(in crate::fs) fn cut(mut self) -> CutSeal {
+        let chunks = cut_into(&mut self.chunker, &[], true);
+        CutSeal {
+            ino: self.ino,
+            run_version: self.run_version,
+            chunks,
+            chunker: self.chunker,
+        }
+    }
+}
+
+/// Finishes the open run of `cut`'s file with `cut`'s chunks, as feeding it no more
+/// bytes and finishing would, and returns true; false, with nothing changed, when the
+/// run changed since `begin_seals`. The caller has checked that no bytes follow the
+/// run in its extent.
+pub(super) fn finish_seal(st: &mut State, cut: CutSeal) -> Result<bool> {
+    if st
+        .dirty
+        .get(&cut.ino)
+        .is_none_or(|d| d.run_version != cut.run_version)
+    {
+        return Ok(false);
+    }
+    let State {
+        catalog, sink, dirty, ..
+    } = st;
+    let d = dirty
+        .open_run_mut(&cut.ino)
+        .ok_or_else(|| Error::CorruptCatalog("dirty run vanished".into()))?;
+    d.chunker = cut.chunker;
+    add_chunks(catalog, sink, d, cut.chunks)?;
     Ok(true)
 }
 
