@@ -181,11 +181,15 @@ pub struct Fs {
     /// Lock scope: one catalog change (a transaction or a batch commit) with the
     /// buffers it reads or drops, never the catalog's fsync (`fsync` and `snapshot`
     /// sync the WAL after it) and, for group commits, never the packs' sync
-    /// (`commit_buffered`). Still under it: cutting and hashing the bytes of a
-    /// write, the read of the old bytes a write into the middle of a chunk re-cuts,
-    /// and the whole of a commit forced inside another change (a size change or a
-    /// copy of a file with buffered writes), or of what was written during a group
-    /// commit that a snapshot or repository operation must also include.
+    /// (`commit_buffered`), nor, for writes and group commits, the reads, cuts and
+    /// hashes of their bytes (`write::unlocked`: planned under it, done without
+    /// it, applied under it again unless what they read moved). Still under it: a
+    /// duplicate check and a queue per chunk, a write refused that way (written
+    /// again under it), the last chunks of runs shorter than 32 KiB at a commit,
+    /// and the whole of a commit forced
+    /// inside another change (a size change or a copy of a file with buffered
+    /// writes), or of what was written during a group commit that a snapshot or
+    /// repository operation must also include.
     state: Mutex<State>,
     /// What readers may rely on without `state` (written as `state` is released).
     published: published::Published,

@@ -9,6 +9,9 @@
 //! wait in memory, as extents only, for the commit, which applies them in order. Until
 //! then every read sees the file as the runs left it (`view_extents`), so random
 //! writes cost no commit and no sync each.
+//!
+//! This module's functions run under the core's lock; `unlocked` plans writes and
+//! seals under it and does their reading, cutting and hashing without it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
