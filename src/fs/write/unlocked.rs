@@ -163,6 +163,15 @@ pub(in crate::fs) fn begin_rewrite(
     offset: u64,
     data: &[u8],
 ) -> Result<Rewriting> {
+    // Known without a catalog read: a write that continues the open run (shorter
+    // than a chunk, or `begin_append` would have taken it), and a file's first
+    // buffered write at its start (every small file a copy creates), which reads
+    // nothing and cuts nothing.
+    let run_end = st.dirty.get(&ino).map(|d| d.end);
+    let first_at_start = offset == 0 && run_end.is_none();
+    if run_end == Some(offset) || first_at_start && data.len() < st.params().max_size as usize {
+        return Ok(Rewriting::UnderTheLock);
+    }
     let live = st.catalog.live();
     let Some(attr) = st.catalog.inode(live, ino)? else {
         return Ok(Rewriting::UnderTheLock);
@@ -173,9 +182,6 @@ pub(in crate::fs) fn begin_rewrite(
     // Chunks the writers have finished get their places, for `locate`.
     st.sink.take_written()?;
     let dirty = st.dirty.get(&ino);
-    if dirty.is_some_and(|d| d.end == offset) {
-        return Ok(Rewriting::UnderTheLock);
-    }
     if dirty.is_some_and(|d| d.sealed.len() >= MAX_SEALED_RUNS) {
         return Ok(Rewriting::CommitFirst);
     }
