@@ -169,7 +169,7 @@ pub(in crate::fs) fn begin_rewrite(
     // nothing and cuts nothing.
     let run_end = st.dirty.get(&ino).map(|d| d.end);
     let first_at_start = offset == 0 && run_end.is_none();
-    if run_end == Some(offset) || first_at_start && data.len() < st.params().max_size as usize {
+    if run_end == Some(offset) || (first_at_start && data.len() < st.params().max_size as usize) {
         return Ok(Rewriting::UnderTheLock);
     }
     let live = st.catalog.live();
