@@ -72,19 +72,9 @@ impl Append {
 /// truncation moved it, the file went).
 pub(in crate::fs) fn finish_append(st: &mut State, cut: CutAppend) -> Result<bool> {
     let CutAppend { append, len, chunks } = cut;
-    if st
-        .dirty
-        .get(&append.ino)
-        .is_none_or(|d| d.run_version != append.run_version)
-    {
+    let Some((catalog, sink, d)) = run_at_version(st, append.ino, append.run_version) else {
         return Ok(false);
-    }
-    let State {
-        catalog, sink, dirty, ..
-    } = st;
-    let d = dirty
-        .open_run_mut(&append.ino)
-        .ok_or_else(|| Error::CorruptCatalog("dirty run vanished".into()))?;
+    };
     let now = crate::fs::now_ns();
     d.mtime_ns = now;
     d.ctime_ns = now;
@@ -398,19 +388,9 @@ impl SealAhead {
 /// run changed since `begin_seals`. The caller has checked that no bytes follow the
 /// run in its extent.
 pub(super) fn finish_seal(st: &mut State, cut: CutSeal) -> Result<bool> {
-    if st
-        .dirty
-        .get(&cut.ino)
-        .is_none_or(|d| d.run_version != cut.run_version)
-    {
+    let Some((catalog, sink, d)) = run_at_version(st, cut.ino, cut.run_version) else {
         return Ok(false);
-    }
-    let State {
-        catalog, sink, dirty, ..
-    } = st;
-    let d = dirty
-        .open_run_mut(&cut.ino)
-        .ok_or_else(|| Error::CorruptCatalog("dirty run vanished".into()))?;
+    };
     d.chunker = cut.chunker;
     add_chunks(catalog, sink, d, cut.chunks)?;
     Ok(true)
@@ -450,6 +430,22 @@ fn cut_into(chunker: &mut Chunker, pieces: &[&[u8]], finish: bool) -> Vec<CutChu
         debug_assert!(finished.is_ok(), "keeping chunks cannot fail");
     }
     chunks
+}
+
+/// The open run of `ino`, to change, with what handing chunks to it needs, when its
+/// version is still `version` (nothing changed it since a plan copied it).
+fn run_at_version(
+    st: &mut State,
+    ino: InodeId,
+    version: u64,
+) -> Option<(&Catalog, &mut ChunkSink, &mut DirtyFile)> {
+    if st.dirty.get(&ino).is_none_or(|d| d.run_version != version) {
+        return None;
+    }
+    let State {
+        catalog, sink, dirty, ..
+    } = st;
+    Some((&*catalog, sink, dirty.open_run_mut(&ino)?))
 }
 
 /// Hands `chunks` to the sink and makes them the next extents of `d`'s open run.
