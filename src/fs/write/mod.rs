@@ -211,6 +211,21 @@ impl DirtyFile {
         }
     }
 
+    /// Moves the open run, all of it cut, to the sealed runs (unless it is empty),
+    /// and opens an empty one at its end.
+    fn close_open_run(&mut self) {
+        if self.end > self.start {
+            let extents = std::mem::take(&mut self.extents);
+            self.sealed.push(SealedRun {
+                start: self.start,
+                end: self.end,
+                extents,
+            });
+        }
+        self.start = self.end;
+        self.emitted_to = self.end;
+    }
+
     /// How long the writes have been buffered.
     pub(super) fn age(&self) -> Duration {
         self.since.elapsed()
@@ -425,19 +440,9 @@ fn seal(st: &mut State, attr: &InodeAttr, ahead: Option<CutSeal>) -> Result<()> 
         };
         feed(st, ino, &suffix, true)?;
     }
-    let Some(d) = st.dirty.open_run_mut(&ino) else {
-        return Ok(());
-    };
-    if d.end > d.start {
-        let extents = std::mem::take(&mut d.extents);
-        d.sealed.push(SealedRun {
-            start: d.start,
-            end: d.end,
-            extents,
-        });
+    if let Some(d) = st.dirty.open_run_mut(&ino) {
+        d.close_open_run();
     }
-    d.start = d.end;
-    d.emitted_to = d.end;
     Ok(())
 }
 

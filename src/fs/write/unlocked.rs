@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::{locate, view_extents, DirtyFile, SealedRun, Sealing, MAX_SEALED_RUNS, SEAL_STEP_FILES};
+use super::{locate, view_extents, DirtyFile, Sealing, MAX_SEALED_RUNS, SEAL_STEP_FILES};
 use crate::catalog::{Catalog, Extent, FileKind, InodeAttr};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, Result};
@@ -302,14 +302,7 @@ pub(in crate::fs) fn finish_rewrite(st: &mut State, cut: CutRewrite) -> Result<b
             .ok_or_else(|| Error::CorruptCatalog("dirty run vanished".into()))?;
         add_chunks(catalog, sink, d, chunks)?;
         d.end += suffix_len;
-        if d.end > d.start {
-            let extents = std::mem::take(&mut d.extents);
-            d.sealed.push(SealedRun {
-                start: d.start,
-                end: d.end,
-                extents,
-            });
-        }
+        d.close_open_run();
     }
     let start = plan.prefix.start;
     let d = dirty.open_run_or_insert_with(plan.ino, || DirtyFile::new(start, &plan.params, now));
