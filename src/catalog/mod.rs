@@ -29,7 +29,7 @@ pub use model::{
 };
 pub use packs::PackRow;
 pub use pool::ReadPool;
-pub use write::{Changed, Txn};
+pub use write::{Changed, Left, Txn};
 
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};

@@ -290,6 +290,52 @@ fn dropping_a_transaction_rolls_it_back() {
 }
 
 #[test]
+fn a_batch_notes_what_its_committed_changes_left_and_nothing_a_dropped_change_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = new_catalog(&dir.path().join("catalog.db"));
+    cat.set_batching(true).unwrap();
+    let live = cat.live();
+    let tx = cat.write().unwrap();
+    let f = tx.create_inode(&file(FileKind::File)).unwrap();
+    tx.link(InodeId::ROOT, b"kept", f.id).unwrap();
+    let mut attr = tx.expect_inode(f.id).unwrap();
+    attr.mode = 0o600;
+    tx.set_inode(&attr).unwrap();
+    tx.commit().unwrap();
+    let committed = cat.inode(live, f.id).unwrap();
+    {
+        // Dropped: rolled back, so it leaves nothing.
+        let tx = cat.write().unwrap();
+        attr.mode = 0o400;
+        tx.set_inode(&attr).unwrap();
+        tx.unlink(InodeId::ROOT, b"kept").unwrap();
+        let g = tx.create_inode(&file(FileKind::File)).unwrap();
+        tx.link(InodeId::ROOT, b"dropped", g.id).unwrap();
+    }
+    let changed = cat.take_changed();
+    // The ids of both, a superset …
+    assert!(changed.inodes.contains(&f.id) && changed.dirs.contains(&InodeId::ROOT));
+    // … and what the committed one left, in order: the last of each is the catalog's.
+    assert_eq!(
+        changed.left.names,
+        vec![(InodeId::ROOT, b"kept".to_vec(), Some(f.id))]
+    );
+    assert!(changed.left.attrs.iter().all(|(id, _)| *id == f.id));
+    assert_eq!(changed.left.attrs.last(), Some(&(f.id, committed.clone())));
+    assert_eq!(committed.map(|a| (a.mode, a.nlink)), Some((0o600, 1)));
+
+    // A removal leaves `None` for the inode and the name.
+    let tx = cat.write().unwrap();
+    tx.unlink(InodeId::ROOT, b"kept").unwrap();
+    tx.remove_inode(f.id).unwrap();
+    tx.commit().unwrap();
+    let left = cat.take_changed().left;
+    assert_eq!(left.names, vec![(InodeId::ROOT, b"kept".to_vec(), None)]);
+    assert_eq!(left.attrs.last(), Some(&(f.id, None)));
+    assert_eq!(cat.inode(live, f.id).unwrap(), None);
+}
+
+#[test]
 fn in_a_batch_a_dropped_change_rolls_back_alone_and_the_batch_commits_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.db");

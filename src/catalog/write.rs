@@ -23,17 +23,34 @@ pub struct Txn<'c> {
     /// Where the ids whose rows this transaction changes are noted: in a batch only
     /// (a transaction of its own is in every view once committed).
     changed: Option<&'c RefCell<Changed>>,
+    /// What this transaction's changes leave of attributes and names, in order:
+    /// added to `changed` when it commits (in a batch only).
+    left: RefCell<Left>,
 }
 
 /// Ids whose live rows changed: the inodes whose attributes, extents or xattrs
 /// changed, and the folders whose names changed. While the catalog's batch is open
 /// these rows are in no other connection's view, so a reader elsewhere must not
 /// trust what it reads of them (`Catalog::take_changed`). A superset: a change rolled
-/// back stays noted.
+/// back stays noted. And what the committed changes left (`Left`), which a reader
+/// elsewhere may lay over what it reads instead.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changed {
     pub inodes: Vec<InodeId>,
     pub dirs: Vec<InodeId>,
+    pub left: Left,
+}
+
+/// What committed changes left, in the order they were made: the attributes of an
+/// inode (`None`: removed) and what a name in a folder points at (`None`: removed).
+/// Every change of an inode's row or of a name goes through `Txn::set_inode`,
+/// `insert_inode_row`, `remove_inode`, `insert_entry` or `remove_entry`, which note
+/// it here; so a row a batch changed and committed is here with its last value, and
+/// one it did not is as the last commit left it (a change rolled back restores it).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    pub attrs: Vec<(InodeId, Option<InodeAttr>)>,
+    pub names: Vec<(InodeId, Vec<u8>, Option<InodeId>)>,
 }
 
 /// A transaction of its own, or a savepoint inside the catalog's open batch.
@@ -117,6 +134,7 @@ impl<'c> Txn<'c> {
             live,
             max_extent,
             changed,
+            left: RefCell::default(),
         }
     }
 
@@ -132,6 +150,20 @@ impl<'c> Txn<'c> {
         }
     }
 
+    /// Notes the attributes a change leaves to inode `id` (`None`: removed).
+    fn attrs_left(&self, id: InodeId, attr: Option<&InodeAttr>) {
+        if self.changed.is_some() {
+            self.left.borrow_mut().attrs.push((id, attr.cloned()));
+        }
+    }
+
+    /// Notes what a change leaves name `name` of folder `dir` pointing at.
+    fn name_left(&self, dir: InodeId, name: &[u8], inode: Option<InodeId>) {
+        if self.changed.is_some() {
+            self.left.borrow_mut().names.push((dir, name.to_vec(), inode));
+        }
+    }
+
     /// The generation this transaction writes.
     pub fn live(&self) -> GenId {
         self.live
@@ -142,7 +174,16 @@ impl<'c> Txn<'c> {
     pub fn commit(self) -> Result<()> {
         match self.tx {
             Inner::Own(t) => t.commit().map_err(sql_err("committing")),
-            Inner::InBatch(s) => s.commit().map_err(sql_err("committing")),
+            Inner::InBatch(s) => {
+                s.commit().map_err(sql_err("committing"))?;
+                if let Some(changed) = self.changed {
+                    let left = self.left.into_inner();
+                    let mut changed = changed.borrow_mut();
+                    changed.left.attrs.extend(left.attrs);
+                    changed.left.names.extend(left.names);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -269,6 +310,7 @@ impl<'c> Txn<'c> {
         // probe for every inode created or changed since the last snapshot (a
         // chmod, chown or utimes of a file just written is one statement).
         if self.update_inode_row(attr, self.live.0)? {
+            self.attrs_left(attr.id, Some(attr));
             return Ok(());
         }
         let gen_from = self.visible_inode_gen(attr.id)?;
@@ -329,6 +371,7 @@ impl<'c> Txn<'c> {
             params![id.0, gen_from],
             gen_from,
         )?;
+        self.attrs_left(id, None);
         self.set_extents(id, 0, u64::MAX, &[])?;
         for (name, _) in read::xattrs(&self.tx, self.live, id)? {
             self.remove_xattr(id, &name)?;
@@ -380,6 +423,7 @@ impl<'c> Txn<'c> {
             GenId::OPEN.0,
         ])
         .map_err(sql_err("inserting an inode"))?;
+        self.attrs_left(attr.id, Some(attr));
         Ok(())
     }
 
@@ -549,6 +593,7 @@ impl<'c> Txn<'c> {
             cookie as i64
         ])
         .map_err(sql_err("adding a name"))?;
+        self.name_left(parent, name, Some(inode));
         Ok(())
     }
 
@@ -580,6 +625,7 @@ impl<'c> Txn<'c> {
             params![parent.0, name, gen_from],
             gen_from,
         )?;
+        self.name_left(parent, name, None);
         Ok((InodeId(inode), cookie))
     }
 

@@ -368,14 +368,7 @@ impl Fs {
 
     /// The attributes of `ino`, with buffered writes counted in size and mtime.
     pub fn getattr(&self, ino: InodeId) -> Result<InodeAttr> {
-        let found = self.unlocked(|cat, live, quiet| {
-            if quiet.inode_changed(ino) {
-                return Ok(None);
-            }
-            let mut attr = committed_attr(cat, live, ino)?;
-            quiet.apply(&mut attr);
-            Ok(Some(attr))
-        });
+        let found = self.unlocked(|cat, live, quiet| live_attr(cat, live, quiet, ino).map(Some));
         if let Some(found) = found {
             return found;
         }
@@ -385,45 +378,37 @@ impl Fs {
 
     /// Looks `name` up in folder `parent`.
     pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
-        if let Some(found) = self.unlocked(|cat, live, quiet| self.lookup_in(cat, live, quiet, parent, name))
+        if let Some(found) =
+            self.unlocked(|cat, live, quiet| self.lookup_in(cat, live, quiet, parent, name).map(Some))
         {
             return found;
         }
         let st = self.lock();
         self.lookup_in(&st.catalog, st.catalog.live(), &*st, parent, name)
-            .and_then(view::whole_view)
     }
 
-    /// `lookup` on `cat` at live generation `live`, with the buffered writes of
-    /// `buffered` counted; `None` when `buffered` says the folder or the inode found
-    /// changed in a way `cat` does not show.
+    /// `lookup` on `cat` at live generation `live`, with what `overlay` says the open
+    /// batch left and the buffered writes laid over what `cat` shows.
     fn lookup_in(
         &self,
         cat: &Catalog,
         live: GenId,
-        buffered: &dyn AttrOverlay,
+        overlay: &dyn AttrOverlay,
         parent: InodeId,
         name: &[u8],
-    ) -> Result<Option<InodeAttr>> {
-        if buffered.inode_changed(parent) || buffered.dir_changed(parent) {
-            return Ok(None);
-        }
-        let parent_attr = committed_attr(cat, live, parent)?;
-        if parent_attr.kind != FileKind::Dir {
+    ) -> Result<InodeAttr> {
+        if live_attr(cat, live, overlay, parent)?.kind != FileKind::Dir {
             return Err(Error::NotDir(lossy(name)));
         }
         if name.len() > 255 {
             return Err(Error::NameTooLong);
         }
-        let id = cat
-            .lookup(live, parent, name)?
-            .ok_or_else(|| Error::NotFound(lossy(name)))?;
-        if buffered.inode_changed(id) {
-            return Ok(None);
+        let id = match overlay.name_left(parent, name) {
+            Some(left) => left,
+            None => cat.lookup(live, parent, name)?,
         }
-        let mut attr = committed_attr(cat, live, id).map_err(|e| self.dangling(e, parent, name, id))?;
-        buffered.apply(&mut attr);
-        Ok(Some(attr))
+        .ok_or_else(|| Error::NotFound(lossy(name)))?;
+        live_attr(cat, live, overlay, id).map_err(|e| self.dangling(e, parent, name, id))
     }
 
     /// The target of symlink `ino`.
@@ -1348,8 +1333,18 @@ impl Fs {
 
 /// The attributes of `ino`, with buffered writes counted.
 fn attr_of(st: &State, ino: InodeId) -> Result<InodeAttr> {
-    let mut attr = committed_attr(&st.catalog, st.catalog.live(), ino)?;
-    st.apply(&mut attr);
+    live_attr(&st.catalog, st.catalog.live(), st, ino)
+}
+
+/// The attributes of live inode `ino` as `overlay` shows them over `cat` at live
+/// generation `live`: what the open batch left them, else the committed ones, with
+/// the buffered writes laid over.
+fn live_attr(cat: &Catalog, live: GenId, overlay: &dyn AttrOverlay, ino: InodeId) -> Result<InodeAttr> {
+    let mut attr = match overlay.attrs_left(ino) {
+        Some(left) => left.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?,
+        None => committed_attr(cat, live, ino)?,
+    };
+    overlay.apply(&mut attr);
     Ok(attr)
 }
 

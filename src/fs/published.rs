@@ -5,11 +5,16 @@
 //! live; the buffered attributes (the size, mtime and ctime that each file's
 //! unflushed writes give it, updated for the files a hold changed); and what the open
 //! group-commit batch changed (`BatchChanges`: the inodes and folders whose rows no
-//! other connection sees yet). A read that finds the word set
-//! runs on a read connection of its own (WAL gives it the last commit), lays the
-//! buffered attributes over what it read, and never waits for the writer, unless it
-//! meets an inode or folder the batch changed: then it reads under the lock, as it
-//! does the bytes of a file with buffered writes. A request that started after a
+//! other connection sees yet, and the attributes and names its committed changes
+//! left). A read that finds the word set runs on a read connection of its own (WAL
+//! gives it the last commit), lays over what it read the attributes and names the
+//! batch left and the buffered attributes, and never waits for the writer, unless it
+//! needs more of what the batch changed: a listing of a folder whose names it
+//! changed, the xattrs or bytes of an inode it changed. Then it reads under the
+//! lock, as it does the bytes of a file with buffered writes. (What the batch left is
+//! whole: every change of an inode's row or a name notes what it leaves when its
+//! savepoint commits, and one rolled back leaves the row as it was; see
+//! `catalog::Left`.) A request that started after a
 //! change was answered finds the word, the attributes and the batch's changes as the
 //! change left them (its guard published them before the lock was released), so it
 //! cannot read from before the change; a read running beside a change may see either
@@ -66,6 +71,19 @@ pub(super) trait AttrOverlay {
         false
     }
 
+    /// The attributes the open batch left to inode `id` when it changed them
+    /// (`Some(None)`: it removed the inode); `None` when the committed catalog's are
+    /// right.
+    fn attrs_left(&self, _id: InodeId) -> Option<Option<InodeAttr>> {
+        None
+    }
+
+    /// What the open batch left name `name` in folder `dir` pointing at when it
+    /// changed it (`Some(None)`: removed); `None` when the committed catalog is right.
+    fn name_left(&self, _dir: InodeId, _name: &[u8]) -> Option<Option<InodeId>> {
+        None
+    }
+
     /// Lays the buffered writes of `attr`'s inode over its committed attributes.
     fn apply(&self, attr: &mut InodeAttr) {
         if let Some(b) = self.buffered(attr.id) {
@@ -82,8 +100,9 @@ impl AttrOverlay for State {
     }
 }
 
-/// What the open batch changed, as published: ids only ever added until the batch
-/// is committed, when it is dropped whole.
+/// What the open batch changed, as published: ids only ever added, and what its
+/// committed changes left only ever updated, until the batch is committed, when it
+/// is dropped whole.
 #[derive(Debug, Default)]
 struct BatchChanges {
     /// The batch's number (`Catalog::open_batch`).
@@ -96,6 +115,10 @@ struct BatchChanges {
 struct ChangedIds {
     inodes: HashSet<InodeId>,
     dirs: HashSet<InodeId>,
+    /// The last attributes each changed inode was left with (`Left::attrs`).
+    attrs: HashMap<InodeId, Option<InodeAttr>>,
+    /// Per folder, what each changed name was left pointing at (`Left::names`).
+    names: HashMap<InodeId, HashMap<Vec<u8>, Option<InodeId>>>,
 }
 
 impl BatchChanges {
@@ -108,6 +131,11 @@ impl BatchChanges {
         let mut ids = self.ids();
         ids.inodes.extend(changed.inodes);
         ids.dirs.extend(changed.dirs);
+        // In order: the last change of a row wins.
+        ids.attrs.extend(changed.left.attrs);
+        for (dir, name, inode) in changed.left.names {
+            ids.names.entry(dir).or_default().insert(name, inode);
+        }
     }
 }
 
@@ -140,6 +168,14 @@ impl AttrOverlay for Quiet<'_> {
 
     fn dir_changed(&self, dir: InodeId) -> bool {
         self.batch.as_ref().is_some_and(|b| b.ids().dirs.contains(&dir))
+    }
+
+    fn attrs_left(&self, id: InodeId) -> Option<Option<InodeAttr>> {
+        self.batch.as_ref()?.ids().attrs.get(&id).cloned()
+    }
+
+    fn name_left(&self, dir: InodeId, name: &[u8]) -> Option<Option<InodeId>> {
+        self.batch.as_ref()?.ids().names.get(&dir)?.get(name).copied()
     }
 }
 

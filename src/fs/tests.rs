@@ -1684,7 +1684,7 @@ fn a_read_catalog_sees_buffered_writes_and_leaves_the_mount_free_while_it_runs()
 }
 
 #[test]
-fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
+fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_changed() {
     let f = fixture();
     let quiet = dir(&f, InodeId::ROOT, "quiet");
     let busy = dir(&f, InodeId::ROOT, "busy");
@@ -1703,9 +1703,18 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
         f.fs.create(ME, busy, b"c", FileKind::File, 0o644, 0, b"")
             .unwrap()
             .id;
+    let gone =
+        f.fs.create(ME, busy, b"gone", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
+    let moved =
+        f.fs.create(ME, busy, b"moved", FileKind::File, 0o644, 0, b"")
+            .unwrap()
+            .id;
     f.fs.commit().unwrap();
     // A batch of metadata changes that no read connection sees yet: a new name in
-    // `busy`, a new mode for `b`, an xattr for `c`.
+    // `busy`, a new mode for `b`, an xattr for `c`, a name and its file removed, a
+    // name renamed, and a change refused (rolled back inside the batch).
     let new =
         f.fs.create(ME, busy, b"new", FileKind::File, 0o644, 0, b"")
             .unwrap()
@@ -1719,6 +1728,13 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
     )
     .unwrap();
     f.fs.setxattr(c, b"user.k", b"changed", false, false).unwrap();
+    f.fs.unlink(busy, b"gone").unwrap();
+    f.fs.rename(busy, b"moved", busy, b"renamed", RenameMode::Replace)
+        .unwrap();
+    assert!(f
+        .fs
+        .rename(busy, b"renamed", busy, b"b", RenameMode::NoReplace)
+        .is_err());
     assert!(
         f.fs.lock().catalog.batch_open(),
         "the changes wait in an open batch"
@@ -1741,7 +1757,43 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
     assert!(bytes == data, "read back other bytes than were written");
     assert_eq!(xattr, b"v");
 
-    // What it changed reads as changed (from under the lock), batch still open.
+    // Names and attributes it changed read beside it too, as it left them.
+    let got = while_locked(&f, || {
+        (
+            fs.lookup(busy, b"new").map(|a| a.id).ok(),
+            fs.getattr(b).map(|a| a.mode & 0o7777).ok(),
+            fs.lookup(busy, b"b").map(|a| (a.id, a.mode & 0o7777)).ok(),
+            fs.lookup(busy, b"gone").map(|a| a.id).ok(),
+            fs.getattr(gone).map(|a| a.id).ok(),
+            fs.lookup(busy, b"moved").map(|a| a.id).ok(),
+            fs.lookup(busy, b"renamed").map(|a| a.id).ok(),
+            fs.getattr(busy).map(|a| a.mtime_ns).ok(),
+        )
+    });
+    // The folder's time as the batch left it (the writer's connection sees it).
+    let busy_mtime = {
+        let st = f.fs.lock();
+        st.catalog
+            .inode(st.catalog.live(), busy)
+            .unwrap()
+            .unwrap()
+            .mtime_ns
+    };
+    assert_eq!(
+        got.expect("lookups and getattrs of what the open batch changed waited for the core's lock"),
+        (
+            Some(new),
+            Some(0o600),
+            Some((b, 0o600)),
+            None,
+            None,
+            None,
+            Some(moved),
+            Some(busy_mtime)
+        )
+    );
+
+    // Its listings and xattrs read as changed (from under the lock), batch still open.
     assert_eq!(f.fs.lookup(busy, b"new").unwrap().id, new);
     assert_eq!(f.fs.getattr(b).unwrap().mode & 0o7777, 0o600);
     assert_eq!(f.fs.lookup(busy, b"b").unwrap().mode & 0o7777, 0o600);
@@ -1758,7 +1810,8 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_what_it_changed() {
         vec![
             (b"b".to_vec(), 0o600),
             (b"c".to_vec(), 0o644),
-            (b"new".to_vec(), 0o644)
+            (b"new".to_vec(), 0o644),
+            (b"renamed".to_vec(), 0o644)
         ]
     );
     assert!(

@@ -242,7 +242,8 @@ impl Fs {
         with_attrs: bool,
     ) -> Result<Option<Page>> {
         if let Overlay::Live { buffered } = overlay {
-            if buffered.inode_changed(id) || buffered.dir_changed(id) {
+            // Names the batch changed, or a folder it removed: under the lock.
+            if buffered.dir_changed(id) || buffered.attrs_left(id).is_some_and(|a| a.is_none()) {
                 return Ok(None);
             }
         }
@@ -269,8 +270,10 @@ impl Fs {
                 let ino = match overlay {
                     Overlay::Live { buffered } => {
                         if let Some(a) = attr.as_mut() {
-                            if buffered.inode_changed(a.id) {
-                                return Ok(None);
+                            match buffered.attrs_left(a.id) {
+                                Some(Some(left)) => *a = left,
+                                Some(None) => return Ok(None),
+                                None => {}
                             }
                             buffered.apply(a);
                         }
