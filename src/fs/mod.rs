@@ -732,35 +732,7 @@ impl Fs {
         });
         let planned = match unlocked.transpose()? {
             Some(planned) => planned,
-            None => {
-                // Chunks of the buffered runs may still be on their way to the
-                // mirrors, and a read must wait for them: it does so before taking
-                // the lock, so the wait under it (`buffered_view`) finds little or
-                // nothing left and other requests go on meanwhile.
-                if let Some(backlog) = &self.backlog {
-                    backlog.wait_for_queued();
-                }
-                let mut st = self.lock();
-                match write::buffered_view(&mut st, ino, offset, end)? {
-                    Some(view) => {
-                        let attr = attr_of(&st, ino)?;
-                        let live = st.catalog.live();
-                        let later = match ahead {
-                            Some((from, to)) => {
-                                read::placed(st.catalog.placed_extents(live, ino, from, to)?)?
-                            }
-                            None => Vec::new(),
-                        };
-                        PlannedRead {
-                            attr,
-                            extents: write::locate(&st, view.extents)?,
-                            tail: Some((view.tail_offset, view.tail)),
-                            later,
-                        }
-                    }
-                    None => plan_read(&st.catalog, st.catalog.live(), ino, offset, end, ahead)?,
-                }
-            }
+            None => self.plan_buffered_read(ino, offset, end, ahead)?,
         };
         let PlannedRead {
             attr,
@@ -792,6 +764,53 @@ impl Fs {
                 .copy_from_slice(&tail);
         }
         Ok(out)
+    }
+
+    /// `PlannedRead` of `offset..end` of `ino` under the core's lock, with its buffered
+    /// writes laid over the catalog's extents. A buffered chunk the read needs may
+    /// still be with the writer threads (it has no place yet): the read then waits
+    /// for them without the lock and plans again, so it never waits for the writes
+    /// of other files, nor holds the lock while it waits. After `PLAN_TRIES` such
+    /// rounds (its own file written to all along), it waits under the lock.
+    fn plan_buffered_read(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        end: u64,
+        ahead: Option<(u64, u64)>,
+    ) -> Result<PlannedRead> {
+        const PLAN_TRIES: usize = 3;
+        for tries in 1.. {
+            let mut st = self.lock();
+            let wait = tries >= PLAN_TRIES;
+            let view = match write::buffered_view(&mut st, ino, offset, end, wait)? {
+                write::BufferedRead::View(view) => view,
+                write::BufferedRead::NotBuffered => {
+                    return plan_read(&st.catalog, st.catalog.live(), ino, offset, end, ahead)
+                }
+                write::BufferedRead::AfterWriters => {
+                    drop(st);
+                    if let Some(backlog) = &self.backlog {
+                        backlog.wait_for_queued();
+                    }
+                    continue;
+                }
+            };
+            let attr = attr_of(&st, ino)?;
+            let later = match ahead {
+                Some((from, to)) => {
+                    read::placed(st.catalog.placed_extents(st.catalog.live(), ino, from, to)?)?
+                }
+                None => Vec::new(),
+            };
+            return Ok(PlannedRead {
+                attr,
+                extents: write::locate(&st, view.extents)?,
+                tail: Some((view.tail_offset, view.tail)),
+                later,
+            });
+        }
+        unreachable!("the tries of a buffered read's plan end in a return")
     }
 
     /// Notes a read of `ino` over `offset..end` and returns the range to read ahead,

@@ -1424,6 +1424,90 @@ fn reads_beside_buffered_writes_do_not_wait_for_the_lock() {
 }
 
 #[test]
+fn a_read_of_a_buffered_file_waits_only_for_its_own_chunks_and_not_under_the_lock() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex};
+    // Every put of a chunk waits at a gate while it is closed; `entered` says that
+    // one is waiting there.
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let entered = Arc::new(AtomicBool::new(false));
+    let (g, e) = (gate.clone(), entered.clone());
+    let hooked = crate::store::HookedStore::new(
+        Box::new(move || {
+            let mut closed = g.0.lock().unwrap();
+            if *closed {
+                e.store(true, Ordering::SeqCst);
+            }
+            while *closed {
+                closed = g.1.wait(closed).unwrap();
+            }
+        }),
+        Box::new(|| {}),
+    );
+    let f = fixture_over(Box::new(hooked));
+    let (a, b, c) = (file(&f, "a"), file(&f, "b"), file(&f, "c"));
+    f.fs.commit().unwrap();
+    let (in_a, in_b, in_c) = (random(13, 300_000), random(14, 300_000), random(15, 300_000));
+    // `a` is buffered, its chunks written; `b`'s and `c`'s wait at the gate.
+    f.fs.write(a, 0, &in_a).unwrap();
+    f.fs.lock().sink.wait_written().unwrap();
+    *gate.0.lock().unwrap() = true;
+    f.fs.write(b, 0, &in_b).unwrap();
+    f.fs.write(c, 0, &in_c).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !entered.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(entered.load(Ordering::SeqCst), "no chunk reached the gate");
+
+    let fs = &f.fs;
+    let (read_a, read_c, created) = std::thread::scope(|s| {
+        let of_a = s.spawn(|| fs.read(a, 0, 400_000));
+        let of_c = s.spawn(|| fs.read(c, 0, 400_000));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !of_a.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let read_a = of_a.is_finished();
+        // While `c`'s read waits for its chunks, requests that need the lock go on.
+        let created = s.spawn(|| fs.create(ME, InodeId::ROOT, b"d", FileKind::File, 0o644, 0, b""));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !created.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let created_meanwhile = created.is_finished();
+        let read_c_early = of_c.is_finished();
+        // The gate opens before any assertion, so a failure cannot leave a thread of
+        // the scope waiting for ever.
+        *gate.0.lock().unwrap() = false;
+        gate.1.notify_all();
+        assert!(
+            read_a,
+            "a read of a file whose chunks are written waited for another file's writes"
+        );
+        assert!(
+            created_meanwhile,
+            "a create waited while a read waited for the writers"
+        );
+        assert!(
+            !read_c_early,
+            "a read of chunks not written yet did not wait for them"
+        );
+        (
+            of_a.join().unwrap().unwrap(),
+            of_c.join().unwrap().unwrap(),
+            created.join().unwrap(),
+        )
+    });
+    assert!(read_a == in_a, "read back other bytes than were written");
+    assert!(read_c == in_c, "read back other bytes than were written");
+    assert!(created.is_ok());
+    assert!(f.fs.read(b, 0, 400_000).unwrap() == in_b);
+    f.fs.commit().unwrap();
+    assert!(f.fs.read(c, 0, 400_000).unwrap() == in_c);
+}
+
+#[test]
 fn requests_go_on_while_a_group_commit_syncs_the_mirrors() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Condvar, Mutex};

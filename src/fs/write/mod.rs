@@ -325,20 +325,40 @@ pub(super) struct BufferedView {
     pub(super) tail: Vec<u8>,
 }
 
-/// The view of `ino` over `[from, to)`, or `None` when it has no buffered writes.
+/// What `buffered_view` found.
+pub(super) enum BufferedRead {
+    /// The file has no buffered writes: the catalog alone has its bytes.
+    NotBuffered,
+    View(BufferedView),
+    /// A chunk of the range is still with the writer threads (not placed yet): wait
+    /// for them, without the core's lock, and ask again.
+    AfterWriters,
+}
+
+/// The view of `ino` over `[from, to)`. With `wait`, first waits for the writer
+/// threads (under the core's lock: the last resort); without, takes in what they
+/// finished and returns `AfterWriters` when a chunk of the range is not placed yet.
 pub(super) fn buffered_view(
     st: &mut State,
     ino: InodeId,
     from: u64,
     to: u64,
-) -> Result<Option<BufferedView>> {
+    wait: bool,
+) -> Result<BufferedRead> {
     if !st.dirty.contains_key(&ino) {
-        return Ok(None);
+        return Ok(BufferedRead::NotBuffered);
     }
-    st.sink.wait_written()?;
+    if wait {
+        st.sink.wait_written()?;
+    } else {
+        st.sink.take_written()?;
+    }
     let extents = view_extents(st, ino, from, to, true)?;
+    if extents.iter().any(|e| st.sink.awaits_writer(&e.chunk)) {
+        return Ok(BufferedRead::AfterWriters);
+    }
     let Some(d) = st.dirty.get(&ino) else {
-        return Ok(None);
+        return Ok(BufferedRead::NotBuffered);
     };
     let (lo, hi) = (from.max(d.emitted_to), to.min(d.end));
     let tail = if lo < hi {
@@ -351,7 +371,7 @@ pub(super) fn buffered_view(
     } else {
         Vec::new()
     };
-    Ok(Some(BufferedView {
+    Ok(BufferedRead::View(BufferedView {
         extents,
         tail_offset: lo,
         tail,
