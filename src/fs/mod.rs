@@ -186,7 +186,9 @@ pub struct Fs {
     /// it, applied under it again unless what they read moved). Still under it: a
     /// duplicate check and a queue per chunk, a write refused that way (written
     /// again under it), the last chunks of runs shorter than 32 KiB at a commit,
-    /// and the whole of a commit forced
+    /// the plan of a read of a file with buffered writes (never its wait for the
+    /// writer threads, unless its own file was written to through three plans;
+    /// `plan_buffered_read`), and the whole of a commit forced
     /// inside another change (a size change or a copy of a file with buffered
     /// writes), or of what was written during a group commit that a snapshot or
     /// repository operation must also include.
