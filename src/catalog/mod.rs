@@ -29,7 +29,7 @@ pub use model::{
 };
 pub use packs::PackRow;
 pub use pool::ReadPool;
-pub use write::{Changed, Left, Txn};
+pub use write::{Changed, Left, Txn, Unlinked};
 
 use crate::chunker::ChunkerParams;
 use crate::error::{Error, Result};

@@ -277,6 +277,75 @@ fn link_counts_follow_links_folders_and_renames() {
 }
 
 #[test]
+fn unlink_or_remove_removes_a_nameless_inode_at_once_or_writes_its_last_link_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cat = new_catalog(&dir.path().join("catalog.db"));
+    let (always, never) = (|_: &InodeAttr| true, |_: &InodeAttr| false);
+    let tx = cat.write().unwrap();
+    let names = [&b"seen"[..], b"twice", b"kept", b"folder"];
+    let mut ids = Vec::new();
+    for name in names {
+        let kind = if name == b"folder" {
+            FileKind::Dir
+        } else {
+            FileKind::File
+        };
+        ids.push(tx.create_linked(InodeId::ROOT, name, &file(kind)).unwrap().id);
+    }
+    tx.link(InodeId::ROOT, b"twice-too", ids[1]).unwrap();
+    tx.commit().unwrap();
+    // `seen` is in a snapshot: its row is ended, not deleted, and the snapshot keeps it.
+    let snap = cat.freeze("@s", None, 10).unwrap();
+    let live = cat.live();
+
+    let tx = cat.write().unwrap();
+    let seen = tx.unlink_or_remove(InodeId::ROOT, b"seen", 20, &always).unwrap();
+    let fresh = tx
+        .create_linked(InodeId::ROOT, b"new", &file(FileKind::File))
+        .unwrap();
+    let new = tx.unlink_or_remove(InodeId::ROOT, b"new", 20, &always).unwrap();
+    let twice = tx.unlink_or_remove(InodeId::ROOT, b"twice", 20, &always).unwrap();
+    let kept = tx.unlink_or_remove(InodeId::ROOT, b"kept", 20, &never).unwrap();
+    let folder = tx.unlink_or_remove(InodeId::ROOT, b"folder", 20, &never).unwrap();
+    tx.commit().unwrap();
+
+    assert!(seen.removed && new.removed);
+    assert_eq!(cat.inode(live, ids[0]).unwrap(), None);
+    assert_eq!(cat.inode(snap, ids[0]).unwrap().map(|a| a.nlink), Some(1));
+    assert_eq!(cat.inode(live, fresh.id).unwrap(), None);
+    // Still named elsewhere: never removed, one link fewer, ctime `now`.
+    assert!(!twice.removed);
+    let twice_live = cat.inode(live, ids[1]).unwrap().unwrap();
+    assert_eq!((twice_live.nlink, twice_live.ctime_ns), (1, 20));
+    assert_eq!(twice.attr, twice_live);
+    // Not removable now (an open handle): kept with no link (a folder: 0 too).
+    assert!(!kept.removed && !folder.removed);
+    assert_eq!(cat.inode(live, ids[2]).unwrap().map(|a| a.nlink), Some(0));
+    assert_eq!(cat.inode(live, ids[3]).unwrap().map(|a| a.nlink), Some(0));
+    assert_eq!(cat.inode(live, InodeId::ROOT).unwrap().unwrap().nlink, 2);
+    assert!(cat.integrity_check().unwrap().is_empty());
+
+    // The same for the name a rename replaces.
+    let tx = cat.write().unwrap();
+    let a = tx
+        .create_linked(InodeId::ROOT, b"a", &file(FileKind::File))
+        .unwrap()
+        .id;
+    let b = tx
+        .create_linked(InodeId::ROOT, b"b", &file(FileKind::File))
+        .unwrap()
+        .id;
+    let replaced = tx
+        .rename_over((InodeId::ROOT, b"a"), (InodeId::ROOT, b"b"), 30, &always)
+        .unwrap()
+        .unwrap();
+    tx.commit().unwrap();
+    assert!(replaced.removed && replaced.attr.id == b);
+    assert_eq!(cat.inode(live, b).unwrap(), None);
+    assert_eq!(cat.lookup(live, InodeId::ROOT, b"b").unwrap(), Some(a));
+}
+
+#[test]
 fn dropping_a_transaction_rolls_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut cat = new_catalog(&dir.path().join("catalog.db"));

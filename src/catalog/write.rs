@@ -41,6 +41,15 @@ pub struct Changed {
     pub left: Left,
 }
 
+/// What `Txn::unlink_or_remove` left of the inode the name pointed at.
+#[derive(Debug)]
+pub struct Unlinked {
+    /// Its attributes after the unlink (one link fewer; as written, unless removed).
+    pub attr: InodeAttr,
+    /// It had no name left and was removed, with its content.
+    pub removed: bool,
+}
+
 /// What committed changes left, in the order they were made: the attributes of an
 /// inode (`None`: removed) and what a name in a folder points at (`None`: removed).
 /// Every change of an inode's row or of a name goes through `Txn::set_inode`,
@@ -525,6 +534,42 @@ impl<'c> Txn<'c> {
         self.bump_nlink(inode, -1)
     }
 
+    /// `unlink`, deciding in the same step what becomes of an inode left with no name
+    /// (a file with no link, a folder): when `remove_if_gone` says so for its
+    /// attributes after the unlink, it is removed with its content at once
+    /// (`remove_inode`), without first writing its last link count (a row version
+    /// the same transaction would remove again); otherwise its new link count is
+    /// written (0 for a folder), with ctime `now`.
+    pub fn unlink_or_remove(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        now: i64,
+        remove_if_gone: &dyn Fn(&InodeAttr) -> bool,
+    ) -> Result<Unlinked> {
+        let (inode, _) = self.remove_entry(parent, name)?;
+        let mut attr = self.expect_inode(inode)?;
+        let dir = attr.kind == FileKind::Dir;
+        if dir {
+            self.bump_nlink(parent, -1)?;
+        }
+        attr.nlink = attr
+            .nlink
+            .checked_sub(1)
+            .ok_or_else(|| Error::CorruptCatalog(format!("inode {inode} link count would go below zero")))?;
+        let gone = if dir { attr.nlink <= 1 } else { attr.nlink == 0 };
+        if gone && remove_if_gone(&attr) {
+            self.remove_inode(inode)?;
+            return Ok(Unlinked { attr, removed: true });
+        }
+        if dir && gone {
+            attr.nlink = 0;
+        }
+        attr.ctime_ns = now;
+        self.set_inode(&attr)?;
+        Ok(Unlinked { attr, removed: false })
+    }
+
     /// Moves the name `from_name` in `from_parent` to `to_name` in `to_parent`. A name
     /// already at the target is unlinked first and returned (with its attributes after
     /// the change). POSIX checks (types, emptiness, loops) are the caller's.
@@ -535,9 +580,35 @@ impl<'c> Txn<'c> {
         to_parent: InodeId,
         to_name: &[u8],
     ) -> Result<Option<InodeAttr>> {
+        self.rename_unlinking(from_parent, from_name, to_parent, to_name, |t| {
+            t.unlink(to_parent, to_name)
+        })
+    }
+
+    /// `rename`, with the name at the target (if any) unlinked by `unlink_or_remove`.
+    pub fn rename_over(
+        &self,
+        (from_parent, from_name): (InodeId, &[u8]),
+        (to_parent, to_name): (InodeId, &[u8]),
+        now: i64,
+        remove_if_gone: &dyn Fn(&InodeAttr) -> bool,
+    ) -> Result<Option<Unlinked>> {
+        self.rename_unlinking(from_parent, from_name, to_parent, to_name, |t| {
+            t.unlink_or_remove(to_parent, to_name, now, remove_if_gone)
+        })
+    }
+
+    fn rename_unlinking<T>(
+        &self,
+        from_parent: InodeId,
+        from_name: &[u8],
+        to_parent: InodeId,
+        to_name: &[u8],
+        unlink: impl FnOnce(&Self) -> Result<T>,
+    ) -> Result<Option<T>> {
         check_name(to_name)?;
         let replaced = match self.lookup(to_parent, to_name)? {
-            Some(_) => Some(self.unlink(to_parent, to_name)?),
+            Some(_) => Some(unlink(self)?),
             None => None,
         };
         let (inode, _) = self.remove_entry(from_parent, from_name)?;

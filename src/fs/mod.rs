@@ -40,7 +40,7 @@ pub use read::{placed, read_at, read_extents, ChunkCache, Placed, Prefetcher};
 pub use space::{Allocate, Seek, BLOCK_SIZE};
 pub use view::{Listed, Node, SnapDir};
 
-use crate::catalog::{Catalog, FileKind, InodeAttr, NewInode, Settings};
+use crate::catalog::{Catalog, FileKind, InodeAttr, NewInode, Settings, Unlinked};
 use crate::error::{Error, Result};
 use crate::ingest::{Backlog, ChunkSink};
 use crate::store::Redundancy;
@@ -529,10 +529,10 @@ impl Fs {
             (true, true) if txn.has_entries(id)? => return Err(Error::NotEmpty(lossy(name))),
             _ => {}
         }
-        let after = txn.unlink(parent, name)?;
-        touch_dir(&txn, parent, now)?;
         let step = self.removal_step();
-        name_removed(&txn, &after, now, &st.open, &mut st.dirty, &mut st.nameless, step)?;
+        let unlinked = txn.unlink_or_remove(parent, name, now, &|a| removable_now(a, &st.open, step))?;
+        touch_dir(&txn, parent, now)?;
+        name_removed(&unlinked, &st.open, &mut st.dirty, &mut st.nameless);
         txn.commit()
     }
 
@@ -589,9 +589,12 @@ impl Fs {
                         _ => {}
                     }
                 }
-                if let Some(replaced) = txn.rename(parent, name, new_parent, new_name)? {
-                    let (open, dirty, nameless) = (&st.open, &mut st.dirty, &mut st.nameless);
-                    name_removed(&txn, &replaced, now, open, dirty, nameless, self.removal_step())?;
+                let step = self.removal_step();
+                let removable = |a: &InodeAttr| removable_now(a, &st.open, step);
+                if let Some(replaced) =
+                    txn.rename_over((parent, name), (new_parent, new_name), now, &removable)?
+                {
+                    name_removed(&replaced, &st.open, &mut st.dirty, &mut st.nameless);
                 }
                 let mut a = txn.expect_inode(src)?;
                 a.ctime_ns = now;
@@ -1410,39 +1413,41 @@ fn plan_read(
     })
 }
 
-/// After a name of `after.id` went away (unlink, rmdir, or replaced by rename):
-/// with no name left (a folder: only its own "."), the inode is removed (a file
-/// bigger than `removal_step` bytes: later, in steps, see `Nameless::removing`), or
-/// kept as an orphan until its last open handle closes; otherwise its ctime changes.
+/// Whether a file or folder left with no name (`after`: its attributes after the
+/// unlink) goes at once, with its content: not while a handle is open on it (it
+/// lives until the last release), and not a file bigger than `removal_step`, whose
+/// extents `finish_removals` drops a step at a time.
+fn removable_now(after: &InodeAttr, open: &HashMap<InodeId, u32>, removal_step: u64) -> bool {
+    let open = open.get(&after.id).copied().unwrap_or(0) > 0;
+    !open && (after.kind == FileKind::Dir || after.size <= removal_step)
+}
+
+/// The bookkeeping after `unlinked`: a removed file's buffered writes go; one left
+/// with no name waits for its last release (`Nameless::maybe`) or, a big file with
+/// none open, for `finish_removals`.
 fn name_removed(
-    txn: &crate::catalog::Txn<'_>,
-    after: &InodeAttr,
-    now: i64,
+    unlinked: &Unlinked,
     open: &HashMap<InodeId, u32>,
     dirty: &mut DirtyFiles,
     nameless: &mut Nameless,
-    removal_step: u64,
-) -> Result<()> {
-    let dir = after.kind == FileKind::Dir;
-    let gone = if dir { after.nlink <= 1 } else { after.nlink == 0 };
-    let open = open.get(&after.id).copied().unwrap_or(0) > 0;
-    if gone && !open && (dir || after.size <= removal_step) {
-        txn.remove_inode(after.id)?;
+) {
+    let after = &unlinked.attr;
+    if unlinked.removed {
         dirty.remove(&after.id);
-        return Ok(());
+        return;
     }
+    let gone = if after.kind == FileKind::Dir {
+        after.nlink <= 1
+    } else {
+        after.nlink == 0
+    };
+    let open = open.get(&after.id).copied().unwrap_or(0) > 0;
     if gone && !open {
         dirty.remove(&after.id);
         nameless.removing.push(after.id);
     } else if gone {
         nameless.maybe.insert(after.id);
     }
-    let mut attr = txn.expect_inode(after.id)?;
-    if dir {
-        attr.nlink = 0;
-    }
-    attr.ctime_ns = now;
-    txn.set_inode(&attr)
 }
 
 /// Clears what `writer` changing the data of `ino` costs it (see `privileges`): one
