@@ -584,6 +584,10 @@ impl Catalog {
             return Ok(());
         }
         self.batch_open = false;
+        // What the batch's changes left matters only while it is open: committed, it
+        // is what every reader sees (and a later change of its own transaction may
+        // change it again); rolled back, it never was.
+        self.changed.get_mut().left = Left::default();
         let committed = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
         if let Err(e) = committed {
             let _ = self.conn.execute_batch("ROLLBACK");

@@ -402,6 +402,17 @@ fn a_batch_notes_what_its_committed_changes_left_and_nothing_a_dropped_change_di
     assert_eq!(left.names, vec![(InodeId::ROOT, b"kept".to_vec(), None)]);
     assert_eq!(left.attrs.last(), Some(&(f.id, None)));
     assert_eq!(cat.inode(live, f.id).unwrap(), None);
+
+    // Once the batch is committed, what it left is dropped (the ids stay): a change
+    // in a transaction of its own may follow, which notes nothing.
+    let tx = cat.write().unwrap();
+    tx.create_linked(InodeId::ROOT, b"late", &file(FileKind::File))
+        .unwrap();
+    tx.commit().unwrap();
+    cat.commit_batch().unwrap();
+    let changed = cat.take_changed();
+    assert!(changed.dirs.contains(&InodeId::ROOT));
+    assert_eq!(changed.left, Left::default());
 }
 
 #[test]

@@ -238,8 +238,9 @@ impl Published {
         {
             let mut slot = self.lock_batch();
             match st.catalog.open_batch() {
-                // Changes noted before a batch was committed and another begun in
-                // the same hold land in the new one: more than it changed, never less.
+                // Ids noted before a batch was committed and another begun in the
+                // same hold land in the new one: more than it changed, never less.
+                // (What the old batch's changes left was dropped at its commit.)
                 Some(batch) => {
                     if slot.as_ref().is_none_or(|b| b.batch != batch) {
                         *slot = Some(Arc::new(BatchChanges {

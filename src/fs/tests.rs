@@ -1815,6 +1815,7 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_chan
     f.fs.unlink(busy, b"gone").unwrap();
     f.fs.rename(busy, b"moved", busy, b"renamed", RenameMode::Replace)
         .unwrap();
+    let fresh = dir(&f, busy, "fresh");
     assert!(f
         .fs
         .rename(busy, b"renamed", busy, b"b", RenameMode::NoReplace)
@@ -1852,6 +1853,9 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_chan
             fs.lookup(busy, b"moved").map(|a| a.id).ok(),
             fs.lookup(busy, b"renamed").map(|a| a.id).ok(),
             fs.getattr(busy).map(|a| a.mtime_ns).ok(),
+            fs.list_dir(Ino::live(fresh), 0, 100, SnapDir::Visible)
+                .map(|l| l.len())
+                .ok(),
         )
     });
     // The folder's time as the batch left it (the writer's connection sees it).
@@ -1873,7 +1877,8 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_chan
             None,
             None,
             Some(moved),
-            Some(busy_mtime)
+            Some(busy_mtime),
+            Some(0)
         )
     );
 
@@ -1894,6 +1899,7 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_chan
         vec![
             (b"b".to_vec(), 0o600),
             (b"c".to_vec(), 0o644),
+            (b"fresh".to_vec(), 0o755),
             (b"new".to_vec(), 0o644),
             (b"renamed".to_vec(), 0o644)
         ]

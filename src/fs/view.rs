@@ -241,13 +241,17 @@ impl Fs {
         snapdir: SnapDir,
         with_attrs: bool,
     ) -> Result<Option<Page>> {
-        if let Overlay::Live { buffered } = overlay {
-            // Names the batch changed, or a folder it removed: under the lock.
-            if buffered.dir_changed(id) || buffered.attrs_left(id).is_some_and(|a| a.is_none()) {
-                return Ok(None);
-            }
-        }
-        let folder = inode_in(cat, gen, id)?;
+        let folder = match overlay {
+            // Names the batch changed, or a folder it removed: under the lock. A
+            // folder it created or changed is as it left it.
+            Overlay::Live { buffered } if buffered.dir_changed(id) => return Ok(None),
+            Overlay::Live { buffered } => match buffered.attrs_left(id) {
+                Some(Some(left)) => left,
+                Some(None) => return Ok(None),
+                None => inode_in(cat, gen, id)?,
+            },
+            Overlay::Snapshot => inode_in(cat, gen, id)?,
+        };
         if folder.kind != FileKind::Dir {
             return Err(Error::NotDir(format!("inode {id}")));
         }
