@@ -1779,30 +1779,17 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_chan
     let data = random(7, 200_000);
     f.fs.write(a, 0, &data).unwrap();
     f.fs.setxattr(a, b"user.k", b"v", false, false).unwrap();
-    let b =
-        f.fs.create(ME, busy, b"b", FileKind::File, 0o644, 0, b"")
+    let in_busy = |name: &[u8]| {
+        f.fs.create(ME, busy, name, FileKind::File, 0o644, 0, b"")
             .unwrap()
-            .id;
-    let c =
-        f.fs.create(ME, busy, b"c", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
-    let gone =
-        f.fs.create(ME, busy, b"gone", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
-    let moved =
-        f.fs.create(ME, busy, b"moved", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
+            .id
+    };
+    let (b, c, gone, moved) = (in_busy(b"b"), in_busy(b"c"), in_busy(b"gone"), in_busy(b"moved"));
     f.fs.commit().unwrap();
     // A batch of metadata changes that no read connection sees yet: a new name in
     // `busy`, a new mode for `b`, an xattr for `c`, a name and its file removed, a
     // name renamed, and a change refused (rolled back inside the batch).
-    let new =
-        f.fs.create(ME, busy, b"new", FileKind::File, 0o644, 0, b"")
-            .unwrap()
-            .id;
+    let new = in_busy(b"new");
     f.fs.setattr(
         b,
         &SetAttr {
