@@ -785,7 +785,9 @@ impl Fs {
         ahead: Option<(u64, u64)>,
     ) -> Result<PlannedRead> {
         const PLAN_TRIES: usize = 3;
-        for tries in 1.. {
+        let mut tries = 0;
+        loop {
+            tries += 1;
             let mut st = self.lock();
             let wait = tries >= PLAN_TRIES;
             let view = match write::buffered_view(&mut st, ino, offset, end, wait)? {
@@ -815,7 +817,6 @@ impl Fs {
                 later,
             });
         }
-        unreachable!("the tries of a buffered read's plan end in a return")
     }
 
     /// Notes a read of `ino` over `offset..end` and returns the range to read ahead,
