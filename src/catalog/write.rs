@@ -29,7 +29,8 @@ pub struct Txn<'c> {
 }
 
 /// Ids whose live rows changed: the inodes whose attributes, extents or xattrs
-/// changed, and the folders whose names changed. While the catalog's batch is open
+/// changed (and, of those, the ones whose xattrs changed), and the folders whose
+/// names changed. While the catalog's batch is open
 /// these rows are in no other connection's view, so a reader elsewhere must not
 /// trust what it reads of them (`Catalog::take_changed`). A superset: a change rolled
 /// back stays noted. And what the committed changes left (`Left`), which a reader
@@ -37,6 +38,7 @@ pub struct Txn<'c> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changed {
     pub inodes: Vec<InodeId>,
+    pub xattrs: Vec<InodeId>,
     pub dirs: Vec<InodeId>,
     pub left: Left,
 }
@@ -150,6 +152,13 @@ impl<'c> Txn<'c> {
     fn inode_changed(&self, id: InodeId) {
         if let Some(changed) = self.changed {
             changed.borrow_mut().inodes.push(id);
+        }
+    }
+
+    fn xattrs_changed(&self, id: InodeId) {
+        self.inode_changed(id);
+        if let Some(changed) = self.changed {
+            changed.borrow_mut().xattrs.push(id);
         }
     }
 
@@ -475,7 +484,7 @@ impl<'c> Txn<'c> {
     /// Closes every live row of `table` (extents or xattrs) that belongs to `inode`,
     /// without looking at the inode (which a damaged catalog may lack).
     pub(super) fn close_live_rows_of(&self, table: &str, inode: InodeId) -> Result<()> {
-        self.inode_changed(inode);
+        self.xattrs_changed(inode);
         close_live_rows(&self.tx, self.live, table, inode).map(|_| ())
     }
 
@@ -827,7 +836,7 @@ impl<'c> Txn<'c> {
 
     /// Sets xattr `name` of `inode` to `value`.
     pub fn set_xattr(&self, inode: InodeId, name: &[u8], value: &[u8]) -> Result<()> {
-        self.inode_changed(inode);
+        self.xattrs_changed(inode);
         if read::xattr(&self.tx, self.live, inode, name)?.is_some() {
             self.remove_xattr(inode, name)?;
         }
@@ -844,7 +853,7 @@ impl<'c> Txn<'c> {
 
     /// Removes xattr `name` of `inode`; `Error::NoXattr` when it has none.
     pub fn remove_xattr(&self, inode: InodeId, name: &[u8]) -> Result<()> {
-        self.inode_changed(inode);
+        self.xattrs_changed(inode);
         let found: Option<(i64, i64)> = self
             .tx
             .prepare_cached(

@@ -1111,7 +1111,7 @@ impl Fs {
     /// Value of xattr `name` of `ino`.
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>> {
         let found = match self.unlocked(|cat, live, quiet| {
-            if quiet.inode_changed(ino) {
+            if quiet.xattrs_changed(ino) {
                 return Ok(None);
             }
             cat.xattr(live, ino, name).map(Some)
@@ -1128,7 +1128,7 @@ impl Fs {
     /// Names of every xattr of `ino`.
     pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>> {
         let all = match self.unlocked(|cat, live, quiet| {
-            if quiet.inode_changed(ino) {
+            if quiet.xattrs_changed(ino) {
                 return Ok(None);
             }
             cat.xattrs(live, ino).map(Some)

@@ -10,7 +10,8 @@
 //! gives it the last commit), lays over what it read the attributes and names the
 //! batch left and the buffered attributes, and never waits for the writer, unless it
 //! needs more of what the batch changed: a listing of a folder whose names it
-//! changed, the xattrs or bytes of an inode it changed. Then it reads under the
+//! changed, the bytes of an inode it changed, the xattrs of one whose xattrs it
+//! changed. Then it reads under the
 //! lock, as it does the bytes of a file with buffered writes. (What the batch left is
 //! whole: every change of an inode's row or a name notes what it leaves when its
 //! savepoint commits, and one rolled back leaves the row as it was; see
@@ -66,6 +67,11 @@ pub(super) trait AttrOverlay {
         false
     }
 
+    /// True when the committed catalog's xattrs of inode `id` may be out of date.
+    fn xattrs_changed(&self, _id: InodeId) -> bool {
+        false
+    }
+
     /// True when the committed catalog's names in folder `dir` may be out of date.
     fn dir_changed(&self, _dir: InodeId) -> bool {
         false
@@ -114,6 +120,7 @@ struct BatchChanges {
 #[derive(Debug, Default)]
 struct ChangedIds {
     inodes: HashSet<InodeId>,
+    xattrs: HashSet<InodeId>,
     dirs: HashSet<InodeId>,
     /// The last attributes each changed inode was left with (`Left::attrs`).
     attrs: HashMap<InodeId, Option<InodeAttr>>,
@@ -130,6 +137,7 @@ impl BatchChanges {
     fn add(&self, changed: Changed) {
         let mut ids = self.ids();
         ids.inodes.extend(changed.inodes);
+        ids.xattrs.extend(changed.xattrs);
         ids.dirs.extend(changed.dirs);
         // In order: the last change of a row wins.
         ids.attrs.extend(changed.left.attrs);
@@ -164,6 +172,10 @@ impl AttrOverlay for Quiet<'_> {
 
     fn inode_changed(&self, id: InodeId) -> bool {
         self.batch.as_ref().is_some_and(|b| b.ids().inodes.contains(&id))
+    }
+
+    fn xattrs_changed(&self, id: InodeId) -> bool {
+        self.batch.as_ref().is_some_and(|b| b.ids().xattrs.contains(&id))
     }
 
     fn dir_changed(&self, dir: InodeId) -> bool {

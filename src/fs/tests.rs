@@ -1843,6 +1843,11 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_chan
             fs.list_dir(Ino::live(fresh), 0, 100, SnapDir::Visible)
                 .map(|l| l.len())
                 .ok(),
+            // Xattrs of inodes whose xattrs it did not change (the kernel asks for
+            // security.capability before writes).
+            matches!(fs.getxattr(b, b"security.capability"), Err(Error::NoXattr))
+                && matches!(fs.getxattr(new, b"security.capability"), Err(Error::NoXattr))
+                && fs.listxattr(new).is_ok_and(|l| l.is_empty()),
         )
     });
     // The folder's time as the batch left it (the writer's connection sees it).
@@ -1865,11 +1870,13 @@ fn reads_beside_an_open_metadata_batch_wait_only_for_listings_and_xattrs_it_chan
             None,
             Some(moved),
             Some(busy_mtime),
-            Some(0)
+            Some(0),
+            true
         )
     );
 
-    // Its listings and xattrs read as changed (from under the lock), batch still open.
+    // Its listings, and xattrs it changed, read as changed (from under the lock),
+    // batch still open.
     assert_eq!(f.fs.lookup(busy, b"new").unwrap().id, new);
     assert_eq!(f.fs.getattr(b).unwrap().mode & 0o7777, 0o600);
     assert_eq!(f.fs.lookup(busy, b"b").unwrap().mode & 0o7777, 0o600);
