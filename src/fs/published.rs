@@ -113,7 +113,8 @@ impl AttrOverlay for State {
 struct BatchChanges {
     /// The batch's number (`Catalog::open_batch`).
     batch: u64,
-    /// Lock scope: one insert or lookup of ids.
+    /// Lock scope: the insert of one hold's changes (ids and what they left), or
+    /// one lookup (with a clone of the attributes found); never any I/O.
     ids: Mutex<ChangedIds>,
 }
 
