@@ -534,6 +534,8 @@ impl<'c> Txn<'c> {
     /// Removes the name `name` from folder `parent` and uncounts the link. Returns the
     /// inode it pointed at with its attributes after the change: at `nlink == 0` (a
     /// folder: 1, its own ".") the caller removes the inode once nothing holds it open.
+    /// (The catalog's own tests; the filesystem unlinks with `unlink_or_remove`.)
+    #[cfg(test)]
     pub fn unlink(&self, parent: InodeId, name: &[u8]) -> Result<InodeAttr> {
         let (inode, _) = self.remove_entry(parent, name)?;
         let attr = self.expect_inode(inode)?;
@@ -582,6 +584,8 @@ impl<'c> Txn<'c> {
     /// Moves the name `from_name` in `from_parent` to `to_name` in `to_parent`. A name
     /// already at the target is unlinked first and returned (with its attributes after
     /// the change). POSIX checks (types, emptiness, loops) are the caller's.
+    /// (The catalog's own tests; the filesystem renames with `rename_over`.)
+    #[cfg(test)]
     pub fn rename(
         &self,
         from_parent: InodeId,
